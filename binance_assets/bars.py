@@ -1,0 +1,353 @@
+"""Trades batches -> 5-second right-labelled bars and per-UTC-day stats (pure, vectorised, streaming).
+
+A bar stamped ``ts`` covers trades with time in [ts - 5 s, ts); empty intervals make no bar, and a bar
+belongs to the UTC day of its trades (the bar stamped 00:00:00 of D+1 is day D's last). Open and close
+follow (time, id) order; a repeated trade id counts once (its first occurrence in file order); rows are
+bucketed by their own timestamp, so interleaved monthly files aggregate correctly.
+
+Each batch is reduced to partial bars at once (NumPy ``reduceat`` over bar runs); partial bars are
+merged with the same reductions, so memory is bounded by the number of bars (17,280 a day), never by
+the number of trades.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+BAR_US = 5_000_000
+DAY_US = 86_400_000_000
+_EPOCH = dt.date(1970, 1, 1)
+_COMPACT_ROWS = 1 << 20
+_MAX_ID_SPAN = 1 << 34
+"""A trade id span beyond this (a 2 GiB seen-id bitmap) is not a real archive."""
+
+BARS_SCHEMA = pa.schema(
+    [
+        ("day", pa.date32()),
+        ("ts", pa.timestamp("s", tz="UTC")),
+        ("open", pa.float64()),
+        ("high", pa.float64()),
+        ("low", pa.float64()),
+        ("close", pa.float64()),
+        ("volume", pa.float64()),
+        ("quote_volume", pa.float64()),
+        ("taker_buy_volume", pa.float64()),
+        ("trade_count", pa.uint32()),
+    ]
+)
+DAYS_SCHEMA = pa.schema(
+    [
+        ("day", pa.date32()),
+        ("trade_count", pa.uint64()),
+        ("volume", pa.float64()),
+        ("quote_volume", pa.float64()),
+        ("taker_buy_volume", pa.float64()),
+        ("bar_count", pa.uint32()),
+        ("first_trade_id", pa.int64()),
+        ("last_trade_id", pa.int64()),
+        ("missing_trade_ids", pa.uint64()),
+        ("duplicate_rows", pa.uint64()),
+        ("nonpositive_rows", pa.uint64()),
+        ("first_time", pa.timestamp("us", tz="UTC")),
+        ("last_time", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def bar_close_us(time_us: np.ndarray) -> np.ndarray:
+    """Right edge of the 5 s bar holding each trade: a trade in [ts - 5 s, ts) -> ts."""
+    return (time_us // BAR_US + 1) * BAR_US
+
+
+@dataclass(frozen=True)
+class DayResult:
+    day: dt.date
+    bars: pa.Table
+    """This day's bars in BARS_SCHEMA, ordered by ts."""
+    stats: dict[str, object]
+    """This day's row of DAYS_SCHEMA as plain Python values."""
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    bars: pa.Table
+    """All bars in BARS_SCHEMA, ordered by ts."""
+    days: pa.Table
+    """One row per UTC day that has trades, in DAYS_SCHEMA, ordered by day."""
+
+    def by_day(self) -> Iterator[DayResult]:
+        bar_days = self.bars.column("day").to_numpy()
+        stops = np.searchsorted(bar_days, self.days.column("day").to_numpy(), side="right")
+        start = 0
+        for stats, stop in zip(self.days.to_pylist(), stops.tolist(), strict=True):
+            yield DayResult(stats["day"], self.bars.slice(start, stop - start), stats)
+            start = stop
+
+
+class _PartialBars:
+    """Column arrays of partial bars (a bar key plus mergeable reductions), merged when they pile up."""
+
+    FIELDS = (
+        "key", "open_time", "open_id", "open", "close_time", "close_id", "close",
+        "high", "low", "volume", "quote_volume", "taker_buy_volume", "trade_count",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.rows = 0
+        self.compact_at = _COMPACT_ROWS
+
+    def add(self, part: dict[str, np.ndarray]) -> None:
+        self.parts.append(part)
+        self.rows += len(part["key"])
+        if self.rows > self.compact_at:
+            self.compact()
+            self.compact_at = max(_COMPACT_ROWS, 2 * self.rows)
+
+    def compact(self) -> dict[str, np.ndarray]:
+        """All partial bars merged into one, one row per bar, ordered by key."""
+        if not self.parts:
+            return {name: np.empty(0, np.int64) for name in self.FIELDS}
+        if len(self.parts) > 1:
+            merged = {name: np.concatenate([p[name] for p in self.parts]) for name in self.FIELDS}
+            self.parts = [_merge(merged)]
+            self.rows = len(self.parts[0]["key"])
+        return self.parts[0]
+
+
+def _runs(key: np.ndarray) -> np.ndarray:
+    """Start index of each run of equal consecutive keys."""
+    return np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+
+
+def _reduce(
+    key: np.ndarray,
+    time: np.ndarray,
+    ids: np.ndarray,
+    price: np.ndarray,
+    qty: np.ndarray,
+    quote: np.ndarray,
+    taker_qty: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Partial bars from trades sorted by (key, time, id)."""
+    starts = _runs(key)
+    ends = np.concatenate((starts[1:], [len(key)])) - 1
+    return {
+        "key": key[starts],
+        "open_time": time[starts],
+        "open_id": ids[starts],
+        "open": price[starts],
+        "close_time": time[ends],
+        "close_id": ids[ends],
+        "close": price[ends],
+        "high": np.maximum.reduceat(price, starts),
+        "low": np.minimum.reduceat(price, starts),
+        "volume": np.add.reduceat(qty, starts),
+        "quote_volume": np.add.reduceat(quote, starts),
+        "taker_buy_volume": np.add.reduceat(taker_qty, starts),
+        "trade_count": np.diff(np.concatenate((starts, [len(key)]))),
+    }
+
+
+def _merge(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Merge partial bars sharing a key: open is the earliest (time, id), close the latest."""
+    by_open = np.lexsort((p["open_id"], p["open_time"], p["key"]))
+    key = p["key"][by_open]
+    starts = _runs(key)
+    merged = {name: p[name][by_open][starts] for name in ("key", "open_time", "open_id", "open")}
+    for name, op in (
+        ("high", np.maximum),
+        ("low", np.minimum),
+        ("volume", np.add),
+        ("quote_volume", np.add),
+        ("taker_buy_volume", np.add),
+        ("trade_count", np.add),
+    ):
+        merged[name] = op.reduceat(p[name][by_open], starts)
+    by_close = np.lexsort((p["close_id"], p["close_time"], p["key"]))
+    ends = np.concatenate((starts[1:], [len(key)])) - 1
+    for name in ("close_time", "close_id", "close"):
+        merged[name] = p[name][by_close][ends]
+    return merged
+
+
+class _SeenIds:
+    """Trade ids already counted, as a bitmap over the id span (ids are near-contiguous per symbol)."""
+
+    def __init__(self) -> None:
+        self.base = 0
+        self.bits = np.zeros(0, np.uint8)
+
+    def first_seen(self, ids: np.ndarray) -> np.ndarray | None:
+        """Mask of rows whose id was not seen before, in this or earlier batches; None when all are new."""
+        if len(ids) == 0:
+            return None
+        increasing = bool(np.all(ids[1:] > ids[:-1]))
+        if increasing:
+            unique = ids
+        else:
+            unique, first = np.unique(ids, return_index=True)
+        self._cover(int(unique[0]), int(unique[-1]))
+        offsets = unique - self.base
+        fresh = ((self.bits[offsets >> 3] >> (offsets & 7).astype(np.uint8)) & 1) == 0
+        self._mark(offsets[fresh])
+        if increasing:
+            return None if fresh.all() else fresh
+        keep = np.zeros(len(ids), bool)
+        keep[first[fresh]] = True
+        return keep
+
+    def _cover(self, low: int, high: int) -> None:
+        """Grow the bitmap (amortised doubling) so that it covers ids low..high."""
+        low -= low & 7
+        end = self.base + 8 * len(self.bits)
+        if len(self.bits) and self.base <= low and high < end:
+            return
+        new_base = min(self.base, low) if len(self.bits) else low
+        new_end = max(high + 1, end) if len(self.bits) else high + 1
+        if new_end - new_base > _MAX_ID_SPAN:
+            raise ValueError(f"trade ids {new_base}..{new_end} span too far for one archive")
+        new_end = min(max(new_end, new_base + 2 * (end - self.base)), new_base + _MAX_ID_SPAN)
+        grown = np.zeros((new_end - new_base + 7) >> 3, np.uint8)
+        shift = (self.base - new_base) >> 3
+        grown[shift : shift + len(self.bits)] = self.bits
+        self.base, self.bits = new_base, grown
+
+    def _mark(self, offsets: np.ndarray) -> None:
+        """Set the bits of sorted, distinct offsets without ufunc.at (one OR per touched byte)."""
+        if len(offsets) == 0:
+            return
+        byte = offsets >> 3
+        starts = _runs(byte)
+        masks = np.left_shift(np.uint8(1), (offsets & 7).astype(np.uint8))
+        self.bits[byte[starts]] |= np.bitwise_or.reduceat(masks, starts)
+
+
+class BarAggregator:
+    """Feed trade batches in TRADES_SCHEMA with :meth:`add`; :meth:`finish` returns bars and day stats."""
+
+    def __init__(self) -> None:
+        self._bars = _PartialBars()
+        self._seen = _SeenIds()
+        self._day_parts: list[dict[str, np.ndarray]] = []
+        """Per batch and day: first/last id, rows with price or qty <= 0, duplicate rows dropped."""
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        ids = batch.column("id").to_numpy()
+        time = batch.column("time_us").to_numpy()
+        price = batch.column("price").to_numpy()
+        qty = batch.column("qty").to_numpy()
+        quote = batch.column("quote_qty").to_numpy()
+        maker = batch.column("is_buyer_maker").to_numpy(zero_copy_only=False)
+        keep = self._seen.first_seen(ids)
+        if keep is not None:
+            dropped_days, dropped = np.unique(time[~keep] // DAY_US, return_counts=True)
+            self._day_parts.append({"day": dropped_days, "duplicate_rows": dropped})
+            ids, time, price, qty, quote, maker = (a[keep] for a in (ids, time, price, qty, quote, maker))
+            if len(ids) == 0:
+                return
+        if not _is_sorted(time, ids):
+            order = np.lexsort((ids, time))
+            ids, time, price, qty, quote, maker = (a[order] for a in (ids, time, price, qty, quote, maker))
+        self._bars.add(_reduce(time // BAR_US, time, ids, price, qty, quote, np.where(maker, 0.0, qty)))
+        day = time // DAY_US
+        starts = _runs(day)
+        self._day_parts.append(
+            {
+                "day": day[starts],
+                "first_trade_id": np.minimum.reduceat(ids, starts),
+                "last_trade_id": np.maximum.reduceat(ids, starts),
+                "nonpositive_rows": np.add.reduceat(((price <= 0) | (qty <= 0)).astype(np.int64), starts),
+            }
+        )
+
+    def finish(self) -> Aggregation:
+        bars = self._bars.compact()
+        return Aggregation(bars=_bars_table(bars), days=self._days_table(bars))
+
+    def _days_table(self, bars: dict[str, np.ndarray]) -> pa.Table:
+        """Day stats: sums over the day's bars, plus the id range and counts gathered per batch."""
+        bar_day = (bars["key"] * BAR_US) // DAY_US
+        days, bar_starts = np.unique(bar_day, return_index=True)
+        if len(days) == 0:
+            return DAYS_SCHEMA.empty_table()
+        first_id = np.full(len(days), np.iinfo(np.int64).max)
+        last_id = np.full(len(days), np.iinfo(np.int64).min)
+        nonpositive = np.zeros(len(days), np.int64)
+        duplicates = np.zeros(len(days), np.int64)
+        for part in self._day_parts:
+            index = np.searchsorted(days, part["day"])
+            if "duplicate_rows" in part:
+                # a duplicate may carry a time on a day with no bars: count it on the next day with bars
+                np.add.at(duplicates, np.minimum(index, len(days) - 1), part["duplicate_rows"])
+                continue
+            np.minimum.at(first_id, index, part["first_trade_id"])
+            np.maximum.at(last_id, index, part["last_trade_id"])
+            np.add.at(nonpositive, index, part["nonpositive_rows"])
+
+        def per_day(values: np.ndarray, op: np.ufunc = np.add) -> np.ndarray:
+            return op.reduceat(values, bar_starts)
+
+        trade_count = per_day(bars["trade_count"])
+        return pa.table(
+            {
+                "day": _dates(days),
+                "trade_count": trade_count.astype(np.uint64),
+                "volume": per_day(bars["volume"]),
+                "quote_volume": per_day(bars["quote_volume"]),
+                "taker_buy_volume": per_day(bars["taker_buy_volume"]),
+                "bar_count": np.diff(np.concatenate((bar_starts, [len(bar_day)]))).astype(np.uint32),
+                "first_trade_id": first_id,
+                "last_trade_id": last_id,
+                "missing_trade_ids": ((last_id - first_id + 1) - trade_count).astype(np.uint64),
+                "duplicate_rows": duplicates.astype(np.uint64),
+                "nonpositive_rows": nonpositive.astype(np.uint64),
+                "first_time": per_day(bars["open_time"], np.minimum),
+                "last_time": per_day(bars["close_time"], np.maximum),
+            },
+            schema=DAYS_SCHEMA,
+        )
+
+
+def _is_sorted(time: np.ndarray, ids: np.ndarray) -> bool:
+    step = np.diff(time)
+    return bool(np.all(step >= 0) and np.all((step > 0) | (np.diff(ids) > 0)))
+
+
+def _dates(day_index: np.ndarray) -> pa.Array:
+    return pa.array(day_index.astype(np.int32), pa.date32())
+
+
+def _bars_table(bars: dict[str, np.ndarray]) -> pa.Table:
+    key = bars["key"].astype(np.int64)
+    close_s = (key + 1) * (BAR_US // 1_000_000)
+    return pa.table(
+        {
+            "day": _dates((key * BAR_US) // DAY_US),
+            "ts": pa.array(close_s, pa.timestamp("s", tz="UTC")),
+            "open": bars["open"].astype(np.float64),
+            "high": bars["high"].astype(np.float64),
+            "low": bars["low"].astype(np.float64),
+            "close": bars["close"].astype(np.float64),
+            "volume": bars["volume"].astype(np.float64),
+            "quote_volume": bars["quote_volume"].astype(np.float64),
+            "taker_buy_volume": bars["taker_buy_volume"].astype(np.float64),
+            "trade_count": bars["trade_count"].astype(np.uint32),
+        },
+        schema=BARS_SCHEMA,
+    )
+
+
+def aggregate_trades(batches: Iterable[pa.RecordBatch | pa.Table]) -> Aggregation:
+    """Aggregate a stream of trade batches (TRADES_SCHEMA) into bars and day stats."""
+    aggregator = BarAggregator()
+    for batch in batches:
+        aggregator.add(batch)
+    return aggregator.finish()

@@ -1,0 +1,398 @@
+"""Synthetic Binance Vision trades archives in every real layout, and an independent bars oracle.
+
+Layouts follow vision/FORMAT.md section 3. The oracle (`expected_bars`, `expected_day_stats`,
+`expected_1m`) is written the obvious way with pandas groupby, so it shares no algorithm with
+`binance_assets.bars`. Everything here is pure numpy/pandas/zipfile.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BAR_US = 5_000_000
+MINUTE_US = 60_000_000
+DAY_US = 86_400_000_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_DECIMALS = 8
+_CHUNK_ROWS = 500_000
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one market writes its trades CSV."""
+
+    market: str
+    """Key in `binance_assets.markets.MARKETS`."""
+    header: str | None
+    time_unit: str
+    """"ms" or "us": the unit of the time column."""
+    padded: bool
+    """Numbers with 8 fixed decimals (spot) or unpadded (futures, e.g. `68402.6`)."""
+    true: bytes
+    false: bytes
+    third_column: str
+    """Name of the third numeric column: `quote_qty` (price*qty) or `base_qty` (COIN-M)."""
+    integer_qty: bool = False
+    """qty is a whole number of contracts (COIN-M)."""
+    best_match: bool = False
+    """Spot's trailing isBestMatch column, always True."""
+
+
+_SPOT_MS = Layout(
+    market="spot",
+    header=None,
+    time_unit="ms",
+    padded=True,
+    true=b"True",
+    false=b"False",
+    third_column="quote_qty",
+    best_match=True,
+)
+_UM_HEADER = Layout(
+    market="um",
+    header="id,price,qty,quote_qty,time,is_buyer_maker",
+    time_unit="ms",
+    padded=False,
+    true=b"true",
+    false=b"false",
+    third_column="quote_qty",
+)
+LAYOUTS: dict[str, Layout] = {
+    "spot_ms": _SPOT_MS,
+    "spot_us": replace(_SPOT_MS, time_unit="us"),
+    "um_header": _UM_HEADER,
+    "um_noheader": replace(_UM_HEADER, header=None),
+    "cm": replace(
+        _UM_HEADER,
+        market="cm",
+        header="id,price,qty,base_qty,time,is_buyer_maker",
+        third_column="base_qty",
+        integer_qty=True,
+    ),
+}
+
+
+def to_us(when: dt.datetime) -> int:
+    """UTC microseconds since the epoch of an aware datetime."""
+    return (when - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def cm_base_qty(price: np.ndarray | pd.Series, qty: np.ndarray | pd.Series) -> np.ndarray:
+    """COIN-M base_qty of a trade of `qty` 100-USD contracts: qty*100/price, 8 decimals."""
+    return np.round(np.asarray(qty, dtype=np.float64) * 100.0 / np.asarray(price, dtype=np.float64), 8)
+
+
+def make_trades(
+    n: int,
+    start: dt.datetime,
+    seconds: float,
+    *,
+    first_id: int = 1,
+    seed: int = 0,
+    price: float = 100.0,
+    time_unit: str = "us",
+    contracts: bool = False,
+) -> pd.DataFrame:
+    """`n` trades in file order over [start, start+seconds), `start` an aware UTC datetime.
+
+    Ids are contiguous from `first_id`; times are non-decreasing and clustered: taker orders arrive
+    with heavy-tailed gaps and each fills one or more trades at one timestamp and one side. Prices are
+    a log random walk rounded to 2 decimals (about 2% daily-like range over the n trades), qty is
+    log-normal rounded to 5 decimals. `time_unit="ms"` aligns times to whole milliseconds (needed for
+    exact round trips through the ms layouts). `contracts=True` makes qty whole COIN-M contracts and
+    adds a `base_qty` column.
+    """
+    unit_us = {"us": 1, "ms": 1000}[time_unit]
+    start_us = to_us(start)
+    if start_us % unit_us:
+        raise ValueError(f"start {start} is not aligned to whole {time_unit}")
+    span = int(seconds * 1_000_000) // unit_us
+    if n < 1 or span < 1:
+        raise ValueError(f"need n >= 1 and at least one {time_unit} of span, got n={n}, seconds={seconds}")
+    rng = np.random.default_rng(seed)
+
+    fills = rng.geometric(0.6, size=n)
+    order_of_trade = np.repeat(np.arange(n), fills)[:n]
+    n_orders = int(order_of_trade[-1]) + 1
+    gaps = rng.lognormal(0.0, 2.0, size=n_orders + 1)
+    position = np.cumsum(gaps)[:n_orders] / gaps.sum()
+    offset = np.minimum(np.floor(position * span).astype(np.int64), span - 1)
+    time_us = start_us + offset[order_of_trade] * unit_us
+    is_buyer_maker = (rng.random(n_orders) < 0.5)[order_of_trade]
+
+    walk = np.cumsum(rng.normal(0.0, 0.02 / np.sqrt(n), size=n))
+    prices = np.maximum(np.round(price * np.exp(walk), 2), 0.01)
+    if contracts:
+        qty = rng.geometric(0.2, size=n).astype(np.float64)
+    else:
+        qty = np.maximum(np.round(rng.lognormal(np.log(0.05), 1.2, size=n), 5), 0.00001)
+    trades = pd.DataFrame(
+        {
+            "id": np.arange(first_id, first_id + n, dtype=np.int64),
+            "price": prices,
+            "qty": qty,
+            "time_us": time_us,
+            "is_buyer_maker": is_buyer_maker,
+        }
+    )
+    if contracts:
+        trades["base_qty"] = cm_base_qty(prices, qty)
+    return trades
+
+
+def _digits(values: np.ndarray, width: int) -> np.ndarray:
+    """ASCII digits of non-negative ints, right-aligned and zero-padded to `width` columns."""
+    out = np.empty((len(values), width), dtype=np.uint8)
+    rest = values
+    for column in range(width - 1, -1, -1):
+        rest, digit = np.divmod(rest, 10)
+        out[:, column] = digit + ord("0")
+    return out
+
+
+def _integer_field(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(chars, keep) matrices of a column of non-negative ints, leading zeros not kept."""
+    values = np.asarray(values, dtype=np.int64)
+    if len(values) and values.min() < 0:
+        raise ValueError("Binance trades layouts hold no negative numbers")
+    width = len(str(int(values.max()))) if len(values) else 1
+    chars = _digits(values, width)
+    keep = np.logical_or.accumulate(chars != ord("0"), axis=1)
+    keep[:, -1] = True
+    return chars, keep
+
+
+def _decimal_field(values: np.ndarray, padded: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(chars, keep) of floats rounded to 8 decimals: `93576.00000000` padded, `68402.6` unpadded."""
+    scaled = np.rint(np.asarray(values, dtype=np.float64) * 10**_DECIMALS).astype(np.int64)
+    whole, fraction = np.divmod(scaled, 10**_DECIMALS)
+    whole_chars, whole_keep = _integer_field(whole)
+    fraction_chars = _digits(fraction, _DECIMALS)
+    if padded:
+        fraction_keep = np.ones_like(fraction_chars, dtype=bool)
+    else:
+        nonzero_after = (fraction_chars != ord("0"))[:, ::-1]
+        fraction_keep = np.logical_or.accumulate(nonzero_after, axis=1)[:, ::-1].copy()
+        fraction_keep[:, 0] = True
+    dot = np.full((len(values), 1), ord("."), dtype=np.uint8)
+    return (
+        np.hstack([whole_chars, dot, fraction_chars]),
+        np.hstack([whole_keep, np.ones_like(dot, dtype=bool), fraction_keep]),
+    )
+
+
+def _bool_field(values: np.ndarray, true: bytes, false: bytes) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(true), len(false))
+    rows = np.zeros((2, width), dtype=np.uint8)
+    rows[0, : len(true)] = list(true)
+    rows[1, : len(false)] = list(false)
+    keeps = np.arange(width) < np.array([[len(true)], [len(false)]])
+    pick = np.where(np.asarray(values, dtype=bool), 0, 1)
+    return rows[pick], keeps[pick]
+
+
+def _csv_rows(columns: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """Join (chars, keep) fields with commas and end each row with a newline."""
+    n = len(columns[0][0])
+    separator = np.full((n, 1), ord(","), dtype=np.uint8)
+    newline = np.full((n, 1), ord("\n"), dtype=np.uint8)
+    always = np.ones((n, 1), dtype=bool)
+    chars, keep = [], []
+    for index, (field_chars, field_keep) in enumerate(columns):
+        chars += [field_chars, separator if index < len(columns) - 1 else newline]
+        keep += [field_keep, always]
+    return np.hstack(chars)[np.hstack(keep)].tobytes()
+
+
+def trades_csv(df: pd.DataFrame, layout: str) -> bytes:
+    """The CSV text of trades `df` in one of `LAYOUTS` (spot_ms, spot_us, um_header, um_noheader, cm).
+
+    The third numeric column is `df["quote_qty"]` / `df["base_qty"]` when present (so tests can plant
+    the corrupt quote_qty rows of FORMAT.md section 5), else price*qty / `cm_base_qty`. Vectorised:
+    3M rows take a few seconds.
+    """
+    spec = LAYOUTS[layout]
+    time_us = df["time_us"].to_numpy(np.int64)
+    if spec.time_unit == "ms" and (time_us % 1000).any():
+        raise ValueError(f"layout {layout} writes ms: time_us must be whole ms (make_trades(time_unit='ms'))")
+    qty = df["qty"].to_numpy(np.float64)
+    if spec.integer_qty and (qty != np.round(qty)).any():
+        raise ValueError(f"layout {layout} writes whole contracts: qty must be integral")
+    if spec.third_column in df:
+        third = df[spec.third_column].to_numpy(np.float64)
+    elif spec.third_column == "base_qty":
+        third = cm_base_qty(df["price"], qty)
+    else:
+        third = df["price"].to_numpy(np.float64) * qty
+    file_time = time_us // 1000 if spec.time_unit == "ms" else time_us
+
+    parts = [] if spec.header is None else [spec.header.encode() + b"\n"]
+    for lo in range(0, len(df), _CHUNK_ROWS):
+        rows = slice(lo, lo + _CHUNK_ROWS)
+        columns = [
+            _integer_field(df["id"].to_numpy(np.int64)[rows]),
+            _decimal_field(df["price"].to_numpy(np.float64)[rows], spec.padded),
+            _integer_field(qty[rows]) if spec.integer_qty else _decimal_field(qty[rows], spec.padded),
+            _decimal_field(third[rows], spec.padded),
+            _integer_field(file_time[rows]),
+            _bool_field(df["is_buyer_maker"].to_numpy(bool)[rows], spec.true, spec.false),
+        ]
+        if spec.best_match:
+            columns.append(_bool_field(np.ones(len(columns[0][0]), dtype=bool), spec.true, spec.false))
+        parts.append(_csv_rows(columns))
+    return b"".join(parts)
+
+
+def zip_archive(
+    csv_bytes: bytes,
+    member_name: str,
+    *,
+    extra_members: dict[str, bytes] | None = None,
+    compresslevel: int = 6,
+) -> bytes:
+    """A deflated zip holding `member_name`; `extra_members` are written first, as in the
+    `fsx-data/collector_data/<name>.csv` duplicate-member quirk, so a reader taking the first
+    member gets caught."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as archive:
+        for name, data in (extra_members or {}).items():
+            archive.writestr(name, data)
+        archive.writestr(member_name, csv_bytes)
+    return buffer.getvalue()
+
+
+def write_archive(root: Path, key: str, zip_bytes: bytes) -> Path:
+    """Write `root/key` and its `.CHECKSUM` (`<sha256 hex>  <zip name>\\n`); return the zip path."""
+    path = root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(zip_bytes)
+    digest = hashlib.sha256(zip_bytes).hexdigest()
+    path.with_name(path.name + ".CHECKSUM").write_text(f"{digest}  {path.name}\n")
+    return path
+
+
+def interleave(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Move a run of an earlier day's rows to just after a later day's rows, like monthly files do."""
+    day = df["time_us"].to_numpy(np.int64) // DAY_US
+    days = np.unique(day)
+    if len(days) < 2:
+        raise ValueError("interleave needs trades on at least two UTC days")
+    rng = np.random.default_rng(seed)
+    earlier = rng.integers(0, len(days) - 1)
+    later = days[rng.integers(earlier + 1, len(days))]
+    source = np.flatnonzero(day == days[earlier])
+    length = int(rng.integers(1, len(source) + 1))
+    first = int(rng.integers(0, len(source) - length + 1))
+    moved = source[first : first + length]
+    rest = np.setdiff1d(np.arange(len(df)), moved)
+    cut = np.searchsorted(rest, np.flatnonzero(day == later)[-1]) + 1
+    order = np.concatenate([rest[:cut], moved, rest[cut:]])
+    return df.iloc[order].reset_index(drop=True)
+
+
+def duplicate_ids(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """Repeat round(fraction*len) random rows exactly, each copy at a random place after its original."""
+    n = len(df)
+    rng = np.random.default_rng(seed)
+    copied = rng.choice(n, size=round(fraction * n), replace=False)
+    after = rng.integers(copied, n)
+    keys = np.concatenate([np.arange(n, dtype=np.float64), after + 0.5])
+    rows = np.concatenate([np.arange(n), copied])[np.argsort(keys, kind="stable")]
+    return df.iloc[rows].reset_index(drop=True)
+
+
+def drop_ids(df: pd.DataFrame, ids: list[int] | np.ndarray) -> pd.DataFrame:
+    """`df` without the rows of `ids` (id gaps); every id must be present."""
+    dropped = df["id"].isin(ids)
+    absent = set(np.asarray(ids).tolist()) - set(df.loc[dropped, "id"].tolist())
+    if absent:
+        raise ValueError(f"ids not in the trades: {sorted(absent)}")
+    return df[~dropped].reset_index(drop=True)
+
+
+def _oracle_frame(df: pd.DataFrame, quote_col: str | None) -> pd.DataFrame:
+    """Trades without duplicate ids (first occurrence kept), in (time, id) order, with volumes."""
+    trades = df.drop_duplicates(subset="id", keep="first")
+    quote = trades["price"] * trades["qty"] if quote_col is None else trades[quote_col]
+    taker_buy = ~trades["is_buyer_maker"]
+    return trades.assign(
+        quote=quote,
+        taker_buy=trades["qty"].where(taker_buy, 0.0),
+        taker_buy_quote=quote.where(taker_buy, 0.0),
+        day=trades["time_us"] // DAY_US,
+        ts=(trades["time_us"] // BAR_US + 1) * BAR_US,
+    ).sort_values(["time_us", "id"], kind="stable")
+
+
+def _ohlcv(trades: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    return (
+        trades.groupby(keys, sort=True)
+        .agg(
+            open=("price", "first"),
+            high=("price", "max"),
+            low=("price", "min"),
+            close=("price", "last"),
+            volume=("qty", "sum"),
+            quote_volume=("quote", "sum"),
+            taker_buy_volume=("taker_buy", "sum"),
+            taker_buy_quote_volume=("taker_buy_quote", "sum"),
+            trade_count=("id", "size"),
+        )
+        .reset_index()
+    )
+
+
+def _as_date(day_numbers: pd.Series) -> pd.Series:
+    return day_numbers.map(lambda number: dt.date(1970, 1, 1) + dt.timedelta(days=int(number)))
+
+
+def expected_bars(df: pd.DataFrame, quote_col: str | None = None) -> pd.DataFrame:
+    """5s bars stamped at their right edge `ts` (trades in [ts-5s, ts)), by the trade's own UTC day.
+
+    quote_volume is sum(price*qty), or sum(df[quote_col]) (e.g. COIN-M `base_qty`).
+    """
+    bars = _ohlcv(_oracle_frame(df, quote_col), ["day", "ts"])
+    bars["day"] = _as_date(bars["day"])
+    return bars.drop(columns="taker_buy_quote_volume")
+
+
+def expected_day_stats(df: pd.DataFrame, quote_col: str | None = None) -> pd.DataFrame:
+    """Per UTC day: totals, bar count, id range and the ids missing from it, first/last time."""
+    stats = (
+        _oracle_frame(df, quote_col)
+        .groupby("day", sort=True)
+        .agg(
+            trade_count=("id", "size"),
+            volume=("qty", "sum"),
+            quote_volume=("quote", "sum"),
+            taker_buy_volume=("taker_buy", "sum"),
+            bar_count=("ts", "nunique"),
+            first_trade_id=("id", "min"),
+            last_trade_id=("id", "max"),
+            distinct_ids=("id", "nunique"),
+            first_time_us=("time_us", "min"),
+            last_time_us=("time_us", "max"),
+        )
+        .reset_index()
+    )
+    stats["day"] = _as_date(stats["day"])
+    span = stats["last_trade_id"] - stats["first_trade_id"] + 1
+    stats.insert(8, "missing_trade_ids", span - stats.pop("distinct_ids"))
+    return stats
+
+
+def expected_1m(df: pd.DataFrame, quote_col: str | None = None) -> pd.DataFrame:
+    """1-minute klines as Binance publishes them: left-labelled `open_time` in ms."""
+    trades = _oracle_frame(df, quote_col)
+    trades["open_time"] = trades["time_us"] // MINUTE_US * 60_000
+    klines = _ohlcv(trades, ["open_time"]).rename(columns={"trade_count": "count"})
+    columns = ["open_time", "open", "high", "low", "close", "volume", "quote_volume", "count"]
+    return klines[[*columns, "taker_buy_volume", "taker_buy_quote_volume"]]
