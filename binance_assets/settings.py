@@ -50,6 +50,7 @@ class Settings:
     auto_backfill: bool = False
     daily_run_time: str = "09:00"
     max_days_per_run: int = 31
+    publish_grace_days: int = 7
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +75,7 @@ class Settings:
             auto_backfill=_bool(env, "BINANCE_AUTO_BACKFILL", False),
             daily_run_time=_hh_mm(env, "BINANCE_DAILY_RUN_TIME", "09:00"),
             max_days_per_run=_number(env, "BINANCE_MAX_DAYS_PER_RUN", 31, int, minimum=1, maximum=366),
+            publish_grace_days=_number(env, "BINANCE_PUBLISH_GRACE_DAYS", 7, int, minimum=1, maximum=90),
         )
 
     def wants_ticker(self, ticker: str) -> bool:

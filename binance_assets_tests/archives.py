@@ -33,7 +33,7 @@ class Layout:
     """Key in `binance_assets.markets.MARKETS`."""
     header: str | None
     time_unit: str
-    """"ms" or "us": the unit of the time column."""
+    """Unit of the time column: "ms" or "us"."""
     padded: bool
     """Numbers with 8 fixed decimals (spot) or unpadded (futures, e.g. `68402.6`)."""
     true: bytes
@@ -105,7 +105,7 @@ def make_trades(
 
     Ids are contiguous from `first_id`; times are non-decreasing and clustered: taker orders arrive
     with heavy-tailed gaps and each fills one or more trades at one timestamp and one side. Prices are
-    a log random walk rounded to 2 decimals (about 2% daily-like range over the n trades), qty is
+    a log random walk rounded to 2 decimals (2% volatility over the whole n trades), qty is
     log-normal rounded to 5 decimals. `time_unit="ms"` aligns times to whole milliseconds (needed for
     exact round trips through the ms layouts). `contracts=True` makes qty whole COIN-M contracts and
     adds a `base_qty` column.
@@ -233,20 +233,23 @@ def trades_csv(df: pd.DataFrame, layout: str) -> bytes:
     else:
         third = df["price"].to_numpy(np.float64) * qty
     file_time = time_us // 1000 if spec.time_unit == "ms" else time_us
+    ids = df["id"].to_numpy(np.int64)
+    prices = df["price"].to_numpy(np.float64)
+    is_buyer_maker = df["is_buyer_maker"].to_numpy(bool)
 
     parts = [] if spec.header is None else [spec.header.encode() + b"\n"]
     for lo in range(0, len(df), _CHUNK_ROWS):
         rows = slice(lo, lo + _CHUNK_ROWS)
         columns = [
-            _integer_field(df["id"].to_numpy(np.int64)[rows]),
-            _decimal_field(df["price"].to_numpy(np.float64)[rows], spec.padded),
+            _integer_field(ids[rows]),
+            _decimal_field(prices[rows], spec.padded),
             _integer_field(qty[rows]) if spec.integer_qty else _decimal_field(qty[rows], spec.padded),
             _decimal_field(third[rows], spec.padded),
             _integer_field(file_time[rows]),
-            _bool_field(df["is_buyer_maker"].to_numpy(bool)[rows], spec.true, spec.false),
+            _bool_field(is_buyer_maker[rows], spec.true, spec.false),
         ]
         if spec.best_match:
-            columns.append(_bool_field(np.ones(len(columns[0][0]), dtype=bool), spec.true, spec.false))
+            columns.append(_bool_field(np.ones(len(ids[rows]), dtype=bool), spec.true, spec.false))
         parts.append(_csv_rows(columns))
     return b"".join(parts)
 
@@ -256,13 +259,12 @@ def zip_archive(
     member_name: str,
     *,
     extra_members: dict[str, bytes] | None = None,
-    compresslevel: int = 6,
 ) -> bytes:
     """A deflated zip holding `member_name`; `extra_members` are written first, as in the
     `fsx-data/collector_data/<name>.csv` duplicate-member quirk, so a reader taking the first
     member gets caught."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as archive:
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in (extra_members or {}).items():
             archive.writestr(name, data)
         archive.writestr(member_name, csv_bytes)
@@ -396,3 +398,48 @@ def expected_1m(df: pd.DataFrame, quote_col: str | None = None) -> pd.DataFrame:
     klines = _ohlcv(trades, ["open_time"]).rename(columns={"trade_count": "count"})
     columns = ["open_time", "open", "high", "low", "close", "volume", "quote_volume", "count"]
     return klines[[*columns, "taker_buy_volume", "taker_buy_quote_volume"]]
+
+
+def publish(
+    root: Path,
+    market: str,
+    ticker: str,
+    days: list[dt.date],
+    *,
+    trades_per_day: int = 400,
+    monthly: tuple[str, ...] = (),
+    daily: bool = True,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Write a ticker's trades for `days` into a mirror `root` laid out like the bucket; return the trades.
+
+    Each day gets `trades_per_day` trades with ids continuing across days. Daily archives are written
+    when `daily`, and a monthly archive for each `YYYY-MM` in `monthly` (holding that month's days).
+    """
+    from binance_assets.markets import MARKETS
+
+    layout = {"spot": "spot_ms", "um": "um_header", "cm": "cm"}[market]
+    frames = []
+    for index, day in enumerate(sorted(days)):
+        start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+        frames.append(
+            make_trades(
+                trades_per_day,
+                start,
+                86_400,
+                first_id=1 + index * trades_per_day,
+                seed=seed + index,
+                time_unit="ms",
+                contracts=market == "cm",
+            )
+        )
+    trades = pd.concat(frames, ignore_index=True)
+    stamps = trades["time_us"].to_numpy().astype("datetime64[us]")
+    day_of, month_of = stamps.astype("datetime64[D]").astype(str), stamps.astype("datetime64[M]").astype(str)
+    periods = [(d.isoformat(), day_of == d.isoformat()) for d in days if daily]
+    periods += [(month, month_of == month) for month in monthly]
+    for period, rows in periods:
+        name = f"{ticker}-trades-{period}"
+        data = zip_archive(trades_csv(trades[rows], layout), f"{name}.csv")
+        write_archive(root, MARKETS[market].trades_key(ticker, period), data)
+    return trades

@@ -1,0 +1,235 @@
+"""Seconds, trades/s and peak RSS for one synthetic 3M-trade UM day: inflate floors, pandas, our path.
+
+    python benchmarks/bars_bench.py [--trades 3000000] [--workdir DIR] [--repeat 3]
+
+The archive (um_header layout, one UTC day) is generated once and cached in the workdir. Every
+measurement runs in a fresh subprocess that times its own work (imports excluded) and reports its
+own peak RSS (VmHWM), so peak RSS is per measurement; the best of `--repeat` runs is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+
+TICKER = "BTCUSDT"
+DAY = dt.date(2024, 1, 1)
+READ_CHUNK = 1 << 20
+STAGES: dict[str, str] = {
+    "zipfile": "inflate zlib (zipfile read)",
+    "zlib": "inflate zlib (raw stream)",
+    "zlib_ng": "inflate zlib-ng (raw stream)",
+    "isal": "inflate isal (raw stream)",
+    "pandas": "pandas read_csv + resample",
+    "ours": "ours: read_trades + aggregate_trades",
+}
+
+
+def build_archive(workdir: Path, trades: int) -> Path:
+    """Write (once) the UM `BTCUSDT-trades-2024-01-01.zip` of `trades` trades under `workdir`."""
+    from binance_assets.markets import get_market
+    from binance_assets_tests.archives import make_trades, trades_csv, write_archive, zip_archive
+
+    key = get_market("um").trades_key(TICKER, DAY.isoformat())
+    root = workdir / f"um-{trades}"
+    path = root / key
+    if path.exists():
+        return path
+    started = time.perf_counter()
+    start = dt.datetime.combine(DAY, dt.time(), tzinfo=dt.UTC)
+    frame = make_trades(trades, start, 86_400, price=42_000.0, time_unit="ms")
+    text = trades_csv(frame, "um_header")
+    written = write_archive(root, key, zip_archive(text, path.with_suffix(".csv").name))
+    print(f"generated {written} in {time.perf_counter() - started:.1f} s (csv {len(text) / 1e6:.1f} MB)")
+    return written
+
+
+def _deflate_stream(path: Path) -> tuple[int, int, int]:
+    """(offset, compressed size, inflated size) of the zip's only member's raw deflate stream."""
+    with zipfile.ZipFile(path) as archive:
+        (info,) = archive.infolist()
+    with path.open("rb") as raw:
+        raw.seek(info.header_offset)
+        header = struct.unpack(zipfile.structFileHeader, raw.read(zipfile.sizeFileHeader))
+    name_length, extra_length = header[-2], header[-1]
+    offset = info.header_offset + zipfile.sizeFileHeader + name_length + extra_length
+    return offset, info.compress_size, info.file_size
+
+
+def _inflate_zipfile(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive, archive.open(archive.infolist()[0]) as member:
+        while member.read(READ_CHUNK):
+            pass
+
+
+def _raw_inflater(module: str) -> Callable[[], Callable[[Path], None]]:
+    """A loader of a raw-deflate inflate loop over the member with `module`'s decompressobj(-15)."""
+
+    def load() -> Callable[[Path], None]:
+        if module == "isal":
+            from isal import isal_zlib as codec
+        elif module == "zlib_ng":
+            from zlib_ng import zlib_ng as codec
+        else:
+            import zlib as codec
+
+        def inflate(path: Path) -> None:
+            offset, left, size = _deflate_stream(path)
+            inflater = codec.decompressobj(-15)
+            inflated = 0
+            with path.open("rb") as raw:
+                raw.seek(offset)
+                while left:
+                    chunk = raw.read(min(READ_CHUNK, left))
+                    left -= len(chunk)
+                    while chunk:  # bounded output, as zipfile reads: no huge fresh buffers
+                        inflated += len(inflater.decompress(chunk, READ_CHUNK))
+                        chunk = inflater.unconsumed_tail
+            inflated += len(inflater.flush())
+            if inflated != size:
+                raise RuntimeError(f"{module} inflated {inflated} bytes, the zip says {size}")
+
+        return inflate
+
+    return load
+
+
+def _pandas_path() -> Callable[[Path], int]:
+    import pandas as pd
+
+    def run(path: Path) -> int:
+        with zipfile.ZipFile(path) as archive, archive.open(archive.infolist()[0]) as member:
+            trades = pd.read_csv(member)
+        trades.index = pd.to_datetime(trades["time"], unit="ms", utc=True)
+        trades["quote"] = trades["price"] * trades["qty"]
+        trades["taker_buy"] = trades["qty"].where(~trades["is_buyer_maker"], 0.0)
+        buckets = trades.resample("5s", label="right", closed="left")
+        bars = buckets["price"].ohlc().join(buckets[["qty", "quote", "taker_buy"]].sum())
+        bars["trade_count"] = buckets["price"].count()
+        return int((bars["trade_count"] > 0).sum())
+
+    return run
+
+
+def _our_path() -> Callable[[Path], int]:
+    """The lead's API; adapt here if it changes."""
+    from binance_assets.bars import aggregate_trades
+    from binance_assets.markets import get_market
+    from binance_assets.vision.trades import read_trades
+
+    market = get_market("um")
+
+    def run(path: Path) -> int:
+        return aggregate_trades(read_trades(path, market)).bars.num_rows
+
+    return run
+
+
+LOADERS: dict[str, Callable[[], Callable[[Path], object]]] = {
+    "zipfile": lambda: _inflate_zipfile,
+    "zlib": _raw_inflater("zlib"),
+    "zlib_ng": _raw_inflater("zlib_ng"),
+    "isal": _raw_inflater("isal"),
+    "pandas": _pandas_path,
+    "ours": _our_path,
+}
+
+
+def child(stage: str, path: Path) -> None:
+    """Run one measurement in this process; print one JSON line."""
+    try:
+        work = LOADERS[stage]()
+    except Exception as error:  # reported, so the other stages still print
+        print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+        return
+    started = time.perf_counter()
+    bars = work(path)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "rss_mb": _peak_rss_mb(), "bars": bars}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak into it
+    across the vfork/exec that subprocess uses, so every child would report at least the parent's."""
+    status = Path("/proc/self/status").read_text()
+    (kilobytes,) = (line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(kilobytes) / 1024
+
+
+def measure(stage: str, path: Path, repeat: int) -> dict[str, Any]:
+    """Best seconds and highest peak RSS over `repeat` fresh subprocesses, or {"error": ...}."""
+    runs = []
+    for _ in range(repeat):
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", stage, "--zip", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+            return {"error": lines[-1]}
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        if "error" in report:
+            return report
+        runs.append(report)
+    best = min(runs, key=lambda run: run["seconds"])
+    return {**best, "rss_mb": max(run["rss_mb"] for run in runs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--trades", type=int, default=3_000_000)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "binance-assets-bench")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--zip", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.zip)
+        return
+
+    path = build_archive(args.workdir, args.trades)
+    print(f"{path}: {args.trades:,} trades, zip {path.stat().st_size / 1e6:.1f} MB, best of {args.repeat}")
+    print(f"{'stage':<40} {'seconds':>8} {'M trades/s':>11} {'peak RSS MB':>12}")
+    results: dict[str, dict[str, Any]] = {}
+    for stage, label in STAGES.items():
+        if stage in ("zlib_ng", "isal") and importlib.util.find_spec(stage) is None:
+            print(f"{label}: not installed")
+            continue
+        result = measure(stage, path, args.repeat)
+        if "error" in result:
+            status = "not available" if stage == "ours" else "failed"
+            print(f"{'our path' if stage == 'ours' else label}: {status} ({result['error']})")
+            continue
+        results[stage] = result
+        rate = args.trades / result["seconds"] / 1e6
+        print(f"{label:<40} {result['seconds']:>8.2f} {rate:>11.2f} {result['rss_mb']:>12.0f}")
+
+    ours, pandas, isal = (results.get(stage) for stage in ("ours", "pandas", "isal"))
+    if ours and pandas:
+        print(f"ours vs pandas: {pandas['seconds'] / ours['seconds']:.1f}x faster")
+        if ours["bars"] != pandas["bars"]:
+            print(f"WARNING: ours made {ours['bars']} bars, pandas {pandas['bars']}")
+    if ours and isal:
+        print(f"ours vs isal inflate floor: {ours['seconds'] / isal['seconds']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

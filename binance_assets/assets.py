@@ -1,0 +1,232 @@
+"""Per-market assets: one op downloads and resamples a run's ticker-days into hl5s_bars + daily_liquidity.
+
+Thin wiring: the run's partitions become (ticker, days); `plan.py` picks archives, `pipeline.py`
+downloads and aggregates them, the ClickHouse IO manager writes the streamed days, and two checks
+verify the stored rows of the run.
+"""
+
+import datetime as dt
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetOut,
+    AssetsDefinition,
+    BackfillPolicy,
+    Backoff,
+    DailyPartitionsDefinition,
+    DynamicPartitionsDefinition,
+    Failure,
+    Jitter,
+    MetadataValue,
+    MultiPartitionKey,
+    MultiPartitionsDefinition,
+    Output,
+    RetryPolicy,
+    multi_asset,
+)
+
+from binance_assets.checks import CheckOutcome, RunSlice, bars_well_formed, liquidity_matches_bars
+from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA
+from binance_assets.markets import Market
+from binance_assets.pipeline import LoadStats, load_days
+from binance_assets.plan import TickerPlan, plan_ticker
+from binance_assets.resources import ClickHouseResource, VisionResource
+
+BARS = "hl5s_bars"
+LIQUIDITY = "daily_liquidity"
+PARTITION_EXPR = {"partition_expr": {"date": "day", "ticker": "ticker"}}
+WELL_FORMED = "bars_well_formed"
+MATCHES_BARS = "liquidity_matches_bars"
+
+
+def asset_key(market: Market, name: str) -> AssetKey:
+    return AssetKey([*market.asset_prefix, name])
+
+
+def tickers_partitions(market: Market) -> DynamicPartitionsDefinition:
+    return DynamicPartitionsDefinition(name=market.tickers_partition_name)
+
+
+def market_partitions(market: Market) -> MultiPartitionsDefinition:
+    """date (daily, up to yesterday UTC) x ticker (dynamic); keys look like ``2024-01-01|BTCUSDT``."""
+    return MultiPartitionsDefinition(
+        {
+            "date": DailyPartitionsDefinition(start_date=market.first_day.isoformat(), timezone="UTC"),
+            "ticker": tickers_partitions(market),
+        }
+    )
+
+
+def run_days_by_ticker(partition_keys: Sequence[str]) -> dict[str, list[dt.date]]:
+    days: dict[str, list[dt.date]] = defaultdict(list)
+    for key in partition_keys:
+        dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else _split_key(key)
+        days[dims["ticker"]].append(dt.date.fromisoformat(dims["date"]))
+    return {ticker: sorted(values) for ticker, values in sorted(days.items())}
+
+
+def _split_key(key: str) -> dict[str, str]:
+    date, ticker = key.split("|", 1)
+    return {"date": date, "ticker": ticker}
+
+
+DEFAULT_RETRY = RetryPolicy(max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+"""Transient failures (network, an archive not yet published) are retried after about 30 s, 60 s, 120 s."""
+
+
+def build_market_assets(
+    market: Market, max_days_per_run: int, retry_policy: RetryPolicy | None = DEFAULT_RETRY
+) -> AssetsDefinition:
+    """The market's multi_asset: hl5s_bars and daily_liquidity of every (date, ticker) partition."""
+
+    @multi_asset(
+        name=f"{market.key}_trades_to_bars",
+        outs={
+            BARS: AssetOut(
+                key=asset_key(market, BARS),
+                io_manager_key="clickhouse_io_manager",
+                metadata=PARTITION_EXPR,
+                description=f"{market.key}: 5-second bars, right-labelled (trades in [ts-5s, ts))",
+            ),
+            LIQUIDITY: AssetOut(
+                key=asset_key(market, LIQUIDITY),
+                io_manager_key="clickhouse_io_manager",
+                metadata=PARTITION_EXPR,
+                description=f"{market.key}: one row per ticker-day: trades, volumes, ids, source archive",
+            ),
+        },
+        partitions_def=market_partitions(market),
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=max_days_per_run),
+        retry_policy=retry_policy,
+        check_specs=[
+            AssetCheckSpec(WELL_FORMED, asset=asset_key(market, BARS), description=bars_well_formed.__doc__),
+            AssetCheckSpec(
+                MATCHES_BARS, asset=asset_key(market, LIQUIDITY), description=liquidity_matches_bars.__doc__
+            ),
+        ],
+        group_name=f"binance_{market.key}",
+        pool=f"binance_{market.key}",
+    )
+    def trades_to_bars(
+        context: AssetExecutionContext, vision: VisionResource, clickhouse: ClickHouseResource
+    ) -> Iterator[Output[Any] | AssetCheckResult]:
+        days_by_ticker = run_days_by_ticker(context.partition_keys)
+        plans = _plan(context, market, vision, days_by_ticker)
+        stats = LoadStats()
+        liquidity_rows: list[dict[str, Any]] = []
+        loads = load_days(market, plans, vision.downloader(), stats)
+
+        def bars_per_day() -> Iterator[pa.Table]:
+            for index, load in enumerate(loads, 1):
+                liquidity_rows.append(load.liquidity)
+                if index % 25 == 0 or index == len(context.partition_keys):
+                    context.log.info(
+                        f"{index}/{len(context.partition_keys)} ticker-days: {stats.trades:,} trades"
+                    )
+                yield load.bars
+
+        started = time.monotonic()
+        yield Output(bars_per_day(), output_name=BARS)
+        liquidity = pa.Table.from_pylist(liquidity_rows, schema=LIQUIDITY_SCHEMA)
+        yield Output(liquidity, output_name=LIQUIDITY, metadata=_metadata(stats, liquidity, plans, started))
+        run = RunSlice(
+            market.key, tuple(days_by_ticker), tuple(sorted({d for v in days_by_ticker.values() for d in v}))
+        )
+        yield from _checks(market, clickhouse, run)
+
+    return trades_to_bars
+
+
+def _plan(
+    context: AssetExecutionContext,
+    market: Market,
+    vision: VisionResource,
+    days_by_ticker: dict[str, list[dt.date]],
+) -> list[TickerPlan]:
+    """Plan every ticker of the run from its listing; fail (retryably) before any write if a day is late."""
+    listing = vision.listing()
+    today = dt.datetime.now(dt.UTC).date()
+    plans = [
+        plan_ticker(
+            ticker, days, listing.list_trades_archives(market, ticker), today, vision.publish_grace_days
+        )
+        for ticker, days in days_by_ticker.items()
+    ]
+    late = {p.ticker: p.unpublished for p in plans if p.unpublished}
+    if late:
+        described = "; ".join(f"{t}: {', '.join(d.isoformat() for d in days)}" for t, days in late.items())
+        raise Failure(
+            description=f"{market.key} archives not yet published on Binance Vision ({described}); "
+            "Binance publishes hours to days late: this run will be retried.",
+            metadata={
+                "unpublished": MetadataValue.json({t: [d.isoformat() for d in v] for t, v in late.items()})
+            },
+        )
+    for plan in plans:
+        monthly = sum(1 for a in plan.serves if a.freq == "monthly")
+        context.log.info(
+            f"{market.key} {plan.ticker}: {len(plan.days)} days from {len(plan.serves) - monthly} daily and "
+            f"{monthly} monthly archives ({plan.download_bytes / 1e6:.1f} MB), {len(plan.no_archive)} without"
+        )
+    return plans
+
+
+def _metadata(
+    stats: LoadStats, liquidity: pa.Table, plans: list[TickerPlan], started: float
+) -> dict[str, Any]:
+    sources = liquidity.column("source").to_pylist()
+    return {
+        "trade_count": stats.trades,
+        "bar_count": stats.bars,
+        "volume": float(sum(liquidity.column("volume").to_pylist())),
+        "quote_volume": float(sum(liquidity.column("quote_volume").to_pylist())),
+        "ticker_days": stats.days,
+        "days_from_daily": sources.count("daily"),
+        "days_from_monthly": sources.count("monthly"),
+        "days_without_archive": sources.count("none"),
+        "archive": "none" if not stats.archives else f"{len(stats.archives)} archives",
+        "archives": MetadataValue.md(_archives_table(stats.archives)) if stats.archives else "none",
+        "bytes_downloaded": stats.downloaded_bytes,
+        "seconds_download": round(stats.download_seconds, 3),
+        "seconds_aggregate": round(stats.aggregate_seconds, 3),
+        "seconds_total": round(time.monotonic() - started, 3),
+        "tickers": MetadataValue.json(sorted(p.ticker for p in plans)),
+    }
+
+
+def _archives_table(archives: list[dict[str, Any]]) -> str:
+    lines = ["| key | freq | bytes | sha256 |", "|---|---|---|---|"]
+    lines += [f"| {a['key']} | {a['freq']} | {a['bytes']} | `{a['sha256']}` |" for a in archives]
+    return "\n".join(lines)
+
+
+def _checks(market: Market, clickhouse: ClickHouseResource, run: RunSlice) -> Iterator[AssetCheckResult]:
+    with clickhouse.get_client() as client:
+        well_formed = bars_well_formed(client, clickhouse.database, clickhouse.bars_table, run)
+        matches = liquidity_matches_bars(
+            client, clickhouse.database, clickhouse.bars_table, clickhouse.liquidity_table, run
+        )
+    yield _check_result(asset_key(market, BARS), WELL_FORMED, well_formed)
+    yield _check_result(asset_key(market, LIQUIDITY), MATCHES_BARS, matches)
+
+
+def _check_result(key: AssetKey, name: str, outcome: CheckOutcome) -> AssetCheckResult:
+    metadata: dict[str, Any] = {**outcome.totals, "failing_ticker_days": MetadataValue.json(outcome.failures)}
+    if outcome.failures:
+        metadata["first_failure"] = outcome.first_failure
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=name,
+        passed=outcome.passed,
+        severity=AssetCheckSeverity.ERROR,
+        metadata=metadata,
+    )

@@ -1,0 +1,133 @@
+"""The only opener of ClickHouse connections: `chdb:///abs/path` (embedded) or `http(s)://...` (server).
+
+chDB (4.4, ClickHouse 26.9) hosts one engine per process and one process per store directory:
+- a second process opening a store that is open elsewhere fails at once ("Cannot lock file
+  <store>/status"), so every use of an embedded store holds an inter-process `flock` on
+  `<store>.lock`, waiting (polling) up to `lock_timeout` seconds, for the span open-work-close only;
+- within one process, opening a second store path while a client on another path is open raises
+  ("EmbeddedServer already initialized with path ..."); once every client is closed a different path
+  (or the same one again) opens fine (about 0.03 s), so clients are closed in `finally` and all threads
+  of the process take turns through one `threading.Lock` (held for the same span; not re-entrant).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+_POLL_SECONDS = 0.05
+_EMBEDDED_LOCK = threading.Lock()
+"""One chDB engine per process: threads use embedded stores one at a time."""
+
+
+class StoreBusyError(TimeoutError):
+    """The embedded store stayed locked by another process (or thread) for the whole wait."""
+
+    def __init__(self, lock_file: Path, timeout: float) -> None:
+        super().__init__(
+            f"embedded ClickHouse store is busy: could not lock {lock_file} within {timeout:g} s "
+            "(another run, sensor or CLI command is using it; retry later or raise lock_timeout)"
+        )
+        self.lock_file = lock_file
+
+
+def validate_url(url: str) -> str:
+    """Return url if it is `chdb:///abs/path` or `http(s)://[user[:password]@]host[:port]`, else raise."""
+    parsed = urlparse(url)
+    if parsed.scheme == "chdb" and not parsed.netloc and parsed.path.startswith("/"):
+        return url
+    if parsed.scheme in ("http", "https") and parsed.hostname and _has_valid_port(url):
+        return url
+    raise ValueError(
+        f"ClickHouse URL {describe_url(url)!r}: expected chdb:///abs/path or http(s)://host:port"
+    )
+
+
+def _has_valid_port(url: str) -> bool:
+    try:
+        urlparse(url).port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
+    except ValueError:
+        return False
+    return True
+
+
+def describe_url(url: str) -> str:
+    """The URL with its password replaced by *** (for logs and error messages)."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    host = parsed.netloc.rpartition("@")[2]
+    return parsed._replace(netloc=f"{parsed.username}:***@{host}").geturl()
+
+
+def lock_file_for(store: Path) -> Path:
+    """The inter-process lock of an embedded store: `<store>.lock`, next to the store directory."""
+    return store.with_name(f"{store.name}.lock")
+
+
+@contextmanager
+def open_client(url: str, database: str | None = None, *, lock_timeout: float = 600) -> Iterator[Client]:
+    """Open a clickhouse-connect client for url, yield it, close it; for chdb:// hold the store lock."""
+    parsed = urlparse(validate_url(url))
+    with ExitStack() as stack:
+        if parsed.scheme == "chdb":
+            store = Path(os.path.realpath(parsed.path))
+            stack.enter_context(_embedded_store_lock(store, lock_timeout))
+            client = clickhouse_connect.get_client(dsn=f"chdb://{store}", database=database)
+        else:
+            client = _http_client(url, database)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def _http_client(url: str, database: str | None) -> Client:
+    parsed = urlparse(url)
+    return clickhouse_connect.get_client(
+        host=parsed.hostname,
+        port=parsed.port,
+        username=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password or ""),
+        interface=parsed.scheme,
+        secure=parsed.scheme == "https",
+        database=database,
+    )
+
+
+@contextmanager
+def _embedded_store_lock(store: Path, timeout: float) -> Iterator[None]:
+    deadline = time.monotonic() + timeout
+    lock_file = lock_file_for(store)
+    if not _EMBEDDED_LOCK.acquire(timeout=max(timeout, 0)):
+        raise StoreBusyError(lock_file, timeout)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with lock_file.open("a") as handle:
+            _flock(handle.fileno(), deadline, lock_file, timeout)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        _EMBEDDED_LOCK.release()
+
+
+def _flock(fd: int, deadline: float, lock_file: Path, timeout: float) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(lock_file, timeout) from None
+            time.sleep(_POLL_SECONDS)

@@ -1,0 +1,242 @@
+"""DDL, Arrow schemas and SQL builders of the two tables (DESIGN.md "Bars and day stats").
+
+The column lists below are the one source of the DDL, the canonical Arrow insert schemas and the
+`dagster/column_schema` descriptions. SQL builders are pure and return `(sql, parameters)` for
+clickhouse-connect's server-side binding (`{name:Type}`); identifiers are validated and backtick-quoted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+from clickhouse_connect.driver.binding import format_query_value
+from clickhouse_connect.driver.client import Client
+
+MIN_SERVER_VERSION = (23, 3)
+"""Lightweight `DELETE FROM` is enabled by default from ClickHouse 23.3."""
+
+_BIG = 1 << 62
+INSERT_SETTINGS: Mapping[str, int] = {
+    "async_insert": 0,
+    "min_insert_block_size_rows": _BIG,
+    "min_insert_block_size_bytes": _BIG,
+    "max_insert_block_size": _BIG,
+}
+"""One INSERT is one block, so it commits all its rows or none (a failure while the server parses the
+data leaves the table as before). Its parts, one per month partition, are written once the whole
+block is in memory: the server holds the whole insert (about 90 bytes per bar row). Synchronous
+inserts: chDB 4.4 (ClickHouse 26.9) defaults to `async_insert = 1`."""
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PARAMETER = re.compile(r"\{(\w+):[^}]+\}")
+_ARROW_TYPES: Mapping[str, pa.DataType] = {
+    "LowCardinality(String)": pa.string(),
+    "String": pa.string(),
+    "Date": pa.date32(),
+    "DateTime('UTC')": pa.timestamp("s", tz="UTC"),
+    "Float64": pa.float64(),
+    "UInt32": pa.uint32(),
+    "UInt64": pa.uint64(),
+    "Int64": pa.int64(),
+}
+
+
+class Column(NamedTuple):
+    name: str
+    type: str
+    description: str
+
+
+_KEY_COLUMNS = (
+    Column("market", "LowCardinality(String)", "Market key: spot, um or cm"),
+    Column("ticker", "LowCardinality(String)", "Symbol, e.g. BTCUSDT"),
+    Column("day", "Date", "UTC day the row belongs to (the partition's date)"),
+)
+
+BARS_COLUMNS: tuple[Column, ...] = (
+    *_KEY_COLUMNS,
+    Column("ts", "DateTime('UTC')", "Bar close (right edge): the bar covers trades in [ts-5s, ts)"),
+    Column("open", "Float64", "Price of the first trade, in (time, id) order"),
+    Column("high", "Float64", "Highest trade price"),
+    Column("low", "Float64", "Lowest trade price"),
+    Column("close", "Float64", "Price of the last trade, in (time, id) order"),
+    Column("volume", "Float64", "Base volume: sum of qty"),
+    Column("quote_volume", "Float64", "Quote volume: sum of price * qty"),
+    Column("taker_buy_volume", "Float64", "Base volume of trades whose buyer was the taker"),
+    Column("trade_count", "UInt32", "Number of trades"),
+)
+
+LIQUIDITY_COLUMNS: tuple[Column, ...] = (
+    *_KEY_COLUMNS,
+    Column("trade_count", "UInt64", "Number of trades on the day"),
+    Column("volume", "Float64", "Base volume: sum of qty"),
+    Column("quote_volume", "Float64", "Quote volume: sum of price * qty"),
+    Column("taker_buy_volume", "Float64", "Base volume of trades whose buyer was the taker"),
+    Column("bar_count", "UInt32", "Number of 5-second bars of the day"),
+    Column("first_trade_id", "Int64", "Lowest trade id of the day"),
+    Column("last_trade_id", "Int64", "Highest trade id of the day"),
+    Column("missing_trade_ids", "UInt64", "Trade ids absent between first and last"),
+    Column("source", "LowCardinality(String)", "Archive kind used: daily, monthly or none"),
+    Column("archive_sha256", "String", "sha256 of the archive the day was read from"),
+    Column("loaded_at", "DateTime('UTC')", "When the row was written (ReplacingMergeTree version)"),
+)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table's columns and engine; the name and database are chosen by configuration."""
+
+    columns: tuple[Column, ...]
+    engine: str
+    order_by: tuple[str, ...]
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The canonical Arrow insert schema (non-nullable: no column of ours is Nullable)."""
+        return pa.schema([pa.field(c.name, _ARROW_TYPES[c.type], nullable=False) for c in self.columns])
+
+    def ddl(self, database: str, table: str) -> str:
+        columns = ",\n".join(
+            f"  {quote(c.name)} {c.type} COMMENT {format_query_value(c.description)}" for c in self.columns
+        )
+        return (
+            f"CREATE TABLE IF NOT EXISTS {qualified(database, table)} (\n{columns}\n) "
+            f"ENGINE = {self.engine} ORDER BY ({', '.join(self.order_by)})"
+        )
+
+
+BARS = TableSpec(BARS_COLUMNS, "MergeTree PARTITION BY toYYYYMM(day)", ("market", "ticker", "ts"))
+LIQUIDITY = TableSpec(LIQUIDITY_COLUMNS, "ReplacingMergeTree(loaded_at)", ("market", "ticker", "day"))
+BARS_SCHEMA: pa.Schema = BARS.schema
+LIQUIDITY_SCHEMA: pa.Schema = LIQUIDITY.schema
+
+
+@dataclass(frozen=True)
+class Slice:
+    """The rows of one market and ticker on a set of UTC days."""
+
+    market: str
+    ticker: str
+    days: frozenset[dt.date]
+
+    def __post_init__(self) -> None:
+        if not self.days:
+            raise ValueError(f"empty slice for {self.market} {self.ticker}: no days")
+
+
+class ServerVersionError(RuntimeError):
+    """The ClickHouse server is too old for this project."""
+
+
+def quote(identifier: str) -> str:
+    """Backtick-quote a validated identifier (letters, digits, underscore; not a digit first)."""
+    if not _IDENTIFIER.fullmatch(identifier):
+        raise ValueError(f"invalid ClickHouse identifier {identifier!r}: use letters, digits and underscore")
+    return f"`{identifier}`"
+
+
+def qualified(database: str, table: str) -> str:
+    return f"{quote(database)}.{quote(table)}"
+
+
+def require_server_version(version: str) -> None:
+    """Raise ServerVersionError unless version (e.g. '26.9.2.1') is at least MIN_SERVER_VERSION."""
+    parts = re.match(r"^(\d+)\.(\d+)", version)
+    if parts is None or (int(parts[1]), int(parts[2])) < MIN_SERVER_VERSION:
+        minimum = ".".join(map(str, MIN_SERVER_VERSION))
+        raise ServerVersionError(
+            f"ClickHouse server version {version!r} is not supported: need {minimum} or later "
+            "(lightweight DELETE FROM, enabled by default from 23.3)"
+        )
+
+
+def check_server_version(client: Client) -> None:
+    require_server_version(client.server_version)
+
+
+_ensured: set[tuple[str, str, str, str]] = set()
+
+
+def ensure_tables(client: Client, database: str, bars_table: str, liquidity_table: str) -> None:
+    """Create the database and both tables if missing; once per process per (url, database, tables)."""
+    key = (client.uri, database, bars_table, liquidity_table)
+    if key in _ensured:
+        return
+    check_server_version(client)
+    client.command(f"CREATE DATABASE IF NOT EXISTS {quote(database)}")
+    client.command(BARS.ddl(database, bars_table))
+    client.command(LIQUIDITY.ddl(database, liquidity_table))
+    _ensured.add(key)
+
+
+def _slice_where(s: Slice) -> tuple[str, dict[str, Any]]:
+    """Consecutive days as a half-open range, others as a set."""
+    first, last = min(s.days), max(s.days)
+    where = "market = {market:String} AND ticker = {ticker:String}"
+    params: dict[str, Any] = {"market": s.market, "ticker": s.ticker}
+    if (last - first).days + 1 == len(s.days):
+        params.update(first=first, stop=last + dt.timedelta(days=1))
+        return f"{where} AND day >= {{first:Date}} AND day < {{stop:Date}}", params
+    params["days"] = sorted(s.days)
+    return f"{where} AND day IN {{days:Array(Date)}}", params
+
+
+def delete_slice_sql(database: str, table: str, s: Slice) -> tuple[str, dict[str, Any]]:
+    """Lightweight DELETE (marks rows deleted at once; not the rewriting ALTER TABLE ... DELETE)."""
+    where, params = _slice_where(s)
+    return f"DELETE FROM {qualified(database, table)} WHERE {where}", params
+
+
+def count_slice_sql(database: str, table: str, s: Slice) -> tuple[str, dict[str, Any]]:
+    """Rows of the slice; cheap: primary key prefix (market, ticker) and the day partition/min-max index."""
+    where, params = _slice_where(s)
+    return f"SELECT count() FROM {qualified(database, table)} WHERE {where}", params
+
+
+def select_slice_sql(
+    database: str, table: str, s: Slice, order_by: Sequence[str] = ()
+) -> tuple[str, dict[str, Any]]:
+    where, params = _slice_where(s)
+    order = f" ORDER BY {', '.join(quote(c) for c in order_by)}" if order_by else ""
+    return f"SELECT * FROM {qualified(database, table)} WHERE {where}{order}", params
+
+
+def render_sql(sql: str, params: Mapping[str, Any]) -> str:
+    """The statement with its parameters as literals, for display only (never executed)."""
+    return _PARAMETER.sub(lambda m: format_query_value(params[m[1]]), sql)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast table to schema (same column names, any order); raise ValueError naming the bad column.
+
+    Integer time columns are read as ClickHouse sends them in Arrow: DateTime as UInt32 seconds,
+    Date (older servers) as UInt16 days since 1970-01-01.
+    """
+    names = set(table.column_names)
+    missing, extra = set(schema.names) - names, names - set(schema.names)
+    if missing or extra or len(names) != table.num_columns:
+        raise ValueError(
+            f"columns {table.column_names} do not match {schema.names}: "
+            f"missing {sorted(missing)}, unexpected {sorted(extra)}"
+        )
+    return pa.Table.from_arrays([_cast(table[f.name], f) for f in schema], schema=schema)
+
+
+def _cast(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+    if column.null_count:
+        raise ValueError(f"column {field.name!r} has {column.null_count} nulls")
+    if pa.types.is_integer(column.type) and pa.types.is_timestamp(field.type):
+        column = column.cast(pa.int64())
+    elif pa.types.is_integer(column.type) and pa.types.is_date32(field.type):
+        column = column.cast(pa.int32())
+    try:
+        return column.cast(field.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise ValueError(
+            f"column {field.name!r}: cannot cast {column.type} to {field.type}: {error}"
+        ) from error

@@ -1,0 +1,121 @@
+"""Which archives serve which requested days of one ticker: the monthly bootstrap, daily increments.
+
+Pure: takes the ticker's Vision listing and returns a plan; knows nothing of Dagster or downloads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from binance_assets.vision.listing import ArchiveInfo
+
+DEFAULT_PUBLISH_GRACE_DAYS = 7
+"""Binance publishes a day's archive hours to (rarely) a week late (FORMAT.md section 5)."""
+
+
+@dataclass(frozen=True)
+class TickerPlan:
+    ticker: str
+    days: tuple[dt.date, ...]
+    """Every requested day, sorted."""
+    serves: dict[ArchiveInfo, tuple[dt.date, ...]] = field(default_factory=dict)
+    """Archive to load -> the requested days it provides, in period order."""
+    no_archive: tuple[dt.date, ...] = ()
+    """Days with no archive to come (before listing, after delisting, or a hole): zero rows."""
+    unpublished: tuple[dt.date, ...] = ()
+    """Recent days after the newest archive: Binance has not published them yet (retry later)."""
+
+    @property
+    def download_bytes(self) -> int:
+        return sum(archive.size for archive in self.serves)
+
+
+def _month(day: dt.date) -> str:
+    return day.strftime("%Y-%m")
+
+
+def plan_ticker(
+    ticker: str,
+    days: Iterable[dt.date],
+    listed: Sequence[ArchiveInfo],
+    today: dt.date,
+    grace_days: int = DEFAULT_PUBLISH_GRACE_DAYS,
+) -> TickerPlan:
+    """Plan the requested days of one ticker from its listed trades archives.
+
+    A month's monthly archive is used when the request covers every day of that month on which the
+    ticker has data (so one download replaces up to 31); otherwise each day's daily archive, falling
+    back to the monthly one for a day whose daily archive is missing.
+    """
+    requested = tuple(sorted(set(days)))
+    daily = {a.first_day: a for a in listed if a.freq == "daily"}
+    monthly = {a.period: a for a in listed if a.freq == "monthly"}
+    if not listed:
+        return _without_archives(ticker, requested, None, today, grace_days)
+    first_listed = min(a.first_day for a in listed)
+    last_listed = max(a.last_day for a in listed)
+    wanted = set(requested)
+
+    serves: dict[ArchiveInfo, list[dt.date]] = {}
+    leftover: list[dt.date] = []
+    for month in sorted({_month(d) for d in requested}):
+        month_days = [d for d in requested if _month(d) == month]
+        archive = monthly.get(month)
+        if archive is not None and _covers_month(archive, wanted, first_listed, last_listed):
+            serves.setdefault(archive, []).extend(month_days)
+            continue
+        for day in month_days:
+            source = daily.get(day) or monthly.get(month)
+            if source is None:
+                leftover.append(day)
+            else:
+                serves.setdefault(source, []).append(day)
+    rest = _without_archives(ticker, tuple(leftover), last_listed, today, grace_days)
+    ordered = dict(sorted(((a, tuple(d)) for a, d in serves.items()), key=lambda item: item[1][0]))
+    return TickerPlan(ticker, requested, ordered, rest.no_archive, rest.unpublished)
+
+
+def _covers_month(archive: ArchiveInfo, wanted: set[dt.date], first: dt.date, last: dt.date) -> bool:
+    return all(day in wanted for day in archive.days() if first <= day <= last)
+
+
+def _without_archives(
+    ticker: str, days: tuple[dt.date, ...], last_listed: dt.date | None, today: dt.date, grace_days: int
+) -> TickerPlan:
+    """Split archive-less days into not-yet-published (recent, after the newest archive) and none."""
+    recent = today - dt.timedelta(days=grace_days)
+    unpublished = tuple(d for d in days if (last_listed is None or d > last_listed) and d >= recent)
+    no_archive = tuple(d for d in days if d not in unpublished)
+    return TickerPlan(ticker, days, {}, no_archive, unpublished)
+
+
+def run_ranges(days: Iterable[dt.date], max_days: int) -> list[tuple[dt.date, dt.date]]:
+    """Cut days into runs of consecutive days, at most ``max_days`` each, whole months kept together
+    where they fit (so a run can use the month's monthly archive). Returns inclusive (first, last)."""
+    ranges: list[tuple[dt.date, dt.date]] = []
+    for run in _consecutive(sorted(set(days))):
+        start = run[0]
+        while start <= run[-1]:
+            stop = min(run[-1], start + dt.timedelta(days=max_days - 1))
+            month_end = _next_month(stop) - dt.timedelta(days=1)
+            if stop < run[-1] and stop != month_end and _month(start) != _month(stop):
+                stop = stop.replace(day=1) - dt.timedelta(days=1)  # end the run where a month ends
+            ranges.append((start, stop))
+            start = stop + dt.timedelta(days=1)
+    return ranges
+
+
+def _consecutive(days: list[dt.date]) -> list[list[dt.date]]:
+    runs: list[list[dt.date]] = []
+    for day in days:
+        if runs and day - runs[-1][-1] == dt.timedelta(days=1):
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return runs
+
+
+def _next_month(day: dt.date) -> dt.date:
+    return (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)

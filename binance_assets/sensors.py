@@ -1,0 +1,177 @@
+"""Sensors per market: discover new tickers on Vision, and materialise each new day (with catch-up).
+
+Both request only ticker-days that have (or will have) archives, in runs of consecutive days cut by
+`plan.run_ranges`, so a whole market stays thousands of runs (DESIGN.md "Dagster at full-market scale").
+"""
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+
+from dagster import (
+    DefaultSensorStatus,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from binance_assets.assets import BARS, LIQUIDITY, asset_key, tickers_partitions
+from binance_assets.clickhouse.tables import qualified
+from binance_assets.markets import Market
+from binance_assets.plan import run_ranges
+from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets.settings import Settings
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+RETRY_AFTER = dt.timedelta(hours=6)
+"""A ticker-day still missing is requested again at most this often (late archives, see FORMAT.md)."""
+
+
+def range_run_request(
+    market: Market, ticker: str, first: dt.date, last: dt.date, reason: str, run_key: str | None = None
+) -> RunRequest:
+    """One run over consecutive days of one ticker (the shape BackfillPolicy.multi_run gives backfills)."""
+    return RunRequest(
+        run_key=run_key,
+        asset_selection=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
+        tags={
+            RANGE_START: f"{first.isoformat()}|{ticker}",
+            RANGE_END: f"{last.isoformat()}|{ticker}",
+            "binance/market": market.key,
+            "binance/reason": reason,
+        },
+    )
+
+
+def history_requests(
+    market: Market, ticker: str, days: Iterable[dt.date], max_days: int, reason: str
+) -> list[RunRequest]:
+    return [
+        range_run_request(market, ticker, first, last, reason, run_key=f"{reason}:{ticker}:{first}:{last}")
+        for first, last in run_ranges(days, max_days)
+    ]
+
+
+def build_ticker_sensor(market: Market, settings: Settings) -> SensorDefinition:
+    """``<market>_ticker_sensor``: add newly listed (and wanted) tickers to the market's partitions."""
+    partitions = tickers_partitions(market)
+
+    @sensor(
+        name=f"{market.key}_ticker_sensor",
+        minimum_interval_seconds=3600,
+        target=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"Adds new {market.key} tickers listed on Binance Vision (TICKER_FILTER / TICKERS)"
+        + (" and backfills their history" if settings.auto_backfill else ""),
+    )
+    def ticker_sensor(context: SensorEvaluationContext, vision: VisionResource) -> SensorResult:
+        listing = vision.listing()
+        wanted = [t for t in listing.list_tickers(market) if settings.wants_ticker(t)]
+        digest = hashlib.sha256("\n".join(wanted).encode()).hexdigest()
+        if digest == context.cursor:
+            return SensorResult(skip_reason=SkipReason(f"{len(wanted)} tickers, none new"), cursor=digest)
+        known = set(context.instance.get_dynamic_partitions(partitions.name))
+        new = [t for t in wanted if t not in known]
+        requests: list[RunRequest] = []
+        if settings.auto_backfill:
+            for ticker in new:
+                days = {d for archive in listing.list_trades_archives(market, ticker) for d in archive.days()}
+                days = {d for d in days if d < _today()}
+                requests += history_requests(market, ticker, days, settings.max_days_per_run, "new-ticker")
+        context.log.info(f"{market.key}: {len(wanted)} tickers wanted, {len(new)} new: {', '.join(new[:20])}")
+        return SensorResult(
+            run_requests=requests,
+            dynamic_partitions_requests=[partitions.build_add_request(new)] if new else [],
+            cursor=digest,
+        )
+
+    return ticker_sensor
+
+
+def build_daily_sensor(market: Market, settings: Settings, lookback_days: int) -> SensorDefinition:
+    """``<market>_daily_sensor``: after Binance's publish time, each registered ticker's newest days.
+
+    A ticker-day counts as done when its daily_liquidity row exists (rows with ``source = 'none'``
+    included), so a day that failed or was published late is requested again, every ``RETRY_AFTER``,
+    for ``lookback_days``.
+    """
+    partitions = tickers_partitions(market)
+    publish_at = dt.time.fromisoformat(settings.daily_run_time)
+
+    @sensor(
+        name=f"{market.key}_daily_sensor",
+        minimum_interval_seconds=900,
+        target=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"Materialises each new {market.key} day after {settings.daily_run_time} UTC, "
+        f"re-trying late archives for {lookback_days} days",
+    )
+    def daily_sensor(
+        context: SensorEvaluationContext, clickhouse: ClickHouseResource
+    ) -> SensorResult | SkipReason:
+        now = dt.datetime.now(dt.UTC)
+        days = due_days(now, publish_at, lookback_days, market.first_day)
+        tickers = context.instance.get_dynamic_partitions(partitions.name)
+        if not days or not tickers:
+            return SkipReason("no ticker registered yet" if not tickers else "nothing due yet")
+        done = loaded_ticker_days(clickhouse, market, tickers, days)
+        requested: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        requests, requested = daily_requests(market, tickers, days, done, requested, now, settings)
+        return SensorResult(run_requests=requests, cursor=json.dumps(requested, sort_keys=True))
+
+    return daily_sensor
+
+
+def due_days(now: dt.datetime, publish_at: dt.time, lookback_days: int, first_day: dt.date) -> list[dt.date]:
+    """Days whose archives should exist by ``now``: yesterday once past the publish time, and before."""
+    newest = now.date() - dt.timedelta(days=1 if now.time() >= publish_at else 2)
+    days = [newest - dt.timedelta(days=i) for i in range(lookback_days)]
+    return sorted(d for d in days if d >= first_day)
+
+
+def loaded_ticker_days(
+    clickhouse: ClickHouseResource, market: Market, tickers: Sequence[str], days: Sequence[dt.date]
+) -> set[tuple[str, dt.date]]:
+    sql = (
+        f"SELECT DISTINCT ticker, day FROM {qualified(clickhouse.database, clickhouse.liquidity_table)} "
+        "WHERE market = {market:String} AND ticker IN {tickers:Array(String)} AND day IN {days:Array(Date)}"
+    )
+    with clickhouse.get_client() as client:
+        parameters = {"market": market.key, "tickers": list(tickers), "days": list(days)}
+        return {(ticker, day) for ticker, day in client.query(sql, parameters=parameters).result_rows}
+
+
+def daily_requests(
+    market: Market,
+    tickers: Sequence[str],
+    days: Sequence[dt.date],
+    done: set[tuple[str, dt.date]],
+    requested: dict[str, str],
+    now: dt.datetime,
+    settings: Settings,
+) -> tuple[list[RunRequest], dict[str, str]]:
+    """Run requests for missing ticker-days not requested within RETRY_AFTER; the updated cursor."""
+    window = {f"{day}|{ticker}" for ticker in tickers for day in days if (ticker, day) not in done}
+    kept = {key: at for key, at in requested.items() if key in window}
+    requests: list[RunRequest] = []
+    for ticker in tickers:
+        missing = [
+            d
+            for d in days
+            if (ticker, d) not in done
+            and now - dt.datetime.fromisoformat(kept.get(f"{d}|{ticker}", "1970-01-01T00:00:00+00:00"))
+            >= RETRY_AFTER
+        ]
+        for first, last in run_ranges(missing, settings.max_days_per_run):
+            requests.append(range_run_request(market, ticker, first, last, "daily"))
+        kept.update({f"{d}|{ticker}": now.isoformat() for d in missing})
+    return requests, kept
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()

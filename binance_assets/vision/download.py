@@ -1,0 +1,291 @@
+"""Downloading Vision archives into a local cache keyed by (key, sha256), verified against ``.CHECKSUM``.
+
+Archives get republished under the same key (FORMAT.md section 1), so every fetch reads the key's
+``.CHECKSUM`` first and the cache is addressed by the digest it names: a republished archive is a new
+file, and a cached one is reused without downloading it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import itertools
+import os
+import re
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Set
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, TypeVar
+
+import requests
+
+from binance_assets.vision import http
+from binance_assets.vision.errors import VisionError, VisionHTTPError
+
+T = TypeVar("T")
+CHUNK_BYTES = 1 << 20
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class ArchiveNotFound(VisionError):
+    """The archive or its ``.CHECKSUM`` does not exist (HTTP 404): not published yet, or never."""
+
+    def __init__(self, key: str, url: str) -> None:
+        super().__init__(f"{url} not found (404)")
+        self.key = key
+        self.url = url
+
+
+class ChecksumMismatch(VisionError):
+    """The archive's sha256 differs from the one its ``.CHECKSUM`` names (raised once retries are spent)."""
+
+    retryable = True  # a republication caught half-way settles later
+
+    def __init__(self, key: str, expected: str, actual: str) -> None:
+        super().__init__(f"{key}: sha256 {actual} does not match its .CHECKSUM ({expected})")
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class DownloadError(VisionError):
+    """Transient failures (5xx, timeouts, cut transfers) outlasted every attempt."""
+
+    retryable = True
+
+    def __init__(self, url: str, attempts: int, cause: Exception) -> None:
+        super().__init__(f"{url}: failed after {attempts} attempts, last: {cause}")
+        self.url = url
+        self.attempts = attempts
+
+
+class ChecksumFileError(VisionError, ValueError):
+    """A ``.CHECKSUM`` file does not hold ``<64 hex>  <zip name>``."""
+
+
+def parse_checksum(text: str, expected_name: str | None = None) -> str:
+    """The lowercase sha256 hex in a ``.CHECKSUM`` file: ``sha256sum`` output, final newline or not.
+
+    When ``expected_name`` is given and the file names a file, the two must agree.
+    """
+    lines = text.strip().splitlines()
+    if len(lines) != 1:
+        raise ChecksumFileError(f"expected one line '<sha256>  <name>', got {text[:200]!r}")
+    digest, _, name = lines[0].partition(" ")
+    digest = digest.lower()
+    if not _SHA256_HEX.fullmatch(digest):
+        raise ChecksumFileError(f"expected 64 hex digits first, got {text[:200]!r}")
+    name = name.strip().removeprefix("*")  # '*' marks binary mode in sha256sum output
+    if expected_name is not None and name and name != expected_name:
+        raise ChecksumFileError(f"checksum names {name!r}, expected {expected_name!r}")
+    return digest
+
+
+@dataclass(frozen=True)
+class LocalArchive:
+    key: str
+    path: Path
+    sha256: str
+    size: int
+    downloaded_bytes: int
+    """0 on a cache hit."""
+    seconds: float
+
+
+class _HttpSource:
+    def __init__(self, base_url: str, session: requests.Session, timeout: float) -> None:
+        self._base_url = base_url
+        self._session = session
+        self._timeout = timeout
+
+    def url(self, key: str) -> str:
+        return f"{self._base_url}/{key}"
+
+    def read(self, key: str) -> bytes:
+        return self._get(key, stream=False).content
+
+    def chunks(self, key: str) -> Iterator[bytes]:
+        # identity: a transfer encoding would change the bytes we hash and count against Content-Length.
+        response = self._get(key, stream=True, headers={"Accept-Encoding": "identity"})
+        yield from http.iter_body(response, self.url(key), CHUNK_BYTES)
+
+    def _get(self, key: str, stream: bool, headers: dict[str, str] | None = None) -> requests.Response:
+        url = self.url(key)
+        try:
+            return http.get(self._session, url, timeout=self._timeout, stream=stream, headers=headers)
+        except VisionHTTPError as exc:
+            if exc.status == 404:
+                raise ArchiveNotFound(key, url) from exc
+            raise
+
+
+class _MirrorSource:
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def url(self, key: str) -> str:
+        return (self._root / key).as_uri()
+
+    def read(self, key: str) -> bytes:
+        with self._open(key) as file:
+            return file.read()
+
+    def chunks(self, key: str) -> Iterator[bytes]:
+        with self._open(key) as file:
+            yield from iter(functools.partial(file.read, CHUNK_BYTES), b"")
+
+    def _open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._root / key, "rb")
+        except FileNotFoundError:
+            raise ArchiveNotFound(key, self.url(key)) from None
+
+
+class VisionDownloader:
+    """Fetches archives from ``base_url`` (``https://data.binance.vision`` or ``file:///abs/mirror``) into
+    ``cache_dir/<key without .zip>/<sha256>.zip``.
+
+    Transient failures (5xx, connection errors, timeouts, cut bodies, checksum mismatches) are retried
+    ``retries`` times with capped exponential backoff; a 404 raises :class:`ArchiveNotFound` at once.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        cache_dir: Path,
+        *,
+        retries: int = 4,
+        backoff_seconds: float = 0.5,
+        timeout: float = 60.0,
+        concurrency: int = 4,
+        cache_max_bytes: int | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        base_url = base_url.rstrip("/")
+        root = http.local_root(base_url)
+        self._source: _HttpSource | _MirrorSource
+        if root is None:
+            session = session if session is not None else http.make_session(pool_size=concurrency)
+            self._source = _HttpSource(base_url, session, timeout)
+        else:
+            self._source = _MirrorSource(root)
+        self.cache_dir = Path(cache_dir).absolute()
+        self.concurrency = concurrency
+        self.cache_max_bytes = cache_max_bytes
+        self._retry = http.RetryPolicy(retries=retries, backoff_seconds=backoff_seconds)
+
+    def checksum(self, key: str) -> str:
+        """The sha256 that ``<key>.CHECKSUM`` names now."""
+        return self._retrying(key, lambda: self._checksum_once(key))
+
+    def fetch(self, key: str) -> LocalArchive:
+        """The verified archive of ``key``, from the cache when it holds the current version."""
+        started = time.monotonic()
+        folder = self._archive_dir(key)
+        return self._retrying(key, lambda: self._fetch_once(key, folder, started))
+
+    def iter_fetch(self, keys: Iterable[str]) -> Iterator[LocalArchive]:
+        """Fetch ``keys`` concurrently, yielding archives in key order as soon as each is ready.
+
+        Downloads run at most ``2 * concurrency`` keys ahead of the consumer, so archive 1 can be
+        processed while the next ones download. On an error (or when the consumer stops early) the
+        downloads not yet started are cancelled and the running ones finish before this returns.
+        """
+        pending_keys = iter(keys)
+        pending: deque[Future[LocalArchive]] = deque()
+        executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="vision-download")
+        try:
+            for key in itertools.islice(pending_keys, 2 * self.concurrency):
+                pending.append(executor.submit(self.fetch, key))
+            while pending:
+                archive = pending.popleft().result()
+                next_key = next(pending_keys, None)
+                if next_key is not None:
+                    pending.append(executor.submit(self.fetch, next_key))
+                yield archive
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def fetch_many(self, keys: Iterable[str]) -> list[LocalArchive]:
+        """:meth:`fetch` every key concurrently; archives in key order, or the first failing key's error."""
+        return list(self.iter_fetch(keys))
+
+    def evict(self, keep: Set[Path] = frozenset()) -> list[Path]:
+        """Delete least-recently-used archives until the cache holds at most ``cache_max_bytes``.
+
+        Recency is the file's mtime, refreshed on every cache hit. Paths in ``keep`` (``LocalArchive.path``
+        of archives still in use) stay even if the cache remains over its limit. Returns the deleted paths.
+        """
+        if self.cache_max_bytes is None:
+            return []
+        archives = []
+        for path in self.cache_dir.rglob("*.zip"):
+            with contextlib.suppress(FileNotFoundError):  # evicted or replaced meanwhile
+                stat = path.stat()
+                archives.append((stat.st_mtime_ns, stat.st_size, path))
+        total = sum(size for _, size, _ in archives)
+        deleted = []
+        for _, size, path in sorted(archives):
+            if total <= self.cache_max_bytes:
+                break
+            if path not in keep:
+                path.unlink(missing_ok=True)
+                total -= size
+                deleted.append(path)
+        return deleted
+
+    def _archive_dir(self, key: str) -> Path:
+        """``cache_dir/<key without .zip>``, the folder holding one file per sha256 of ``key``."""
+        parts = PurePosixPath(key).parts
+        if not key.endswith(".zip") or key.startswith("/") or ".." in parts:
+            raise ValueError(f"not an archive key: {key!r}")
+        return self.cache_dir.joinpath(*parts).with_suffix("")
+
+    def _retrying(self, key: str, operation: Callable[[], T]) -> T:
+        try:
+            return self._retry.call(operation, what=key)
+        except VisionHTTPError as exc:
+            if not exc.retryable:
+                raise
+            raise DownloadError(exc.url, self._retry.attempts, exc) from exc
+
+    def _checksum_once(self, key: str) -> str:
+        text = self._source.read(f"{key}.CHECKSUM").decode("utf-8", errors="replace")
+        return parse_checksum(text, expected_name=PurePosixPath(key).name)
+
+    def _fetch_once(self, key: str, folder: Path, started: float) -> LocalArchive:
+        # The CHECKSUM is read again on every attempt: after a mismatch the archive may have been republished.
+        sha256 = self._checksum_once(key)
+        target = folder / f"{sha256}.zip"
+        try:
+            os.utime(target)  # a hit: mark it recently used
+            return LocalArchive(key, target, sha256, target.stat().st_size, 0, time.monotonic() - started)
+        except FileNotFoundError:
+            pass
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, part = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            with os.fdopen(fd, "wb") as out:
+                for chunk in self._source.chunks(key):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            actual = digest.hexdigest()
+            if actual != sha256:
+                raise ChecksumMismatch(key, sha256, actual)
+            os.replace(part, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
+        return LocalArchive(key, target, sha256, size, size, time.monotonic() - started)

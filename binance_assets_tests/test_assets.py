@@ -1,0 +1,190 @@
+"""The market assets end to end: fake Vision server -> real Dagster instance -> embedded ClickHouse."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+
+from binance_assets.assets import build_market_assets
+from binance_assets.clickhouse.client import open_client
+from binance_assets.clickhouse.io_manager import ClickHouseIOManager
+from binance_assets.markets import MARKETS
+from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets_tests.archives import expected_bars, expected_day_stats, publish, write_archive
+from binance_assets_tests.vision_server import VisionServer
+
+UM = MARKETS["um"]
+JAN = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(31)]
+FEB = [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(3)]
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with instance_for_test(temp_dir=str(home)) as instance:
+        instance.add_dynamic_partitions(UM.tickers_partition_name, ["BTCUSDT", "ETHUSDT"])
+        yield instance
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"chdb://{tmp_path / 'clickhouse'}"
+
+
+@pytest.fixture
+def mirror(vision_root: Path) -> dict[str, pd.DataFrame]:
+    """BTCUSDT: January as a monthly archive (and daily ones), then daily; ETHUSDT: listed 2024-01-30."""
+    return {
+        "BTCUSDT": publish(vision_root, "um", "BTCUSDT", JAN + FEB, monthly=("2024-01",), seed=1),
+        "ETHUSDT": publish(vision_root, "um", "ETHUSDT", [*JAN[-2:], *FEB[:2]], seed=2),
+    }
+
+
+def resources(server: VisionServer, store_url: str, tmp_path: Path) -> dict[str, object]:
+    store = {"url": store_url, "database": "binance"}
+    return {
+        "clickhouse_io_manager": ClickHouseIOManager(**store),
+        "clickhouse": ClickHouseResource(**store),
+        "vision": VisionResource(
+            vision_url=server.url,
+            listing_url=server.url,
+            cache_dir=str(tmp_path / "cache"),
+            backoff_seconds=0.01,
+        ),
+    }
+
+
+def run_range(instance: DagsterInstance, res: dict[str, object], ticker: str, first: str, last: str) -> bool:
+    result = materialize(
+        [build_market_assets(UM, 31, retry_policy=None)],
+        instance=instance,
+        resources=res,
+        tags={RANGE_START: f"{first}|{ticker}", RANGE_END: f"{last}|{ticker}"},
+        raise_on_error=False,
+    )
+    return result.success
+
+
+def query(store_url: str, sql: str) -> pd.DataFrame:
+    with open_client(store_url) as client:
+        frame = client.query_df(sql)
+    if "day" in frame:
+        frame["day"] = pd.to_datetime(frame["day"]).dt.date
+    return frame
+
+
+def test_range_with_monthly_archive_matches_oracle(
+    vision_server: VisionServer,
+    mirror: dict[str, pd.DataFrame],
+    instance: DagsterInstance,
+    store_url: str,
+    tmp_path: Path,
+) -> None:
+    res = resources(vision_server, store_url, tmp_path)
+    assert run_range(instance, res, "BTCUSDT", "2024-01-01", "2024-02-03")
+    assert run_range(instance, res, "ETHUSDT", "2024-01-28", "2024-02-03")
+
+    # January came from the one monthly archive, February from daily ones: no January daily download
+    assert vision_server.hits("BTCUSDT-trades-2024-01.zip") >= 1
+    assert vision_server.hits("BTCUSDT-trades-2024-01-15.zip") == 0
+
+    bars = query(store_url, "SELECT * FROM binance.hl5s ORDER BY ticker, ts")
+    for ticker, trades in mirror.items():
+        ours = bars[bars["ticker"] == ticker].reset_index(drop=True)
+        want = expected_bars(trades)
+        assert len(ours) == len(want)
+        np.testing.assert_array_equal(
+            ours["ts"].map(lambda t: int(t.timestamp())).to_numpy(), want["ts"].to_numpy() // 10**6
+        )
+        for column in ("open", "high", "low", "close", "trade_count"):
+            np.testing.assert_array_equal(ours[column].to_numpy(), want[column].to_numpy(), err_msg=column)
+        np.testing.assert_allclose(
+            ours["quote_volume"].to_numpy(), want["quote_volume"].to_numpy(), rtol=1e-12
+        )
+
+    liquidity = query(store_url, "SELECT * FROM binance.daily_liquidity FINAL ORDER BY ticker, day")
+    btc = liquidity[liquidity["ticker"] == "BTCUSDT"]
+    assert list(btc["source"]) == ["monthly"] * 31 + ["daily"] * 3
+    eth = liquidity[liquidity["ticker"] == "ETHUSDT"].set_index("day")
+    assert list(eth["source"]) == ["none", "none", "daily", "daily", "daily", "daily", "none"]
+    assert eth.loc[dt.date(2024, 1, 28), "trade_count"] == 0
+    stats = expected_day_stats(mirror["ETHUSDT"]).set_index("day")
+    for day, row in stats.iterrows():
+        assert eth.loc[day, "trade_count"] == row["trade_count"]
+        assert eth.loc[day, "first_trade_id"] == row["first_trade_id"]
+        assert eth.loc[day, "volume"] == pytest.approx(row["volume"], rel=1e-12)
+    assert (liquidity["archive_sha256"].str.len().isin([0, 64])).all()
+
+    # one materialisation per partition, every check green
+    for name in ("hl5s_bars", "daily_liquidity"):
+        key = AssetKey(["binance", "um", name])
+        records = instance.fetch_materializations(key, limit=1000).records
+        partitions = [r.partition_key for r in records]
+        assert len(partitions) == len(set(partitions)) == 34 + 7
+
+
+@pytest.mark.parametrize("checksum", ["matches the cut file", "is wrong"])
+def test_bad_archive_fails_and_leaves_old_rows_then_rerun_repairs(
+    vision_server: VisionServer,
+    mirror: dict[str, pd.DataFrame],
+    instance: DagsterInstance,
+    store_url: str,
+    tmp_path: Path,
+    checksum: str,
+) -> None:
+    """A republished archive that is cut short: its checksum verifies but the zip is corrupt, or the
+    checksum does not verify. Either fails the run and keeps every row; the re-run after repair is clean."""
+    res = resources(vision_server, store_url, tmp_path)
+    assert run_range(instance, res, "ETHUSDT", "2024-01-30", "2024-02-02")
+    per_day = "SELECT day, count() AS n, sum(volume) AS v FROM binance.hl5s GROUP BY day ORDER BY day"
+    before = query(store_url, per_day)
+
+    archive = vision_server.root / UM.trades_key("ETHUSDT", "2024-02-01")
+    good = archive.read_bytes()
+    good_checksum = archive.with_name(archive.name + ".CHECKSUM").read_text()
+    cut = good[: len(good) // 2]
+    archive.write_bytes(cut)
+    write_archive(vision_server.root, UM.trades_key("ETHUSDT", "2024-02-01"), cut)
+    if checksum == "is wrong":
+        archive.with_name(archive.name + ".CHECKSUM").write_text(f"{'0' * 64}  {archive.name}\n")
+    assert not run_range(instance, res, "ETHUSDT", "2024-01-30", "2024-02-02")
+    pd.testing.assert_frame_equal(before, query(store_url, per_day))
+
+    archive.write_bytes(good)
+    archive.with_name(archive.name + ".CHECKSUM").write_text(good_checksum)
+    assert run_range(instance, res, "ETHUSDT", "2024-01-30", "2024-02-02")
+    pd.testing.assert_frame_equal(before, query(store_url, per_day))
+    assert query(store_url, "SELECT count() - uniqExact(ticker, ts) AS d FROM binance.hl5s")["d"].iloc[0] == 0
+
+
+def test_recent_day_not_yet_published_fails_retryably(
+    vision_server: VisionServer,
+    mirror: dict[str, pd.DataFrame],
+    instance: DagsterInstance,
+    store_url: str,
+    tmp_path: Path,
+) -> None:
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    publish(vision_server.root, "um", "ETHUSDT", [yesterday - dt.timedelta(days=1)], seed=9)
+    res = resources(vision_server, store_url, tmp_path)
+    first, last = (yesterday - dt.timedelta(days=1)).isoformat(), yesterday.isoformat()
+    result = materialize(
+        [build_market_assets(UM, 31, retry_policy=None)],
+        instance=instance,
+        resources=res,
+        tags={RANGE_START: f"{first}|ETHUSDT", RANGE_END: f"{last}|ETHUSDT"},
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "not yet published" in str(failure.event_specific_data.error.message)
+    with ClickHouseResource(url=store_url).get_client() as client:  # creates the tables the run never made
+        assert client.command("SELECT count() FROM binance.daily_liquidity") == 0

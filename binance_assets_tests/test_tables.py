@@ -1,0 +1,160 @@
+"""tables.py: SQL builders as strings, DDL on a real chDB store, schemas, the version check."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from binance_assets.clickhouse.client import open_client
+from binance_assets.clickhouse.tables import (
+    BARS,
+    BARS_COLUMNS,
+    BARS_SCHEMA,
+    LIQUIDITY,
+    LIQUIDITY_SCHEMA,
+    ServerVersionError,
+    Slice,
+    conform,
+    count_slice_sql,
+    delete_slice_sql,
+    ensure_tables,
+    qualified,
+    render_sql,
+    require_server_version,
+    select_slice_sql,
+)
+
+JAN = [dt.date(2024, 1, d) for d in range(1, 32)]
+
+
+def test_delete_of_consecutive_days_is_a_half_open_range() -> None:
+    sql, params = delete_slice_sql("binance", "hl5s", Slice("spot", "BTCUSDT", frozenset(JAN[:3])))
+    assert sql == (
+        "DELETE FROM `binance`.`hl5s` WHERE market = {market:String} AND ticker = {ticker:String}"
+        " AND day >= {first:Date} AND day < {stop:Date}"
+    )
+    assert params == {"market": "spot", "ticker": "BTCUSDT", "first": JAN[0], "stop": JAN[3]}
+
+
+def test_delete_of_scattered_days_is_a_set() -> None:
+    sql, params = delete_slice_sql("binance", "hl5s", Slice("um", "ETHUSDT", frozenset([JAN[4], JAN[0]])))
+    assert sql.endswith("AND ticker = {ticker:String} AND day IN {days:Array(Date)}")
+    assert params == {"market": "um", "ticker": "ETHUSDT", "days": [JAN[0], JAN[4]]}
+
+
+def test_select_and_count_share_the_slice_predicate() -> None:
+    one_day = Slice("spot", "BTCUSDT", frozenset([JAN[9]]))
+    select, params = select_slice_sql("db", "bars", one_day, ("ticker", "ts"))
+    count, count_params = count_slice_sql("db", "bars", one_day)
+    assert select.startswith("SELECT * FROM `db`.`bars` WHERE market = {market:String}")
+    assert select.endswith("day < {stop:Date} ORDER BY `ticker`, `ts`")
+    assert count.startswith("SELECT count() FROM `db`.`bars` WHERE market = {market:String}")
+    assert params == count_params == {"market": "spot", "ticker": "BTCUSDT", "first": JAN[9], "stop": JAN[10]}
+
+
+def test_render_sql_inlines_escaped_literals_for_display() -> None:
+    sql, params = select_slice_sql("binance", "hl5s", Slice("spot", "A'B", frozenset([JAN[0], JAN[2]])))
+    assert render_sql(sql, params) == (
+        "SELECT * FROM `binance`.`hl5s` WHERE market = 'spot' AND ticker = 'A\\'B'"
+        " AND day IN ['2024-01-01', '2024-01-03']"
+    )
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "a-b", "a`b", "db.table", "x y"])
+def test_identifiers_are_validated(name: str) -> None:
+    with pytest.raises(ValueError, match="invalid ClickHouse identifier"):
+        qualified("binance", name)
+
+
+def test_a_slice_needs_days() -> None:
+    with pytest.raises(ValueError, match="no days"):
+        Slice("spot", "BTCUSDT", frozenset())
+
+
+def test_ddl_follows_the_design() -> None:
+    bars = BARS.ddl("binance", "hl5s")
+    assert bars.startswith("CREATE TABLE IF NOT EXISTS `binance`.`hl5s` (\n  `market` LowCardinality(String)")
+    assert bars.endswith(") ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY (market, ticker, ts)")
+    assert "`ts` DateTime('UTC') COMMENT 'Bar close (right edge)" in bars
+    liquidity = LIQUIDITY.ddl("db", "liq")
+    assert liquidity.endswith(") ENGINE = ReplacingMergeTree(loaded_at) ORDER BY (market, ticker, day)")
+    assert [c.name for c in BARS_COLUMNS] == BARS_SCHEMA.names
+
+
+def test_ensure_tables_is_idempotent_and_matches_the_arrow_schemas(tmp_path: Path) -> None:
+    with open_client(f"chdb://{tmp_path / 'store'}") as client:
+        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
+        ensure_tables(client, "binance", "hl5s", "daily_liquidity")  # memo: no statement
+        client.command(BARS.ddl("binance", "hl5s"))  # the DDL itself is idempotent too
+        client.command(LIQUIDITY.ddl("binance", "daily_liquidity"))
+        columns = client.query(
+            "SELECT table, name, type FROM system.columns WHERE database = 'binance' ORDER BY table, position"
+        ).result_rows
+    assert [(name, kind) for table, name, kind in columns if table == "hl5s"] == [
+        (c.name, c.type) for c in BARS.columns
+    ]
+    assert [name for table, name, _ in columns if table == "daily_liquidity"] == LIQUIDITY_SCHEMA.names
+
+
+@pytest.mark.parametrize("version", ["23.3.1.1", "24.8.4.13", "26.9.2.1", "100.0"])
+def test_supported_server_versions(version: str) -> None:
+    require_server_version(version)
+
+
+@pytest.mark.parametrize("version", ["23.2.7.32", "22.8.1", "1.1", "unknown"])
+def test_too_old_server_version_is_named(version: str) -> None:
+    with pytest.raises(ServerVersionError, match=rf"'{version}' is not supported: need 23.3 or later"):
+        require_server_version(version)
+
+
+def _bars(day: dt.date, n: int, *, ticker: str = "BTCUSDT") -> pa.Table:
+    start = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
+    floats = {
+        c: [1.0] * n for c in ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_volume")
+    }
+    return pa.table(
+        {
+            "market": ["spot"] * n,
+            "ticker": [ticker] * n,
+            "day": pa.array([day] * n, pa.date32()),
+            "ts": pa.array([start + 5 * (i + 1) for i in range(n)], pa.timestamp("s", tz="UTC")),
+            **floats,
+            "trade_count": pa.array([1] * n, pa.uint32()),
+        }
+    )
+
+
+def test_conform_casts_reorders_and_reads_clickhouse_integer_times() -> None:
+    table = _bars(JAN[0], 3)
+    loose = table.select(list(reversed(table.column_names)))
+    loose = loose.set_column(
+        loose.column_names.index("ts"), "ts", table["ts"].cast(pa.int64()).cast(pa.uint32())
+    )
+    loose = loose.set_column(loose.column_names.index("trade_count"), "trade_count", pa.array([1, 2, 3]))
+    conformed = conform(loose, BARS_SCHEMA)
+    assert conformed.schema == BARS_SCHEMA
+    assert conformed.to_pylist() == table.set_column(11, "trade_count", pa.array([1, 2, 3])).to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "message"),
+    [
+        ("open", pa.array(["x", "1", "2"]), "column 'open': cannot cast string to double"),
+        ("trade_count", pa.array([-1, 1, 1]), "column 'trade_count': cannot cast int64 to uint32"),
+        ("ts", pa.array(["2024-01-01"] * 3), "column 'ts': cannot cast string to timestamp"),
+        ("ticker", pa.array(["A", None, "B"]), "column 'ticker' has 1 nulls"),
+    ],
+)
+def test_conform_rejects_bad_values(column: str, values: pa.Array, message: str) -> None:
+    table = _bars(JAN[0], 3)
+    with pytest.raises(ValueError, match=message):
+        conform(table.set_column(table.column_names.index(column), column, values), BARS_SCHEMA)
+
+
+def test_conform_rejects_missing_and_extra_columns() -> None:
+    table = _bars(JAN[0], 1).drop_columns(["low"]).append_column("vwap", pa.array([1.0]))
+    with pytest.raises(ValueError, match=r"missing \['low'\], unexpected \['vwap'\]"):
+        conform(table, BARS_SCHEMA)
