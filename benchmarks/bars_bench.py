@@ -2,9 +2,10 @@
 
     python benchmarks/bars_bench.py [--trades 3000000] [--workdir DIR] [--repeat 3]
 
-The archive (um_header layout, one UTC day) is generated once and cached in the workdir. Every
-measurement runs in a fresh subprocess that times its own work (imports excluded) and reports its
-own peak RSS (VmHWM), so peak RSS is per measurement; the best of `--repeat` runs is shown.
+The archive (um_header layout, one UTC day) is generated once and cached in the workdir (delete it
+after changing the generator). Every measurement runs in a fresh subprocess that times its own work
+(imports excluded) and reports its own peak RSS (VmHWM), so peak RSS is per measurement; the best of
+`--repeat` runs is shown.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def build_archive(workdir: Path, trades: int) -> Path:
     key = get_market("um").trades_key(TICKER, DAY.isoformat())
     root = workdir / f"um-{trades}"
     path = root / key
-    if path.exists():
+    if path.with_name(path.name + ".CHECKSUM").exists():  # written last: the zip is complete
         return path
     started = time.perf_counter()
     start = dt.datetime.combine(DAY, dt.time(), tzinfo=dt.UTC)

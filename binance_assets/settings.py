@@ -103,7 +103,7 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     parsed = urlparse(value)
     if parsed.scheme in ("http", "https") and parsed.netloc:
         return value.rstrip("/")
-    if parsed.scheme == "file" and parsed.path.startswith("/"):
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost") and parsed.path.startswith("/"):
         return value.rstrip("/")
     raise _fail(name, value, "an http(s):// URL or a file:///absolute/path mirror")
 

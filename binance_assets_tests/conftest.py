@@ -20,3 +20,7 @@ def vision_root(tmp_path: Path) -> Path:
 def vision_server(vision_root: Path) -> Iterator[VisionServer]:
     with VisionServer(vision_root) as server:
         yield server
+
+
+REAL = Path(__file__).parent / "real"
+"""Real Binance Vision files (copied from shared/vision/real; see real/PROVENANCE.md)."""

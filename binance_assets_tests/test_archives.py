@@ -31,8 +31,8 @@ from binance_assets_tests.archives import (
     write_archive,
     zip_archive,
 )
+from binance_assets_tests.conftest import REAL
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "vision" / "real"
 SPOT_COLUMNS = ["id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match"]
 KLINE_COLUMNS = [
     "open_time",

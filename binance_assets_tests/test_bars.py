@@ -23,8 +23,8 @@ from binance_assets_tests.archives import (
     make_trades,
     zip_archive,
 )
+from binance_assets_tests.conftest import REAL
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "vision" / "real"
 US = 1_000_000
 MIDNIGHT = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
 

@@ -21,9 +21,9 @@ from binance_assets.vision.download import (
     parse_checksum,
 )
 from binance_assets.vision.errors import VisionError, VisionHTTPError
+from binance_assets_tests.conftest import REAL
 from binance_assets_tests.vision_server import ChecksumStyle, VisionServer, put_archive
 
-REAL = Path("/work/shared/vision/real")
 SPOT = MARKETS["spot"]
 KEY = SPOT.trades_key("BTCUSDT", "2024-01-01")
 DATA = b"PK fake zip bytes " * 1000

@@ -13,6 +13,7 @@ import requests
 from binance_assets.markets import MARKETS
 from binance_assets.vision.errors import VisionError
 from binance_assets.vision.listing import ArchiveInfo, ObjectInfo, VisionListing, VisionListingError
+from binance_assets_tests.conftest import REAL as REAL_FILES
 from binance_assets_tests.vision_server import VisionServer, put_archive
 
 SPOT = MARKETS["spot"]
@@ -263,7 +264,7 @@ def test_stuck_marker_is_detected(vision_root: Path, vision_server: VisionServer
 
 
 def test_real_kline_archives_are_listed(vision_root: Path, vision_server: VisionServer) -> None:
-    real = Path("/work/shared/vision/real")
+    real = REAL_FILES
     folder = "data/spot/daily/klines/BTCUSDT/1m/"
     (vision_root / folder).mkdir(parents=True)
     for source in sorted(real.glob("BTCUSDT-1m-2020-01-0*.zip*")):

@@ -13,8 +13,8 @@ import pytest
 from binance_assets.markets import MARKETS
 from binance_assets.vision.trades import TRADES_SCHEMA, TradesFormatError, read_trades
 from binance_assets_tests.archives import LAYOUTS, make_trades, trades_csv, zip_archive
+from binance_assets_tests.conftest import REAL
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "vision" / "real"
 START = dt.datetime(2024, 1, 1, 23, 59, tzinfo=dt.UTC)
 
 

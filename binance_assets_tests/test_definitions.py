@@ -1,0 +1,40 @@
+"""The code location loads, with the assets, checks, sensors and resources each market needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey
+
+from binance_assets.definitions import build_definitions, defs
+from binance_assets.settings import Settings
+
+
+def test_definitions_for_every_configured_market(tmp_path: Path) -> None:
+    settings = Settings.from_env({"DAGSTER_HOME": str(tmp_path), "BINANCE_MARKETS": "spot,um,cm"})
+    definitions = build_definitions(settings)
+    keys = set(definitions.resolve_all_asset_keys())
+    for market in ("spot", "um", "cm"):
+        assert AssetKey(["binance", market, "hl5s_bars"]) in keys
+        assert AssetKey(["binance", market, "daily_liquidity"]) in keys
+        assert definitions.resolve_sensor_def(f"{market}_ticker_sensor")
+        assert definitions.resolve_sensor_def(f"{market}_daily_sensor")
+    assert {"clickhouse_io_manager", "clickhouse", "vision"} <= set(definitions.resources)
+    checks = definitions.resolve_asset_graph().asset_check_keys
+    assert {c.name for c in checks} == {"bars_well_formed", "liquidity_matches_bars"}
+    assert len(checks) == 6
+    definitions.get_repository_def().load_all_definitions()
+
+
+def test_code_location_loads_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("BINANCE_MARKETS", "um")
+    loaded = defs()
+    assert {k.path[1] for k in loaded.resolve_all_asset_keys()} == {"um"}
+
+
+def test_bad_environment_fails_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BINANCE_MARKETS", "spot,moon")
+    with pytest.raises(ValueError, match="BINANCE_MARKETS"):
+        defs()
