@@ -1,10 +1,12 @@
-"""Write throughput of the ClickHouse IO manager's storage path on a fresh embedded (chDB) store.
+"""Write throughput of the ClickHouse IO manager's storage path on fresh embedded (chDB) stores.
 
-Prints rows/s for: one ticker's month of 5-second bars (31 x 17,280 rows) and year (365 x 17,280)
-through the Arrow handler (cast + checks + count + one INSERT), the bare INSERT with and without our
-INSERT_SETTINGS, and the replacement of one day with and without the skip-empty DELETE.
+Prints rows/s for one ticker's month (31 x 17,280 bars) and year (365 x 17,280) written by the Arrow
+handler (cast, checks, count, one INSERT), for bare `insert_arrow` with default settings and with
+INSERT_SETTINGS, and for replacing one day of a month, existing or new, with and without the
+skip-empty count before the DELETE. Median and max of --repeat runs, each on a fresh store, after
+one discarded warm-up run (the first large insert of a process pays for its memory: see --cold).
 
-    python benchmarks/clickhouse_bench.py [--days-per-year 365] [--repeat 5]
+    python benchmarks/clickhouse_bench.py [--repeat 3] [--cold]
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from binance_assets.clickhouse.tables import BARS, BARS_SCHEMA, INSERT_SETTINGS,
 
 BARS_PER_DAY = 17_280
 FIRST_DAY = dt.date(2023, 1, 1)
+Write = Callable[[Client, pa.Table], object]
+Result = tuple[str, int, list[float]]  # label, rows, seconds of each run
 
 
-def synthetic_bars(days: int, first: dt.date = FIRST_DAY, ticker: str = "BTCUSDT") -> pa.Table:
+def synthetic_bars(days: int, first: dt.date = FIRST_DAY) -> pa.Table:
     """days x 17,280 bars of one ticker, vectorised (no Python loop per row)."""
     n = days * BARS_PER_DAY
     epoch_day = np.repeat(np.arange(days, dtype=np.int32) + (first - dt.date(1970, 1, 1)).days, BARS_PER_DAY)
@@ -40,7 +44,7 @@ def synthetic_bars(days: int, first: dt.date = FIRST_DAY, ticker: str = "BTCUSDT
     price = 100 + np.cumsum(np.random.default_rng(0).normal(0, 0.01, n))
     columns = {
         "market": pa.array(["spot"] * n, pa.string()),
-        "ticker": pa.array([ticker] * n, pa.string()),
+        "ticker": pa.array(["BTCUSDT"] * n, pa.string()),
         "day": pa.array(epoch_day).cast(pa.date32()),
         "ts": pa.array(ts, pa.timestamp("s", tz="UTC")),
         **{name: pa.array(price) for name in BARS_SCHEMA.names[4:11]},
@@ -49,16 +53,16 @@ def synthetic_bars(days: int, first: dt.date = FIRST_DAY, ticker: str = "BTCUSDT
     return pa.Table.from_pydict(columns, schema=BARS_SCHEMA)
 
 
-def target_for(rows: pa.Table, ticker: str = "BTCUSDT") -> Target:
+def target_for(rows: pa.Table) -> Target:
     days = frozenset(rows["day"].unique().to_pylist())
-    return Target("binance", "hl5s", BARS, "spot", (Slice("spot", ticker, days),))
+    return Target("binance", "hl5s", BARS, "spot", (Slice("spot", "BTCUSDT", days),))
 
 
 @contextmanager
 def fresh_store() -> Iterator[Client]:
     with (
         tempfile.TemporaryDirectory(prefix="clickhouse-bench-") as tmp,
-        open_client(f"chdb://{Path(tmp) / 's'}") as client,
+        open_client(f"chdb://{Path(tmp) / 'store'}") as client,
     ):
         ensure_tables(client, "binance", "hl5s", "daily_liquidity")
         yield client
@@ -70,68 +74,78 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def bulk(label: str, rows: pa.Table, write: Callable[[Client, pa.Table], object]) -> tuple[str, int, float]:
-    with fresh_store() as client:
-        seconds = timed(lambda: write(client, rows))
-        assert client.command("SELECT count() FROM binance.hl5s") == rows.num_rows
-    return label, rows.num_rows, seconds
-
-
 def handler_write(client: Client, rows: pa.Table) -> None:
     ArrowTypeHandler().handle_output(client, target_for(rows), rows)
 
 
-def bare_insert(settings: dict[str, int]) -> Callable[[Client, pa.Table], None]:
+def bare_insert(settings: dict[str, int]) -> Write:
     return lambda client, rows: client.insert_arrow("binance.hl5s", rows, settings=settings)
 
 
-def replace_day(month: pa.Table, repeat: int) -> list[tuple[str, int, float]]:
-    """Median seconds to replace one day: existing or new, with or without the skip-empty count."""
+def write_once(rows: pa.Table, write: Write) -> float:
+    with fresh_store() as client:
+        seconds = timed(lambda: write(client, rows))
+        assert client.command("SELECT count() FROM binance.hl5s") == rows.num_rows
+    return seconds
+
+
+def bulk(label: str, rows: pa.Table, write: Write, repeat: int) -> Result:
+    return label, rows.num_rows, [write_once(rows, write) for _ in range(repeat)]
+
+
+def replace_day(client: Client, day: dt.date, skip_empty: bool) -> float:
+    rows = synthetic_bars(1, day)
+    target = target_for(rows)
+
+    def replace() -> None:
+        clear_slice(client, target, target.slices[0], skip_empty=skip_empty)
+        insert_rows(client, target, rows)
+
+    return timed(replace)
+
+
+def replace_days(repeat: int) -> list[Result]:
+    """Seconds to replace one day of a month: a day already there, or a day never written. A DELETE
+    waits for merges running on the parts it marks (up to ~1 s here), hence the spread."""
     results = []
     with fresh_store() as client:
-        insert_rows(client, target_for(month), month)
-        for day, state in (
-            (FIRST_DAY + dt.timedelta(days=14), "existing"),
-            (FIRST_DAY + dt.timedelta(days=40), "new"),
-        ):
-            rows = synthetic_bars(1, day)
-            target = target_for(rows)
-            for skip_empty in (True, False):
-
-                def replace(
-                    skip_empty: bool = skip_empty, target: Target = target, rows: pa.Table = rows
-                ) -> None:
-                    clear_slice(client, target, target.slices[0], skip_empty=skip_empty)
-                    insert_rows(client, target, rows)
-
-                runs = []
-                for _ in range(repeat):
-                    if state == "new":
-                        client.command("DELETE FROM binance.hl5s WHERE day = {d:Date}", parameters={"d": day})
-                    runs.append(timed(replace))
-                how = "count, skip DELETE if empty" if skip_empty else "always DELETE"
-                results.append((f"replace 1 {state} day ({how})", rows.num_rows, statistics.median(runs)))
+        insert_rows(client, target_for(synthetic_bars(31)), synthetic_bars(31))
+        for state, first in (("existing", FIRST_DAY), ("new", FIRST_DAY + dt.timedelta(days=31))):
+            for skip_empty, how in ((True, "count, DELETE if rows"), (False, "always DELETE")):
+                offset = 0 if skip_empty else repeat  # a new day is new once
+                days = [first + dt.timedelta(days=offset + i) for i in range(repeat)]
+                seconds = [replace_day(client, day, skip_empty) for day in days]
+                results.append((f"replace 1 {state} day ({how})", BARS_PER_DAY, seconds))
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--days-per-year", type=int, default=365)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cold", action="store_true", help="skip the warm-up run")
     args = parser.parse_args()
-    month, year = synthetic_bars(31), synthetic_bars(args.days_per_year)
-    results = [
-        bulk("month, handler (cast+check+count+insert)", month, handler_write),
-        bulk("month, bare insert, default settings", month, bare_insert({})),
-        bulk("month, bare insert, INSERT_SETTINGS", month, bare_insert(dict(INSERT_SETTINGS))),
-        bulk("year, handler (cast+check+count+insert)", year, handler_write),
-        bulk("year, bare insert, default settings", year, bare_insert({})),
-        bulk("year, bare insert, INSERT_SETTINGS", year, bare_insert(dict(INSERT_SETTINGS))),
-        *replace_day(month, args.repeat),
-    ]
-    print(f"{'case':<52} {'rows':>10} {'seconds':>8} {'rows/s':>12}")
+    month, year = synthetic_bars(31), synthetic_bars(365)
+    results = (
+        []
+        if args.cold
+        else [("warm-up: month, handler (discarded)", month.num_rows, [write_once(month, handler_write)])]
+    )
+    for name, rows in (("month", month), ("year", year)):
+        results += [
+            bulk(f"{name}, handler (cast+check+count+insert)", rows, handler_write, args.repeat),
+            bulk(f"{name}, bare insert_arrow, default settings", rows, bare_insert({}), args.repeat),
+            bulk(
+                f"{name}, bare insert_arrow, INSERT_SETTINGS",
+                rows,
+                bare_insert(dict(INSERT_SETTINGS)),
+                args.repeat,
+            ),
+        ]
+    results += replace_days(max(args.repeat, 7))
+    print(f"{'case':<50} {'rows':>10} {'median s':>9} {'max s':>7} {'rows/s':>11}")
     for label, rows, seconds in results:
-        print(f"{label:<52} {rows:>10,} {seconds:>8.3f} {rows / seconds:>12,.0f}")
+        median = statistics.median(seconds)
+        print(f"{label:<50} {rows:>10,} {median:>9.3f} {max(seconds):>7.3f} {rows / median:>11,.0f}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def test_every_layout_reads_to_the_one_schema(tmp_path: Path, layout: str) -> No
     trades = make_trades(5_000, START, 120, time_unit=spec.time_unit, contracts=spec.integer_qty, seed=3)
     path = write_zip(tmp_path, trades_csv(trades, layout))
 
-    table = read_all(path, spec.market, block_size=16 << 10)  # small blocks: many batches
+    table = read_all(path, spec.market, chunk_size=16 << 10)  # small blocks: many batches
 
     assert table.schema == TRADES_SCHEMA
     assert table.num_rows == len(trades)
@@ -92,7 +92,7 @@ def good_zip(tmp_path: Path) -> Path:
 
 def expect_error(path: Path, match: str, market: str = "um") -> TradesFormatError:
     with pytest.raises(TradesFormatError, match=match) as caught:
-        read_all(path, market, block_size=16 << 10)
+        read_all(path, market, chunk_size=16 << 10)
     assert path.name in str(caught.value)
     return caught.value
 

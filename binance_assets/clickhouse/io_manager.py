@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 from dagster import (
     ConfigurableIOManager,
+    EnvVar,
     InputContext,
     MultiPartitionsDefinition,
     OutputContext,
@@ -233,10 +234,11 @@ class ClickHouseIOManager(ConfigurableIOManager):
         default="daily_liquidity", description="CLICKHOUSE_LIQUIDITY_TABLE: table of the per-day stats"
     )
 
-    @field_validator("url")
+    @field_validator("url", mode="before")
     @classmethod
-    def _valid_url(cls, value: str) -> str:
-        return validate_url(value)
+    def _valid_url(cls, value: object) -> object:
+        # Before pydantic casts an EnvVar to its name; Dagster builds the IO manager again from its value.
+        return validate_url(value) if isinstance(value, str) and not isinstance(value, EnvVar) else value
 
     @field_validator("database", "bars_table", "liquidity_table")
     @classmethod

@@ -23,14 +23,16 @@ MIN_SERVER_VERSION = (23, 3)
 _BIG = 1 << 62
 INSERT_SETTINGS: Mapping[str, int] = {
     "async_insert": 0,
+    "max_insert_threads": 1,
     "min_insert_block_size_rows": _BIG,
     "min_insert_block_size_bytes": _BIG,
     "max_insert_block_size": _BIG,
 }
-"""One INSERT is one block, so it commits all its rows or none (a failure while the server parses the
-data leaves the table as before). Its parts, one per month partition, are written once the whole
-block is in memory: the server holds the whole insert (about 90 bytes per bar row). Synchronous
-inserts: chDB 4.4 (ClickHouse 26.9) defaults to `async_insert = 1`."""
+"""One INSERT is one block, so it commits all its rows or none: a failure while the server reads the
+data leaves the table as before. The block is squashed in one stream (ClickHouse >= 26.8 otherwise
+writes in parallel streams) and its parts, one per month partition, are written once the whole block
+is in memory: the server holds the whole insert (about 90 bytes per bar row). Synchronous, so a
+DELETE and the INSERT after it apply in order: chDB 4.4 (ClickHouse 26.9) defaults to async_insert = 1."""
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PARAMETER = re.compile(r"\{(\w+):[^}]+\}")

@@ -13,14 +13,13 @@ stays bounded whatever the archive's size.
 
 from __future__ import annotations
 
-import io
 import re
 import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from binance_assets.markets import Market
+from binance_assets.prefetch import prefetch
 
 try:  # ISA-L is a dependency; zlib keeps the reader working where its wheel is missing.
     from isal import isal_zlib as _inflate_lib
@@ -47,11 +47,12 @@ TRADES_SCHEMA = pa.schema(
 MS_TO_US_BELOW = 10**14
 """Times below this are milliseconds (year 5138 in ms), at or above it microseconds (1973 in us)."""
 
+_CHUNK_SIZE = 16 << 20
+"""Inflated bytes per parse: large enough for Arrow to parse blocks on both cores."""
 _BLOCK_SIZE = 1 << 20
-"""Arrow CSV block: larger blocks cost resident memory (read-ahead) and gain no speed here."""
 _READ_SIZE = 1 << 20
 _LOCAL_HEADER = struct.Struct("<4s5H3I2H")
-_ROW_NUMBER = re.compile(r"Row #(\d+)")
+_ROW_NUMBER = re.compile(r"\s*Row #(\d+):?")
 _INTEGER = re.compile(rb"^-?\d+$")
 _COLUMN_TYPES = {
     "id": pa.int64(),
@@ -75,13 +76,14 @@ class TradesFormatError(ValueError):
         self.line = line
 
 
-class _MemberReader(io.RawIOBase):
-    """Raw-deflate (or stored) zip member reader that verifies the member's CRC-32 and size at EOF."""
+class _MemberChunks:
+    """Line-aligned chunks of a raw-deflate (or stored) zip member; verifies its CRC-32 and size at EOF."""
 
-    def __init__(self, file: BinaryIO, info: zipfile.ZipInfo, archive: str) -> None:
+    def __init__(self, file: BinaryIO, info: zipfile.ZipInfo, archive: str, chunk_size: int) -> None:
         self._file = file
-        self._archive = archive
         self._info = info
+        self._archive = archive
+        self._chunk_size = chunk_size
         try:
             file.seek(info.header_offset)
             header = file.read(_LOCAL_HEADER.size)
@@ -91,52 +93,49 @@ class _MemberReader(io.RawIOBase):
             raise TradesFormatError(archive, f"corrupt zip: bad local header for {info.filename}")
         name_len, extra_len = _LOCAL_HEADER.unpack(header)[-2:]
         file.seek(info.header_offset + _LOCAL_HEADER.size + name_len + extra_len)
-        self._left = info.compress_size
-        self._inflate = (
-            _inflate_lib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
-        )
-        self._pending = memoryview(b"")
-        self._crc = 0
-        self._size = 0
-        self._done = False
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._pending and not self._done:
-            self._pending = memoryview(self._next_chunk())
-        count = min(len(buffer), len(self._pending))
-        buffer[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
-        return count
-
-    def _next_chunk(self) -> bytes:
-        if self._left > 0:
-            compressed = self._file.read(min(_READ_SIZE, self._left))
+    def __iter__(self) -> Iterator[bytes]:
+        deflated = self._info.compress_type == zipfile.ZIP_DEFLATED
+        inflate = _inflate_lib.decompressobj(-15) if deflated else None
+        left, crc, size = self._info.compress_size, 0, 0
+        pending: list[bytes] = []
+        pending_size = 0
+        while left > 0:
+            compressed = self._file.read(min(_READ_SIZE, left))
             if not compressed:
                 raise TradesFormatError(self._archive, "corrupt zip: member data ends early (truncated file)")
-            self._left -= len(compressed)
-            try:
-                data = self._inflate.decompress(compressed) if self._inflate else compressed
-            except (zlib.error, _inflate_lib.error) as exc:
-                raise TradesFormatError(self._archive, f"corrupt zip: cannot inflate ({exc})") from None
-        else:
-            data = self._inflate.flush() if self._inflate else b""
-            self._done = True
-        self._crc = _inflate_lib.crc32(data, self._crc)
-        self._size += len(data)
-        if self._done:
-            self._verify()
-        return data
+            left -= len(compressed)
+            data = self._inflate(inflate, compressed)
+            crc, size = _inflate_lib.crc32(data, crc), size + len(data)
+            pending.append(data)
+            pending_size += len(data)
+            if pending_size >= self._chunk_size:
+                joined = b"".join(pending)
+                cut = joined.rfind(b"\n") + 1
+                if cut:
+                    yield joined[:cut]
+                pending, pending_size = [joined[cut:]], len(joined) - cut
+        tail = inflate.flush() if inflate is not None else b""
+        self._verify(inflate, _inflate_lib.crc32(tail, crc), size + len(tail))
+        last = b"".join([*pending, tail])
+        if last:
+            yield last
 
-    def _verify(self) -> None:
-        if self._inflate is not None and not self._inflate.eof:
+    def _inflate(self, inflate: Any, compressed: bytes) -> bytes:
+        if inflate is None:
+            return compressed
+        try:
+            return inflate.decompress(compressed)
+        except (zlib.error, _inflate_lib.error) as exc:
+            raise TradesFormatError(self._archive, f"corrupt zip: cannot inflate ({exc})") from None
+
+    def _verify(self, inflate: Any, crc: int, size: int) -> None:
+        if inflate is not None and not inflate.eof:
             raise TradesFormatError(self._archive, "corrupt zip: deflate stream is incomplete")
-        if self._size != self._info.file_size or self._crc != self._info.CRC:
+        if size != self._info.file_size or crc != self._info.CRC:
             raise TradesFormatError(
                 self._archive,
-                f"corrupt zip: {self._info.filename} inflates to {self._size} bytes, CRC {self._crc:08x}; "
+                f"corrupt zip: {self._info.filename} inflates to {size} bytes, CRC {crc:08x}; "
                 f"expected {self._info.file_size} bytes, CRC {self._info.CRC:08x}",
             )
 
@@ -175,12 +174,13 @@ def _camel_to_snake(column: str) -> str:
     return re.sub(r"(?<=[a-z])([A-Z])", r"_\1", column).lower()
 
 
-def read_trades(path: Path, market: Market, *, block_size: int = _BLOCK_SIZE) -> Iterator[pa.RecordBatch]:
+def read_trades(path: Path, market: Market, *, chunk_size: int = _CHUNK_SIZE) -> Iterator[pa.RecordBatch]:
     """Stream the trades of one Binance trades zip as record batches in TRADES_SCHEMA.
 
-    Raises TradesFormatError naming the archive (and the line, where Arrow knows it) for a corrupt zip,
-    unexpected columns or an unparsable row. Rows keep file order: sorting and de-duplication are the
-    aggregator's job, since monthly files interleave days.
+    A thread inflates the next line-aligned chunk while Arrow parses the current one on its own threads.
+    Raises TradesFormatError naming the archive (and the line) for a corrupt zip, unexpected columns or
+    an unparsable row. Rows keep file order: sorting and de-duplication are the aggregator's job, since
+    monthly files interleave days.
     """
     name = Path(path).name
     with open(path, "rb") as file:
@@ -188,26 +188,17 @@ def read_trades(path: Path, market: Market, *, block_size: int = _BLOCK_SIZE) ->
             info = _csv_member(zipfile.ZipFile(file), name)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise TradesFormatError(name, f"not a readable zip archive ({exc})") from None
-        stream = io.BufferedReader(_MemberReader(file, info, name), buffer_size=_READ_SIZE)
-        first_line = stream.peek(4096).split(b"\n", 1)[0]
-        if not first_line.strip():
-            return
-        has_header = _layout(first_line, market, name)
-        yield from _parse(stream, market, name, has_header, block_size)
+        chunks = prefetch(_MemberChunks(file, info, name, chunk_size), depth=2)
+        try:
+            yield from _parse(chunks, market, name)
+        finally:
+            chunks.close()
 
 
-def _parse(
-    stream: BinaryIO, market: Market, name: str, has_header: bool, block_size: int
-) -> Iterator[pa.RecordBatch]:
+def _parse(chunks: Iterator[bytes], market: Market, name: str) -> Iterator[pa.RecordBatch]:
     volume_column = market.quote_column
     wanted = ["id", "price", "qty", "time", "is_buyer_maker"] + ([volume_column] if volume_column else [])
-    reader_options = pa_csv.ReadOptions(
-        column_names=list(market.csv_columns),
-        skip_rows=int(has_header),
-        block_size=block_size,
-        use_threads=False,  # Arrow then knows row numbers; the prefetch thread gives the parallelism
-    )
-    convert_options = pa_csv.ConvertOptions(
+    convert = pa_csv.ConvertOptions(
         column_types={c: _COLUMN_TYPES[c] for c in wanted},
         include_columns=wanted,
         true_values=["true", "True", "TRUE"],
@@ -215,30 +206,43 @@ def _parse(
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
     )
-    first_line = 1 + int(has_header)
-    try:
-        reader = pa_csv.open_csv(stream, read_options=reader_options, convert_options=convert_options)
-        for batch in reader:
-            yield _normalise(batch, volume_column, name, first_line)
+    first_line = 1
+    for index, chunk in enumerate(chunks):
+        skip = int(index == 0 and _layout(chunk.split(b"\n", 1)[0], market, name))
+        try:
+            table = _read_chunk(chunk, market, convert, skip, use_threads=True)
+        except pa.ArrowInvalid:
+            for _ in chunks:  # a corrupt member garbles rows before its CRC is reached: report the cause
+                pass
+            raise _row_error(chunk, market, convert, skip, name, first_line) from None
+        for batch in table.to_batches():
+            yield _normalise(batch, volume_column, name, first_line + skip)
             first_line += batch.num_rows
+        first_line += skip
+
+
+def _read_chunk(
+    chunk: bytes, market: Market, convert: pa_csv.ConvertOptions, skip: int, *, use_threads: bool
+) -> pa.Table:
+    options = pa_csv.ReadOptions(
+        column_names=list(market.csv_columns), skip_rows=skip, use_threads=use_threads, block_size=_BLOCK_SIZE
+    )
+    return pa_csv.read_csv(pa.py_buffer(chunk), read_options=options, convert_options=convert)
+
+
+def _row_error(
+    chunk: bytes, market: Market, convert: pa_csv.ConvertOptions, skip: int, name: str, first_line: int
+) -> TradesFormatError:
+    """Parse the failing chunk again on one thread: only then does Arrow say which row (counted in the
+    chunk, skipped header included) is wrong."""
+    try:
+        _read_chunk(chunk, market, convert, skip, use_threads=False)
     except pa.ArrowInvalid as exc:
-        _drain(stream)  # a corrupt member garbles rows before its CRC is reached: report the cause
-        raise _row_error(exc, name) from None
-
-
-def _drain(stream: BinaryIO) -> None:
-    """Read the member to its end, so that its size and CRC-32 are verified (raises if corrupt)."""
-    while stream.read(_READ_SIZE):
-        pass
-
-
-def _row_error(exc: pa.ArrowInvalid, name: str) -> TradesFormatError:
-    """Arrow's row numbers (single-threaded parsing) count file lines, header included."""
-    message = str(exc)
-    match = _ROW_NUMBER.search(message)
-    line = int(match.group(1)) if match else None
-    problem = re.sub(r"\s*Row #\d+:?", "", message).strip(" :")
-    return TradesFormatError(name, f"unparsable row: {problem}", line)
+        message = str(exc)
+        match = _ROW_NUMBER.search(message)
+        line = first_line + int(match.group(1)) - 1 if match else None
+        return TradesFormatError(name, f"unparsable row: {_ROW_NUMBER.sub('', message).strip(' :')}", line)
+    return TradesFormatError(name, "unparsable rows (Arrow failed with threads only)")
 
 
 def _normalise(

@@ -1,0 +1,331 @@
+"""The `binance-assets` CLI as a user runs it: subprocesses against the fake Vision server, a real Dagster
+instance in a temporary DAGSTER_HOME, an embedded ClickHouse store and, for `backfill`, the real daemon."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
+
+from binance_assets.cli import main
+from binance_assets.clickhouse.client import open_client
+from binance_assets_tests.archives import expected_bars, publish
+from binance_assets_tests.vision_server import VisionServer
+
+REPO = Path(__file__).resolve().parents[1]
+DAYS = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(35)]
+"""2024-01-01..2024-02-04: a whole month (with its monthly archive) and the next month's first days."""
+DAEMON = Path(sys.executable).with_name("dagster-daemon")
+TODAY = dt.datetime.now(dt.UTC).date()
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+BACKFILL_TAG = "dagster/backfill"
+_SETTINGS_PREFIXES = ("BINANCE_", "CLICKHOUSE_", "TICKER", "DOWNLOAD_", "LOG_LEVEL", "DAGSTER_")
+
+
+@dataclass(frozen=True)
+class Cli:
+    """Runs ``python -m binance_assets.cli`` with the test's environment."""
+
+    env: dict[str, str]
+    home: Path
+    store_url: str
+
+    def __call__(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "binance_assets.cli", *args],
+            env={**self.env, **env},
+            cwd=self.home.parent,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    def instance(self) -> DagsterInstance:
+        return DagsterInstance.from_config(str(self.home))
+
+
+@pytest.fixture
+def cli(tmp_path: Path, vision_server: VisionServer) -> Cli:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    store_url = f"chdb://{tmp_path / 'clickhouse'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS_PREFIXES)}
+    env.update(
+        DAGSTER_HOME=str(home),
+        BINANCE_VISION_URL=vision_server.url,
+        BINANCE_VISION_LISTING_URL=vision_server.url,
+        CLICKHOUSE_URL=store_url,
+        BINANCE_MARKETS="um",
+    )
+    return Cli(env, home, store_url)
+
+
+def query(store_url: str, sql: str) -> pd.DataFrame:
+    with open_client(store_url) as client:
+        frame = client.query_df(sql)
+    if "day" in frame:
+        frame["day"] = pd.to_datetime(frame["day"]).dt.date
+    return frame
+
+
+def assert_bars_match(store_url: str, trades: dict[str, pd.DataFrame], first: dt.date, last: dt.date) -> None:
+    """hl5s rows of each ticker on [first, last] are exactly the oracle's bars of its trades on those days."""
+    bars = query(
+        store_url,
+        f"SELECT * FROM binance.hl5s WHERE day BETWEEN '{first}' AND '{last}' ORDER BY ticker, ts",
+    )
+    assert set(bars["ticker"]) == set(trades)
+    for ticker, ticker_trades in trades.items():
+        days = pd.to_datetime(ticker_trades["time_us"], unit="us").dt.date
+        want = expected_bars(ticker_trades[(days >= first) & (days <= last)])
+        ours = bars[bars["ticker"] == ticker].reset_index(drop=True)
+        assert len(ours) == len(want) > 0
+        np.testing.assert_array_equal(
+            ours["ts"].map(lambda t: int(t.timestamp())).to_numpy(), want["ts"].to_numpy() // 10**6
+        )
+        for column in ("open", "high", "low", "close", "trade_count"):
+            np.testing.assert_array_equal(ours[column].to_numpy(), want[column].to_numpy(), err_msg=column)
+        for column in ("volume", "quote_volume"):
+            np.testing.assert_allclose(ours[column].to_numpy(), want[column].to_numpy(), rtol=1e-12)
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one-line error a failing command ends with; no traceback before it."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("binance-assets: error: "), result.stderr
+    return lines[-1]
+
+
+def partitions_materialised(instance: DagsterInstance, name: str, year: str) -> list[str]:
+    records = instance.fetch_materializations(AssetKey(["binance", "um", name]), limit=10_000).records
+    return [r.partition_key for r in records if r.partition_key and r.partition_key.startswith(year)]
+
+
+@pytest.mark.parametrize("command", [[], ["discover"], ["materialize"], ["backfill"], ["sql"]])
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: binance-assets {' '.join(command)}".rstrip())
+
+
+def test_discover_registers_the_filtered_tickers_once(cli: Cli, vision_root: Path) -> None:
+    for seed, ticker in enumerate(("BTCUSDT", "ETHUSDT", "BTCBUSD")):
+        publish(vision_root, "um", ticker, DAYS[:1], trades_per_day=10, seed=seed)
+
+    first = cli("discover")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [
+        "um: 3 tickers listed, 2 wanted, 2 new",
+        "  BTCUSDT  new",
+        "  ETHUSDT  new",
+    ]
+    again = cli("discover", "--market", "um")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == "um: 3 tickers listed, 2 wanted, 0 new"
+    with cli.instance() as instance:
+        assert instance.get_dynamic_partitions("um_tickers") == ["BTCUSDT", "ETHUSDT"]
+
+
+def test_materialize_fills_the_store_records_runs_and_sql_prints_them(cli: Cli, vision_root: Path) -> None:
+    days = DAYS[29:33]  # 2024-01-30..2024-02-02: across a month boundary, one run per ticker
+    trades = {t: publish(vision_root, "um", t, days, seed=s) for s, t in enumerate(("BTCUSDT", "ETHUSDT"), 1)}
+
+    result = cli(
+        "materialize", "--market", "um", "--ticker", "BTCUSDT", "--ticker", "ETHUSDT",
+        "--start", "2024-01-30", "--end", "2024-02-02", "--no-retries",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("um ")]
+    bar_counts = {t: len(expected_bars(frame)) for t, frame in trades.items()}
+    assert [line.split(":")[0] for line in progress] == [
+        "um BTCUSDT 2024-01-30..2024-02-02",
+        "um ETHUSDT 2024-01-30..2024-02-02",
+    ]
+    assert [line.rsplit(", ", 1)[1] for line in progress] == [f"{n:,} bars" for n in bar_counts.values()]
+    assert_bars_match(cli.store_url, trades, days[0], days[-1])
+    liquidity = query(cli.store_url, "SELECT ticker, day, source FROM binance.daily_liquidity FINAL")
+    assert len(liquidity) == 8 and set(liquidity["source"]) == {"daily"}
+
+    with cli.instance() as instance:
+        assert instance.get_dynamic_partitions("um_tickers") == ["BTCUSDT", "ETHUSDT"]
+        runs = instance.get_runs(RunsFilter(tags={"binance/reason": "cli"}))
+        assert sorted((r.status, r.tags[RANGE_START], r.tags[RANGE_END]) for r in runs) == [
+            (DagsterRunStatus.SUCCESS, "2024-01-30|BTCUSDT", "2024-02-02|BTCUSDT"),
+            (DagsterRunStatus.SUCCESS, "2024-01-30|ETHUSDT", "2024-02-02|ETHUSDT"),
+        ]
+        for name in ("hl5s_bars", "daily_liquidity"):
+            partitions = partitions_materialised(instance, name, "2024")
+            assert len(partitions) == len(set(partitions)) == 8
+
+    table = cli("sql", "SELECT ticker, count() AS bars FROM hl5s GROUP BY ticker ORDER BY ticker")
+    assert table.returncode == 0, table.stderr
+    width = max(len("bars"), *(len(str(n)) for n in bar_counts.values()))
+    assert table.stdout.splitlines() == [
+        f"ticker   {'bars':>{width}}",
+        f"-------  {'-' * width}",
+        *(f"{ticker}  {n:>{width}}" for ticker, n in bar_counts.items()),
+        "(2 rows)",
+    ]
+
+
+def test_materialize_failure_exits_1_with_the_step_message(cli: Cli, vision_root: Path) -> None:
+    """Yesterday is not published yet: the run fails (no retry asked) and nothing is written."""
+    yesterday = TODAY - dt.timedelta(days=1)
+    publish(vision_root, "um", "ETHUSDT", [yesterday - dt.timedelta(days=1)], trades_per_day=10)
+    result = cli(
+        "materialize", "--market", "um", "--ticker", "ETHUSDT",
+        "--start", str(yesterday - dt.timedelta(days=1)), "--end", str(yesterday), "--no-retries",
+    )  # fmt: skip
+    assert result.returncode == 1
+    line = error_line(result)
+    assert f"um ETHUSDT {yesterday - dt.timedelta(days=1)}..{yesterday}: run " in line
+    assert f"not yet published on Binance Vision (ETHUSDT: {yesterday})" in line
+    with cli.instance() as instance:
+        (run,) = instance.get_runs(RunsFilter(tags={"binance/reason": "cli"}))
+        assert run.status == DagsterRunStatus.FAILURE and run.run_id in line
+
+
+_VALID = ["--market", "um", "--ticker", "BTCUSDT", "--start", "2024-01-01"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "message"),
+    [
+        (["materialize", *_VALID[:1], "moon", *_VALID[2:]], {}, 2, "unknown market 'moon'"),
+        (["backfill", *_VALID[:5], "2024-13-01"], {}, 2, "invalid date '2024-13-01'"),
+        (["materialize", *_VALID[:3], "btcusdt", *_VALID[4:]], {}, 2, "invalid ticker 'btcusdt'"),
+        (["materialize", *_VALID[:4]], {}, 2, "the following arguments are required: --start"),
+        (["materialize", *_VALID, "--end", "2023-12-31"], {}, 2, "--end 2023-12-31 is before --start"),
+        (["backfill", *_VALID[:5], "2019-09-07"], {}, 2, "before um's first day 2019-09-08"),
+        (["materialize", *_VALID, "--end", str(TODAY)], {}, 2, f"--end {TODAY} is not before today"),
+        (["discover", "--market", "spot"], {}, 2, "market 'spot' is not enabled: BINANCE_MARKETS=um"),
+        (["discover"], {"DOWNLOAD_CONCURRENCY": "abc"}, 2, "DOWNLOAD_CONCURRENCY='abc' is invalid"),
+        (["discover"], {"DAGSTER_HOME": "/nonexistent"}, 2, "DAGSTER_HOME='/nonexistent' is invalid"),
+        (["materialize", *_VALID], {}, 1, "BTCUSDT has no trades archives on Binance Vision"),
+        (["sql", "SELECT nope"], {}, 1, "Unknown expression identifier `nope`"),
+    ],
+    ids=[
+        "unknown-market", "bad-date", "lowercase-ticker", "missing-argument", "end-before-start",
+        "before-market", "today", "market-not-enabled", "bad-env-var", "bad-dagster-home", "unknown-ticker",
+        "bad-sql",
+    ],
+)  # fmt: skip
+def test_bad_input_exits_nonzero_with_one_line(
+    cli: Cli, args: list[str], env: dict[str, str], code: int, message: str
+) -> None:
+    result = cli(*args, **env)
+    assert result.returncode == code, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert message in error_line(result)
+
+
+@contextmanager
+def running_daemon(cli: Cli, workdir: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`dagster-daemon run` on the repository's workspace.yaml; its whole process group is killed after."""
+    workdir.mkdir()
+    with (workdir / "daemon.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(DAEMON), "run", "-w", str(REPO / "workspace.yaml")],
+            cwd=workdir,
+            env={**cli.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            # The daemon's code server and run workers share its process group and outlive a SIGTERM.
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(process.pid, sig)
+                except ProcessLookupError:
+                    break
+                with suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=10)
+
+
+def wait_for_backfill(
+    cli: Cli, backfill_id: str, daemon: subprocess.Popen[bytes], timeout: float = 180
+) -> BulkActionStatus:
+    """Poll the instance until the backfill reaches a terminal status."""
+    deadline = time.monotonic() + timeout
+    with cli.instance() as instance:
+        while time.monotonic() < deadline:
+            backfill = instance.get_backfill(backfill_id)
+            assert backfill is not None
+            if backfill.status in BULK_ACTION_TERMINAL_STATUSES:
+                return backfill.status
+            assert daemon.poll() is None, "dagster-daemon exited"
+            time.sleep(1)
+    raise AssertionError(f"backfill {backfill_id} still running after {timeout} s")
+
+
+def test_backfill_is_run_by_the_daemon_in_chunked_runs(
+    cli: Cli, vision_server: VisionServer, vision_root: Path, tmp_path: Path
+) -> None:
+    """2 tickers x 35 days: the daemon runs the backfill as one run per ticker-month (BackfillPolicy), January
+    from its monthly archive. The sensors run too: the daily one asks for the newest days, published here."""
+    trades = {
+        "BTCUSDT": publish(vision_root, "um", "BTCUSDT", DAYS, monthly=("2024-01",), seed=1),
+        "ETHUSDT": publish(vision_root, "um", "ETHUSDT", DAYS, seed=2),
+    }
+    newest = [TODAY - dt.timedelta(days=i) for i in (2, 1)]
+    for seed, ticker in enumerate(trades, 10):
+        publish(vision_root, "um", ticker, newest, trades_per_day=10, seed=seed)
+
+    submitted = cli(
+        "backfill", "--market", "um", "--ticker", "BTCUSDT", "--ticker", "ETHUSDT",
+        "--start", str(DAYS[0]), "--end", str(DAYS[-1]),
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    backfill_id = submitted.stdout.strip()
+    # With one grace day the daily sensor asks for one (published) day per ticker.
+    with running_daemon(cli, tmp_path / "daemon", BINANCE_PUBLISH_GRACE_DAYS="1") as daemon:
+        status = wait_for_backfill(cli, backfill_id, daemon)
+    assert status == BulkActionStatus.COMPLETED_SUCCESS, (tmp_path / "daemon" / "daemon.log").read_text()
+
+    with cli.instance() as instance:
+        runs = instance.get_runs(RunsFilter(tags={BACKFILL_TAG: backfill_id}))
+        succeeded = [r for r in runs if r.status == DagsterRunStatus.SUCCESS]
+        assert sorted((r.tags[RANGE_START], r.tags[RANGE_END]) for r in succeeded) == [
+            ("2024-01-01|BTCUSDT", "2024-01-31|BTCUSDT"),
+            ("2024-01-01|ETHUSDT", "2024-01-31|ETHUSDT"),
+            ("2024-02-01|BTCUSDT", "2024-02-04|BTCUSDT"),
+            ("2024-02-01|ETHUSDT", "2024-02-04|ETHUSDT"),
+        ]
+        assert all(r.tags["binance/market"] == "um" for r in runs)
+        for name in ("hl5s_bars", "daily_liquidity"):
+            partitions = partitions_materialised(instance, name, "2024")
+            assert len(partitions) == len(set(partitions)) == 2 * len(DAYS)
+
+    assert vision_server.hits("BTCUSDT-trades-2024-01.zip") >= 1
+    assert vision_server.hits("BTCUSDT-trades-2024-01-15.zip") == 0
+    assert_bars_match(cli.store_url, trades, DAYS[0], DAYS[-1])
+    liquidity = query(
+        cli.store_url,
+        f"SELECT ticker, source, count() AS n FROM binance.daily_liquidity FINAL WHERE day <= '{DAYS[-1]}' "
+        "GROUP BY ticker, source ORDER BY ticker, source",
+    )
+    assert liquidity.values.tolist() == [
+        ["BTCUSDT", "daily", 4],
+        ["BTCUSDT", "monthly", 31],
+        ["ETHUSDT", "daily", 35],
+    ]
