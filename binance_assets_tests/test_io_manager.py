@@ -239,9 +239,10 @@ def test_a_bad_type_raises_and_leaves_previous_rows(store: Store) -> None:
         ),
         (
             lambda days: bars("BTCUSDT", D1, version=2.0).set_column(0, "market", pa.array(["um"] * 6)),
-            "market",
+            "rows of market ['um'] in an output of 'spot'",
         ),
     ],
+    ids=["other ticker", "day outside the run", "other market"],
 )
 def test_rows_outside_the_run_raise_before_any_delete(store: Store, rows: Bars, message: str) -> None:
     store.run(spot_asset(versioned(1.0)), "BTCUSDT", D1)
@@ -279,6 +280,22 @@ def test_stream_failing_on_day_3_keeps_old_rows_from_day_3_on(store: Store) -> N
     message = store.fail(spot_asset(corrupt_day_3), "BTCUSDT", D1, D5, error=OSError)
     assert message == "corrupt archive for 2024-01-03"
     assert store.days("BTCUSDT") == {D1: (2, 2.0), D2: (2, 2.0), D3: (6, 1.0), D4: (6, 1.0), D5: (6, 1.0)}
+
+
+def test_stream_holds_the_store_only_while_writing(store: Store) -> None:
+    """Between two tables another user (a sensor, the CLI, another run) can open the embedded store."""
+    url = store.io_manager.url
+    seen: list[int] = []
+
+    def reading_between_days(days: list[Day]) -> Iterator[pa.Table]:
+        for ticker, day in days:
+            with open_client(url, lock_timeout=2) as client:  # StoreBusyError if the IO manager held it
+                ensure_tables(client, "binance", "hl5s", "daily_liquidity")
+                seen.append(int(client.command("SELECT count() FROM binance.hl5s")))
+            yield bars(ticker, day, 2, 2.0)
+
+    store.run(spot_asset(reading_between_days), "BTCUSDT", D1, D3)
+    assert seen == [0, 2, 4]
 
 
 def test_stream_with_a_day_in_two_tables_is_refused(store: Store) -> None:

@@ -20,7 +20,8 @@ import datetime as dt
 import io
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -58,6 +59,8 @@ from binance_assets.clickhouse.tables import (
 )
 
 _ROWS_PER_BATCH = 1 << 17
+Connect = Callable[[], AbstractContextManager[Client]]
+"""Opens the store (and, for chdb://, locks it) for the span of a `with` block."""
 PARTITION_COLUMNS = ("day", "ticker")
 """The columns `partition_expr` must map the (daily) date and ticker dimensions to."""
 
@@ -159,11 +162,12 @@ def read_slices(client: Client, target: Target) -> pa.Table:
 class ArrowTypeHandler:
     supported_types: tuple[type, ...] = (pa.Table,)
 
-    def handle_output(self, client: Client, target: Target, obj: pa.Table) -> int:
+    def handle_output(self, connect: Connect, target: Target, obj: pa.Table) -> int:
         rows, _ = target.conform(obj)
-        for s in target.slices:
-            clear_slice(client, target, s)
-            insert_rows(client, target, _rows_of_ticker(rows, s.ticker, len(target.slices)))
+        with connect() as client:
+            for s in target.slices:
+                clear_slice(client, target, s)
+                insert_rows(client, target, _rows_of_ticker(rows, s.ticker, len(target.slices)))
         return rows.num_rows
 
     def load_input(self, client: Client, target: Target) -> pa.Table:
@@ -173,9 +177,9 @@ class ArrowTypeHandler:
 class PandasTypeHandler:
     supported_types: tuple[type, ...] = (pd.DataFrame,)
 
-    def handle_output(self, client: Client, target: Target, obj: pd.DataFrame) -> int:
+    def handle_output(self, connect: Connect, target: Target, obj: pd.DataFrame) -> int:
         return ArrowTypeHandler().handle_output(
-            client, target, pa.Table.from_pandas(obj, preserve_index=False)
+            connect, target, pa.Table.from_pandas(obj, preserve_index=False)
         )
 
     def load_input(self, client: Client, target: Target) -> pd.DataFrame:
@@ -183,11 +187,15 @@ class PandasTypeHandler:
 
 
 class StreamTypeHandler:
-    """An iterable of pyarrow Tables, each holding whole (ticker, day)s: one or several days."""
+    """An iterable of pyarrow Tables, each holding whole (ticker, day)s: one or several days.
+
+    The store is opened per table, after the producer made it: an embedded store stays locked only
+    while a table is written, not while the next one downloads and parses.
+    """
 
     supported_types: tuple[type, ...] = (Iterable,)
 
-    def handle_output(self, client: Client, target: Target, obj: Iterable[pa.Table]) -> int:
+    def handle_output(self, connect: Connect, target: Target, obj: Iterable[pa.Table]) -> int:
         written: dict[str, set[dt.date]] = defaultdict(set)
         count = 0
         for item in obj:
@@ -202,20 +210,26 @@ class StreamTypeHandler:
                         f"{target.name}: {ticker} {min(days & written[ticker])} came in two tables; "
                         "each (ticker, day) must be in one table of the stream"
                     )
-                clear_slice(client, target, Slice(target.market, ticker, days))
-                written[ticker] |= days
-            insert_rows(client, target, rows)
+            with connect() as client:
+                for ticker, days in present.items():
+                    clear_slice(client, target, Slice(target.market, ticker, days))
+                    written[ticker] |= days
+                insert_rows(client, target, rows)
             count += rows.num_rows
-        for s in target.slices:
-            if s.days - written[s.ticker]:
-                clear_slice(client, target, replace(s, days=s.days - written[s.ticker]))
+        unwritten = [
+            replace(s, days=s.days - written[s.ticker]) for s in target.slices if s.days - written[s.ticker]
+        ]
+        if unwritten:
+            with connect() as client:
+                for s in unwritten:
+                    clear_slice(client, target, s)
         return count
 
 
 class OutputHandler(Protocol):
     supported_types: tuple[type, ...]
 
-    def handle_output(self, client: Client, target: Target, obj: Any) -> int: ...
+    def handle_output(self, connect: Connect, target: Target, obj: Any) -> int: ...
 
 
 OUTPUT_HANDLERS: tuple[OutputHandler, ...] = (ArrowTypeHandler(), PandasTypeHandler(), StreamTypeHandler())
@@ -250,18 +264,22 @@ class ClickHouseIOManager(ConfigurableIOManager):
         started = time.perf_counter()
         handler = _output_handler(obj)
         target = self._target(context, context.definition_metadata)
-        with open_client(self.url) as client:
-            ensure_tables(client, self.database, self.bars_table, self.liquidity_table)
-            rows = handler.handle_output(client, target, obj)
+        rows = handler.handle_output(self._connect, target, obj)
         context.add_output_metadata(_output_metadata(target, rows, time.perf_counter() - started))
 
     def load_input(self, context: InputContext) -> pa.Table | pd.DataFrame:
         handler = _load_handler(context.dagster_type.typing_type)
         upstream = context.upstream_output
         target = self._target(context, upstream.definition_metadata if upstream else {})
+        with self._connect() as client:
+            return handler.load_input(client, target)
+
+    @contextmanager
+    def _connect(self) -> Iterator[Client]:
+        """The store, with its tables in place; for chdb:// its lock is held until the block ends."""
         with open_client(self.url) as client:
             ensure_tables(client, self.database, self.bars_table, self.liquidity_table)
-            return handler.load_input(client, target)
+            yield client
 
     def _target(self, context: OutputContext | InputContext, metadata: Mapping[str, Any]) -> Target:
         if not context.has_asset_key:
