@@ -114,7 +114,9 @@ class _PartialBars:
         if not self.parts:
             return {name: np.empty(0, np.int64) for name in self.FIELDS}
         if len(self.parts) > 1:
-            merged = {name: np.concatenate([p[name] for p in self.parts]) for name in self.FIELDS}
+            parts, self.parts = self.parts, []
+            # field by field, dropping each from the parts: peak memory is one extra copy, not two
+            merged = {name: np.concatenate([part.pop(name) for part in parts]) for name in self.FIELDS}
             self.parts = [_merge(merged)]
             self.rows = len(self.parts[0]["key"])
         return self.parts[0]
@@ -332,13 +334,13 @@ def _bars_table(bars: dict[str, np.ndarray]) -> pa.Table:
         {
             "day": _dates((key * BAR_US) // DAY_US),
             "ts": pa.array(close_s, pa.timestamp("s", tz="UTC")),
-            "open": bars["open"].astype(np.float64),
-            "high": bars["high"].astype(np.float64),
-            "low": bars["low"].astype(np.float64),
-            "close": bars["close"].astype(np.float64),
-            "volume": bars["volume"].astype(np.float64),
-            "quote_volume": bars["quote_volume"].astype(np.float64),
-            "taker_buy_volume": bars["taker_buy_volume"].astype(np.float64),
+            "open": bars["open"].astype(np.float64, copy=False),
+            "high": bars["high"].astype(np.float64, copy=False),
+            "low": bars["low"].astype(np.float64, copy=False),
+            "close": bars["close"].astype(np.float64, copy=False),
+            "volume": bars["volume"].astype(np.float64, copy=False),
+            "quote_volume": bars["quote_volume"].astype(np.float64, copy=False),
+            "taker_buy_volume": bars["taker_buy_volume"].astype(np.float64, copy=False),
             "trade_count": bars["trade_count"].astype(np.uint32),
         },
         schema=BARS_SCHEMA,
