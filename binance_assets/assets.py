@@ -1,8 +1,9 @@
 """Per-market assets: one op downloads and resamples a run's ticker-days into hl5s_bars + daily_liquidity.
 
 Thin wiring: the run's partitions become (ticker, days); `plan.py` picks archives, `pipeline.py`
-downloads and aggregates them, the ClickHouse IO manager writes the streamed days, and two checks
-verify the stored rows of the run.
+downloads and aggregates them, the ClickHouse IO manager writes the streamed days, the archives read
+go to the ledger (`ledger.py`), and checks verify the stored rows of the run: ours (ERROR), the
+archives' (WARN) and against Binance's own klines (ERROR, `klines_check.py`).
 """
 
 import datetime as dt
@@ -25,6 +26,7 @@ from dagster import (
     DailyPartitionsDefinition,
     DynamicPartitionsDefinition,
     Failure,
+    FreshnessPolicy,
     Jitter,
     MetadataValue,
     MultiPartitionKey,
@@ -34,8 +36,18 @@ from dagster import (
     multi_asset,
 )
 
-from binance_assets.checks import CheckOutcome, RunSlice, bars_well_formed, liquidity_matches_bars
+from binance_assets.checks import (
+    CheckOutcome,
+    RunSlice,
+    bars_well_formed,
+    day_coverage,
+    liquidity_matches_bars,
+    sane_trades,
+    trade_ids_continuous,
+)
 from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA
+from binance_assets.klines_check import kline_sources, load_klines, matches_binance_klines
+from binance_assets.ledger import write_ledger
 from binance_assets.markets import Market
 from binance_assets.pipeline import LoadStats, load_days
 from binance_assets.plan import TickerPlan, plan_ticker
@@ -46,6 +58,10 @@ LIQUIDITY = "daily_liquidity"
 PARTITION_EXPR = {"partition_expr": {"date": "day", "ticker": "ticker"}}
 WELL_FORMED = "bars_well_formed"
 MATCHES_BARS = "liquidity_matches_bars"
+IDS_CONTINUOUS = "trade_ids_continuous"
+DAY_COVERAGE = "day_coverage"
+SANE_TRADES = "sane_trades"
+MATCHES_KLINES = "matches_binance_klines"
 
 
 def asset_key(market: Market, name: str) -> AssetKey:
@@ -83,10 +99,40 @@ DEFAULT_RETRY = RetryPolicy(max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL
 """Transient failures (network, an archive not yet published) are retried after about 30 s, 60 s, 120 s."""
 
 
+def liquidity_freshness(deadline: str) -> FreshnessPolicy:
+    """Yesterday's rows expected by ``deadline`` (HH:MM UTC): a materialisation between midnight UTC, when
+    yesterday becomes materialisable, and the deadline. Dagster judges the asset's latest
+    materialisation, of any partition."""
+    hours, minutes = (int(part) for part in deadline.split(":"))
+    since_midnight = dt.timedelta(hours=hours, minutes=minutes) or dt.timedelta(days=1)
+    return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} * * *", lower_bound_delta=since_midnight)
+
+
 def build_market_assets(
-    market: Market, max_days_per_run: int, retry_policy: RetryPolicy | None = DEFAULT_RETRY
+    market: Market,
+    max_days_per_run: int,
+    retry_policy: RetryPolicy | None = DEFAULT_RETRY,
+    *,
+    kline_check: bool = True,
+    freshness_deadline: str = "12:00",
 ) -> AssetsDefinition:
-    """The market's multi_asset: hl5s_bars and daily_liquidity of every (date, ticker) partition."""
+    """The market's multi_asset: hl5s_bars and daily_liquidity of every (date, ticker) partition.
+
+    ``kline_check`` (BINANCE_KLINE_CHECK) adds `matches_binance_klines`; ``freshness_deadline``
+    (BINANCE_FRESHNESS_DEADLINE) is daily_liquidity's freshness policy.
+    """
+    bars_key, liquidity_key = asset_key(market, BARS), asset_key(market, LIQUIDITY)
+    checks = [
+        AssetCheckSpec(WELL_FORMED, asset=bars_key, description=bars_well_formed.__doc__),
+        AssetCheckSpec(MATCHES_BARS, asset=liquidity_key, description=liquidity_matches_bars.__doc__),
+        AssetCheckSpec(IDS_CONTINUOUS, asset=liquidity_key, description=trade_ids_continuous.__doc__),
+        AssetCheckSpec(DAY_COVERAGE, asset=bars_key, description=day_coverage.__doc__),
+        AssetCheckSpec(SANE_TRADES, asset=liquidity_key, description=sane_trades.__doc__),
+    ]
+    if kline_check:
+        checks.append(
+            AssetCheckSpec(MATCHES_KLINES, asset=bars_key, description=matches_binance_klines.__doc__)
+        )
 
     @multi_asset(
         name=f"{market.key}_trades_to_bars",
@@ -102,17 +148,13 @@ def build_market_assets(
                 io_manager_key="clickhouse_io_manager",
                 metadata=PARTITION_EXPR,
                 description=f"{market.key}: one row per ticker-day: trades, volumes, ids, source archive",
+                freshness_policy=liquidity_freshness(freshness_deadline),
             ),
         },
         partitions_def=market_partitions(market),
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=max_days_per_run),
         retry_policy=retry_policy,
-        check_specs=[
-            AssetCheckSpec(WELL_FORMED, asset=asset_key(market, BARS), description=bars_well_formed.__doc__),
-            AssetCheckSpec(
-                MATCHES_BARS, asset=asset_key(market, LIQUIDITY), description=liquidity_matches_bars.__doc__
-            ),
-        ],
+        check_specs=checks,
         group_name=f"binance_{market.key}",
         pool=f"binance_{market.key}",
     )
@@ -141,7 +183,14 @@ def build_market_assets(
         run = RunSlice(
             market.key, tuple(days_by_ticker), tuple(sorted({d for v in days_by_ticker.values() for d in v}))
         )
-        yield from _checks(market, clickhouse, run)
+        yield from _checks(market, clickhouse, run, stats)
+        if kline_check:
+            klines = load_klines(vision.downloader(), kline_sources(market, plans))
+            with clickhouse.get_client() as client:
+                outcome = matches_binance_klines(
+                    client, clickhouse.database, clickhouse.bars_table, market.key, klines
+                )
+            yield _check_result(bars_key, MATCHES_KLINES, outcome)
 
     return trades_to_bars
 
@@ -205,28 +254,38 @@ def _metadata(
 
 def _archives_table(archives: list[dict[str, Any]]) -> str:
     lines = ["| key | freq | bytes | sha256 |", "|---|---|---|---|"]
-    lines += [f"| {a['key']} | {a['freq']} | {a['bytes']} | `{a['sha256']}` |" for a in archives]
+    lines += [f"| {a['key']} | {a['freq']} | {a['size']} | `{a['sha256']}` |" for a in archives]
     return "\n".join(lines)
 
 
-def _checks(market: Market, clickhouse: ClickHouseResource, run: RunSlice) -> Iterator[AssetCheckResult]:
+def _checks(
+    market: Market, clickhouse: ClickHouseResource, run: RunSlice, stats: LoadStats
+) -> Iterator[AssetCheckResult]:
+    """Record the run's archives in the ledger (its bars and liquidity are in), then check the rows."""
+    db, bars, liquidity = clickhouse.database, clickhouse.bars_table, clickhouse.liquidity_table
     with clickhouse.get_client() as client:
-        well_formed = bars_well_formed(client, clickhouse.database, clickhouse.bars_table, run)
-        matches = liquidity_matches_bars(
-            client, clickhouse.database, clickhouse.bars_table, clickhouse.liquidity_table, run
-        )
-    yield _check_result(asset_key(market, BARS), WELL_FORMED, well_formed)
-    yield _check_result(asset_key(market, LIQUIDITY), MATCHES_BARS, matches)
+        write_ledger(client, db, clickhouse.archives_table, stats.archives)
+        errors = {
+            (BARS, WELL_FORMED): bars_well_formed(client, db, bars, run),
+            (LIQUIDITY, MATCHES_BARS): liquidity_matches_bars(client, db, bars, liquidity, run),
+        }
+        warnings = {
+            (LIQUIDITY, IDS_CONTINUOUS): trade_ids_continuous(client, db, liquidity, run),
+            (BARS, DAY_COVERAGE): day_coverage(client, db, bars, liquidity, run),
+            (LIQUIDITY, SANE_TRADES): sane_trades(client, db, liquidity, run),
+        }
+    for severity, outcomes in ((AssetCheckSeverity.ERROR, errors), (AssetCheckSeverity.WARN, warnings)):
+        for (asset, name), outcome in outcomes.items():
+            yield _check_result(asset_key(market, asset), name, outcome, severity)
 
 
-def _check_result(key: AssetKey, name: str, outcome: CheckOutcome) -> AssetCheckResult:
+def _check_result(
+    key: AssetKey, name: str, outcome: CheckOutcome, severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
+) -> AssetCheckResult:
     metadata: dict[str, Any] = {**outcome.totals, "failing_ticker_days": MetadataValue.json(outcome.failures)}
     if outcome.failures:
         metadata["first_failure"] = outcome.first_failure
+    metadata.update({detail: MetadataValue.json(value) for detail, value in outcome.details.items()})
     return AssetCheckResult(
-        asset_key=key,
-        check_name=name,
-        passed=outcome.passed,
-        severity=AssetCheckSeverity.ERROR,
-        metadata=metadata,
+        asset_key=key, check_name=name, passed=outcome.passed, severity=severity, metadata=metadata
     )

@@ -4,31 +4,43 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlparse
 
 from dagster import Definitions, EnvVar, definitions, in_process_executor
 
 from binance_assets.assets import build_market_assets
+from binance_assets.clickhouse.client import without_password
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.markets import MARKETS
 from binance_assets.resources import ClickHouseResource, VisionResource
-from binance_assets.sensors import build_daily_sensor, build_ticker_sensor
+from binance_assets.sensors import build_daily_sensor, build_republished_sensor, build_ticker_sensor
 from binance_assets.settings import Settings, load_settings
 
 
-def _clickhouse_url(settings: Settings) -> str | EnvVar:
-    """The URL may carry a password: hand Dagster the EnvVar when it is set, so it never lands in config."""
-    return (
-        EnvVar("CLICKHOUSE_URL") if os.environ.get("CLICKHOUSE_URL", "").strip() else settings.clickhouse_url
-    )
+def _clickhouse_connection(settings: Settings) -> dict[str, str | EnvVar]:
+    """The store's url (and password): a password is handed to Dagster as an EnvVar, never as a value, so
+    it lands in no config. CLICKHOUSE_URL set: its EnvVar. A server URL built from run.py's CLICKHOUSE_HOST
+    ... settings: that URL without its password, and EnvVar("CLICKHOUSE_PASSWORD")."""
+    if _is_set("CLICKHOUSE_URL"):
+        return {"url": EnvVar("CLICKHOUSE_URL")}
+    if urlparse(settings.clickhouse_url).password is not None and _is_set("CLICKHOUSE_PASSWORD"):
+        return {"url": without_password(settings.clickhouse_url), "password": EnvVar("CLICKHOUSE_PASSWORD")}
+    return {"url": settings.clickhouse_url}
+
+
+def _is_set(name: str) -> bool:
+    return bool(os.environ.get(name, "").strip())
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     """The resources of the code location; the CLI materialises in-process with the same ones."""
     store = {
-        "url": _clickhouse_url(settings),
+        **_clickhouse_connection(settings),
         "database": settings.clickhouse_database,
         "bars_table": settings.bars_table,
         "liquidity_table": settings.liquidity_table,
+        "archives_table": settings.archives_table,
+        "cluster": settings.clickhouse_cluster,
     }
     return {
         "clickhouse_io_manager": ClickHouseIOManager(**store),
@@ -47,10 +59,19 @@ def build_resources(settings: Settings) -> dict[str, Any]:
 def build_definitions(settings: Settings) -> Definitions:
     markets = [MARKETS[key] for key in settings.markets]
     return Definitions(
-        assets=[build_market_assets(market, settings.max_days_per_run) for market in markets],
+        assets=[
+            build_market_assets(
+                market,
+                settings.max_days_per_run,
+                kline_check=settings.kline_check,
+                freshness_deadline=settings.freshness_deadline,
+            )
+            for market in markets
+        ],
         sensors=[
             *(build_ticker_sensor(market, settings) for market in markets),
             *(build_daily_sensor(market, settings, settings.publish_grace_days) for market in markets),
+            *(build_republished_sensor(market, settings) for market in markets),
         ],
         resources=build_resources(settings),
         # One op per run: executing it in the run worker saves a process start per run, and its retry

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from binance_assets.bars import BARS_SCHEMA, aggregate_trades
+from binance_assets.ledger import ledger_row
 from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
 from binance_assets.prefetch import prefetch
@@ -39,6 +40,7 @@ class LoadStats:
     """What a load did, for metadata and the run summary."""
 
     archives: list[dict[str, Any]] = field(default_factory=list)
+    """One archive-ledger row (ledger.ledger_row) per archive loaded, in load order."""
     downloaded_bytes: int = 0
     download_seconds: float = 0.0
     aggregate_seconds: float = 0.0
@@ -68,12 +70,10 @@ def load_days(
     for (ticker, archive, days), local in zip(work, fetched, strict=True):
         stats.downloaded_bytes += local.downloaded_bytes
         stats.download_seconds += local.seconds
-        stats.archives.append(
-            {"key": local.key, "sha256": local.sha256, "freq": archive.freq, "bytes": local.size}
-        )
         started = time.monotonic()
         aggregation = aggregate_trades(prefetch(read_trades(local.path, market)))
         stats.aggregate_seconds += time.monotonic() - started
+        stats.archives.append(ledger_row(market.key, ticker, archive, local, aggregation.days, loaded_at))
         by_day = {result.day: result for result in aggregation.by_day()}
         for day in days:
             result = by_day.get(day)
@@ -113,6 +113,8 @@ _LIQUIDITY_STATS = {
     "first_trade_id": 0,
     "last_trade_id": 0,
     "missing_trade_ids": 0,
+    "duplicate_rows": 0,
+    "nonpositive_rows": 0,
 }
 """daily_liquidity's columns taken from the day stats of bars.py, with their value on a day without trades."""
 

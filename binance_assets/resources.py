@@ -55,13 +55,23 @@ class ClickHouseResource(ConfigurableResource):
     """Queries on the store the IO manager writes (checks, sensors, the CLI)."""
 
     url: str = Field(description="CLICKHOUSE_URL: chdb:///abs/path or http(s)://user:password@host:port")
+    password: str = Field(default="", description="CLICKHOUSE_PASSWORD, kept out of url; empty: the url's")
     database: str = Field(default="binance", description="CLICKHOUSE_DATABASE")
     bars_table: str = Field(default="hl5s", description="CLICKHOUSE_BARS_TABLE")
     liquidity_table: str = Field(default="daily_liquidity", description="CLICKHOUSE_LIQUIDITY_TABLE")
+    archives_table: str = Field(default="archives", description="CLICKHOUSE_ARCHIVES_TABLE: ledger")
+    cluster: str = Field(default="", description="CLICKHOUSE_CLUSTER: empty for one server or chDB")
 
     @contextmanager
     def get_client(self) -> Iterator[Client]:
         """An open client with the tables in place; for chdb:// the store lock is held meanwhile."""
-        with open_client(self.url) as client:
-            ensure_tables(client, self.database, self.bars_table, self.liquidity_table)
+        with open_client(self.url, password=self.password or None) as client:
+            ensure_tables(
+                client,
+                self.database,
+                self.bars_table,
+                self.liquidity_table,
+                self.archives_table,
+                cluster=self.cluster,
+            )
             yield client

@@ -1,13 +1,15 @@
-"""Sensors per market: discover new tickers on Vision, and materialise each new day (with catch-up).
+"""Sensors per market: discover new tickers on Vision, materialise each new day (with catch-up), and
+re-materialise the days of archives Binance republished.
 
-Both request only ticker-days that have (or will have) archives, in runs of consecutive days cut by
+All request only ticker-days that have (or will have) archives, in runs of consecutive days cut by
 `plan.run_ranges`, so a whole market stays thousands of runs (DESIGN.md "Dagster at full-market scale").
 """
 
+import bisect
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from dagster import (
     DefaultSensorStatus,
@@ -21,6 +23,7 @@ from dagster import (
 
 from binance_assets.assets import BARS, LIQUIDITY, asset_key, tickers_partitions
 from binance_assets.clickhouse.tables import qualified
+from binance_assets.ledger import Republished, read_ledger, republished
 from binance_assets.markets import Market
 from binance_assets.plan import run_ranges
 from binance_assets.resources import ClickHouseResource, VisionResource
@@ -30,10 +33,22 @@ RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 RETRY_AFTER = dt.timedelta(hours=6)
 """A ticker-day still missing is requested again at most this often (late archives, see FORMAT.md)."""
+ARCHIVE_TAG = "binance/archive"
+REPUBLISHED_TICK_SECONDS = 600
+REPUBLISHED_TICKERS_PER_TICK = 10
+"""Tickers re-listed per tick of the republished-archives sensor: 144 ticks a day x 10 = 1,440 tickers a
+day, so a market of 600 tickers is re-checked more than twice a day, each tick listing 10 tickers'
+daily and monthly folders (about 30 listing pages) and reading the ledger in one query."""
 
 
 def range_run_request(
-    market: Market, ticker: str, first: dt.date, last: dt.date, reason: str, run_key: str | None = None
+    market: Market,
+    ticker: str,
+    first: dt.date,
+    last: dt.date,
+    reason: str,
+    run_key: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> RunRequest:
     """One run over consecutive days of one ticker (the shape BackfillPolicy.multi_run gives backfills)."""
     return RunRequest(
@@ -44,6 +59,7 @@ def range_run_request(
             RANGE_END: f"{last.isoformat()}|{ticker}",
             "binance/market": market.key,
             "binance/reason": reason,
+            **(tags or {}),
         },
     )
 
@@ -171,6 +187,73 @@ def daily_requests(
             requests.append(range_run_request(market, ticker, first, last, "daily"))
         kept.update({f"{d}|{ticker}": now.isoformat() for d in missing})
     return requests, kept
+
+
+def build_republished_sensor(market: Market, settings: Settings) -> SensorDefinition:
+    """``<market>_republished_archives_sensor``: re-list the archives of a few registered tickers per
+    tick (rotating, cursor = last ticker checked) and compare size / ETag / LastModified with the
+    archive ledger; a changed archive re-materialises exactly the ticker-days it fed."""
+    partitions = tickers_partitions(market)
+
+    @sensor(
+        name=f"{market.key}_republished_archives_sensor",
+        minimum_interval_seconds=REPUBLISHED_TICK_SECONDS,
+        target=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"Re-lists {market.key} archives already loaded ({REPUBLISHED_TICKERS_PER_TICK} tickers "
+        "per tick) and re-materialises the days of those Binance republished",
+    )
+    def republished_sensor(
+        context: SensorEvaluationContext, vision: VisionResource, clickhouse: ClickHouseResource
+    ) -> SensorResult | SkipReason:
+        tickers = sorted(context.instance.get_dynamic_partitions(partitions.name))
+        if not tickers:
+            return SkipReason("no ticker registered yet")
+        batch = rotate(tickers, context.cursor, REPUBLISHED_TICKERS_PER_TICK)
+        listing = vision.listing()
+        listed = [archive for ticker in batch for archive in listing.list_trades_archives(market, ticker)]
+        with clickhouse.get_client() as client:
+            ledger = read_ledger(
+                client,
+                clickhouse.database,
+                clickhouse.archives_table,
+                clickhouse.liquidity_table,
+                market.key,
+                batch,
+            )
+        changes = republished(listed, ledger)
+        for change in changes:
+            context.log.info(f"{market.key} {change.listed.key} republished: {'; '.join(change.changes)}")
+        requests = republished_requests(market, changes, settings.max_days_per_run, _today())
+        return SensorResult(run_requests=requests, cursor=batch[-1])
+
+    return republished_sensor
+
+
+def rotate(tickers: Sequence[str], after: str | None, size: int) -> list[str]:
+    """The next ``size`` sorted tickers after ``after`` (the previous tick's last), wrapping around."""
+    start = bisect.bisect_right(tickers, after) if after else 0
+    ordered = [*tickers[start:], *tickers[:start]]
+    return ordered[:size]
+
+
+def republished_requests(
+    market: Market, changes: Sequence[Republished], max_days: int, today: dt.date
+) -> list[RunRequest]:
+    """Runs re-materialising the days each changed archive fed, tagged with the reason and the key.
+
+    The run key holds the new ETag and the day: the same change is requested at most once a day, so a
+    failed re-run is tried again on a later day while the ledger still holds the old listing.
+    """
+    requests = []
+    for change in changes:
+        ticker, key, etag = change.loaded.ticker, change.loaded.key, change.listed.etag
+        for first, last in run_ranges(change.loaded.days, max_days):
+            run_key = f"republished:{key}:{etag}:{today}:{first}:{last}"
+            requests.append(
+                range_run_request(market, ticker, first, last, "republished", run_key, {ARCHIVE_TAG: key})
+            )
+    return requests
 
 
 def _today() -> dt.date:

@@ -400,6 +400,69 @@ def expected_1m(df: pd.DataFrame, quote_col: str | None = None) -> pd.DataFrame:
     return klines[[*columns, "taker_buy_volume", "taker_buy_quote_volume"]]
 
 
+KLINES_HEADER = (
+    "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
+    "taker_buy_quote_volume,ignore"
+)
+
+
+def expected_klines(df: pd.DataFrame, days: list[dt.date], quote_col: str | None = None) -> pd.DataFrame:
+    """Binance's 1m klines of trades `df` on `days`: all 1440 minutes of each day, `open_time` in ms.
+
+    Built on `expected_1m`; a minute without trades has count 0, zero volumes and OHLC at the previous
+    close (FORMAT.md section 4). For COIN-M pass quote_col="base_qty": its kline `quote_volume` column is
+    the base-asset volume.
+    """
+    starts = np.array([to_us(dt.datetime.combine(d, dt.time(), tzinfo=dt.UTC)) // 1000 for d in sorted(days)])
+    minutes = (starts[:, None] + np.arange(1440) * 60_000).ravel()
+    klines = pd.DataFrame({"open_time": minutes}).merge(
+        expected_1m(df, quote_col), on="open_time", how="left"
+    )
+    close = klines["close"].ffill().fillna(klines["open"].bfill()).fillna(0.0)
+    for column in ("open", "high", "low", "close"):
+        klines[column] = klines[column].fillna(close)
+    return klines.fillna(0).astype({"count": np.int64})
+
+
+def klines_csv(klines: pd.DataFrame, layout: str) -> bytes:
+    """The CSV text of `klines` (as `expected_klines` makes them) in the kline layout of a trades layout:
+    no header for spot, a header for futures; ms, or us for `spot_us`; whole contracts for COIN-M."""
+    spec = LAYOUTS[layout]
+    open_ms = klines["open_time"].to_numpy(np.int64)
+    scale, last = (1000, 59_999_999) if spec.time_unit == "us" else (1, 59_999)
+
+    def number(column: str, whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        values = klines[column].to_numpy(np.float64)
+        return _integer_field(values.astype(np.int64)) if whole else _decimal_field(values, spec.padded)
+
+    columns = [
+        _integer_field(open_ms * scale),
+        *(number(c) for c in ("open", "high", "low", "close")),
+        number("volume", spec.integer_qty),
+        _integer_field(open_ms * scale + last),
+        number("quote_volume"),
+        _integer_field(klines["count"].to_numpy(np.int64)),
+        number("taker_buy_volume", spec.integer_qty),
+        number("taker_buy_quote_volume"),
+        _integer_field(np.zeros(len(klines), np.int64)),
+    ]
+    header = b"" if spec.header is None else KLINES_HEADER.encode() + b"\n"
+    return header + (_csv_rows(columns) if len(klines) else b"")
+
+
+def write_klines(root: Path, market: str, ticker: str, period: str, klines: pd.DataFrame) -> Path:
+    """Write the 1m klines archive of `period` (YYYY-MM-DD or YYYY-MM) and its `.CHECKSUM` into a mirror."""
+    from binance_assets.markets import MARKETS
+
+    name = f"{ticker}-1m-{period}"
+    data = zip_archive(klines_csv(klines, _PUBLISHED_LAYOUT[market]), f"{name}.csv")
+    return write_archive(root, MARKETS[market].klines_key(ticker, period), data)
+
+
+_PUBLISHED_LAYOUT = {"spot": "spot_ms", "um": "um_header", "cm": "cm"}
+"""The layout `publish` writes each market's archives in."""
+
+
 def publish(
     root: Path,
     market: str,
@@ -410,29 +473,38 @@ def publish(
     monthly: tuple[str, ...] = (),
     daily: bool = True,
     seed: int = 0,
+    klines: bool = False,
+    spread: int = 1,
 ) -> pd.DataFrame:
     """Write a ticker's trades for `days` into a mirror `root` laid out like the bucket; return the trades.
 
     Each day gets `trades_per_day` trades with ids continuing across days. Daily archives are written
     when `daily`, and a monthly archive for each `YYYY-MM` in `monthly` (holding that month's days).
+    With `klines`, each archive gets Binance's 1m klines of the same period, from the same trades
+    (`expected_klines`). `spread` cuts each day into that many equal windows, each with its share of the
+    trades (24: every hour trades, as liquid tickers do; 1: heavy-tailed gaps of hours).
     """
     from binance_assets.markets import MARKETS
 
-    layout = {"spot": "spot_ms", "um": "um_header", "cm": "cm"}[market]
+    layout = _PUBLISHED_LAYOUT[market]
     frames = []
+    window, next_id = 86_400 // spread, 1
     for index, day in enumerate(sorted(days)):
-        start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-        frames.append(
-            make_trades(
-                trades_per_day,
-                start,
-                86_400,
-                first_id=1 + index * trades_per_day,
-                seed=seed + index,
-                time_unit="ms",
-                contracts=market == "cm",
+        midnight = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+        for part in range(spread):
+            count = trades_per_day // spread + (part < trades_per_day % spread)
+            frames.append(
+                make_trades(
+                    count,
+                    midnight + dt.timedelta(seconds=part * window),
+                    window,
+                    first_id=next_id,
+                    seed=seed + index + 1000 * part,
+                    time_unit="ms",
+                    contracts=market == "cm",
+                )
             )
-        )
+            next_id += count
     trades = pd.concat(frames, ignore_index=True)
     stamps = trades["time_us"].to_numpy().astype("datetime64[us]")
     day_of, month_of = stamps.astype("datetime64[D]").astype(str), stamps.astype("datetime64[M]").astype(str)
@@ -442,4 +514,8 @@ def publish(
         name = f"{ticker}-trades-{period}"
         data = zip_archive(trades_csv(trades[rows], layout), f"{name}.csv")
         write_archive(root, MARKETS[market].trades_key(ticker, period), data)
+        if klines:
+            served = sorted(d for d in days if d.isoformat().startswith(period))
+            quote_col = "base_qty" if market == "cm" else None
+            write_klines(root, market, ticker, period, expected_klines(trades[rows], served, quote_col))
     return trades

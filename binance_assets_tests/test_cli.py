@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -19,11 +19,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
 
 from binance_assets.cli import main
 from binance_assets.clickhouse.client import open_client
-from binance_assets_tests.archives import expected_bars, publish
+from binance_assets_tests.archives import expected_bars, expected_klines, publish, write_klines
 from binance_assets_tests.vision_server import VisionServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +33,13 @@ TODAY = dt.datetime.now(dt.UTC).date()
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
 _SETTINGS_PREFIXES = ("BINANCE_", "CLICKHOUSE_", "TICKER", "DOWNLOAD_", "LOG_LEVEL", "DAGSTER_")
+_RUN_PY_SETTINGS = (
+    "SOURCE_TO_SYNC",
+    "DATA_TABLE_NAME",
+    "CONTROL_TABLE_NAME",
+    "NUM_PROCESSES",
+    "DRY_RUN_MODE",
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ def cli(tmp_path: Path, vision_server: VisionServer) -> Cli:
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     store_url = f"chdb://{tmp_path / 'clickhouse'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS_PREFIXES + _RUN_PY_SETTINGS)}
     env.update(
         DAGSTER_HOME=str(home),
         BINANCE_VISION_URL=vision_server.url,
@@ -117,7 +123,9 @@ def partitions_materialised(instance: DagsterInstance, name: str, year: str) -> 
     return [r.partition_key for r in records if r.partition_key and r.partition_key.startswith(year)]
 
 
-@pytest.mark.parametrize("command", [[], ["discover"], ["materialize"], ["backfill"], ["sql"]])
+@pytest.mark.parametrize(
+    "command", [[], ["discover"], ["materialize"], ["backfill"], ["init"], ["status"], ["sql"]]
+)
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main([*command, "--help"])
@@ -202,6 +210,53 @@ def test_materialize_failure_exits_1_with_the_step_message(cli: Cli, vision_root
         assert run.status == DagsterRunStatus.FAILURE and run.run_id in line
 
 
+CHECKS = (
+    "bars_well_formed", "liquidity_matches_bars", "trade_ids_continuous", "day_coverage", "sane_trades",
+    "matches_binance_klines",
+)  # fmt: skip
+
+
+KLINE_RUN = ("materialize", "--market", "um", "--ticker", "BTCUSDT", "--start", "2024-01-30", "--end", "2024-02-01")  # fmt: skip  # noqa: E501
+
+
+def check_lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """The check results a materialize printed: check name -> the rest of its line."""
+    lines = [line.strip().split(" ", 1) for line in result.stderr.splitlines() if line.startswith("  ")]
+    return {name: rest for name, rest in lines}
+
+
+def test_materialize_prints_every_check_and_exits_0_when_klines_match(cli: Cli, vision_root: Path) -> None:
+    publish(vision_root, "um", "BTCUSDT", DAYS[29:32], klines=True, seed=1)
+    result = cli(*KLINE_RUN, "--no-retries")
+    assert result.returncode == 0, result.stderr
+    checks = check_lines(result)
+    assert set(checks) == set(CHECKS)
+    assert checks["matches_binance_klines"] == "(ERROR) passed"
+    assert checks["day_coverage"].startswith("(WARN) ")
+
+
+def test_materialize_exits_3_naming_the_check_and_day_if_a_kline_differs(cli: Cli, vision_root: Path) -> None:
+    trades = publish(vision_root, "um", "BTCUSDT", DAYS[29:32], klines=True, seed=2)
+    klines = expected_klines(trades, [DAYS[30]])
+    traded = klines.index[klines["count"] > 0][3]
+    klines.loc[traded, "volume"] *= 1.001
+    write_klines(vision_root, "um", "BTCUSDT", str(DAYS[30]), klines)
+    minute = pd.Timestamp(klines.loc[traded, "open_time"], unit="ms").strftime("%H:%M")
+    off = cli(*KLINE_RUN, "--no-retries", BINANCE_KLINE_CHECK="false")
+    assert off.returncode == 0, off.stderr
+    assert "matches_binance_klines" not in check_lines(off)
+
+    result = cli(*KLINE_RUN, "--no-retries")
+    assert result.returncode == 3, result.stderr
+    failed = f"(ERROR) failed, first on BTCUSDT {DAYS[30]} {minute}"
+    assert check_lines(result)["matches_binance_klines"] == failed
+    line = error_line(result)
+    assert "um BTCUSDT 2024-01-30..2024-02-01: run " in line
+    assert line.endswith(f"wrote its rows, but check matches_binance_klines {failed}")
+    liquidity = query(cli.store_url, "SELECT day, trade_count FROM binance.daily_liquidity FINAL ORDER BY 1")
+    assert liquidity.values.tolist() == [[day, 400] for day in DAYS[29:32]]  # the rows stay written
+
+
 _VALID = ["--market", "um", "--ticker", "BTCUSDT", "--start", "2024-01-01"]
 
 
@@ -262,70 +317,86 @@ def running_daemon(cli: Cli, workdir: Path, **env: str) -> Iterator[subprocess.P
                     process.wait(timeout=10)
 
 
-def wait_for_backfill(
-    cli: Cli, backfill_id: str, daemon: subprocess.Popen[bytes], timeout: float = 180
-) -> BulkActionStatus:
-    """Poll the instance until the backfill reaches a terminal status."""
-    deadline = time.monotonic() + timeout
+SEED_ENV = """\
+# run.py's .env, and where the local mirror is
+SOURCE_TO_SYNC=BINANCE-FUT
+DATA_TABLE_NAME=custom_bars
+CONTROL_TABLE_NAME=custom_daily
+NUM_PROCESSES=2
+DRY_RUN_MODE=False
+BINANCE_VISION_URL=file://{mirror}
+BINANCE_VISION_LISTING_URL=file://{mirror}
+"""
+
+
+def store_state(store_url: str) -> tuple[list[tuple[str]], int, list[tuple[str, dt.date, int, dt.datetime]]]:
+    """The tables of database binance, the bars' row count and the liquidity rows (with loaded_at)."""
+    with open_client(store_url) as client:
+        tables = client.query("SELECT name FROM system.tables WHERE database = 'binance' ORDER BY name")
+        bars = int(client.command("SELECT count() FROM binance.custom_bars"))
+        daily = client.query(
+            "SELECT ticker, day, trade_count, loaded_at FROM binance.custom_daily FINAL ORDER BY ticker, day"
+        )
+    return tables.result_rows, bars, daily.result_rows
+
+
+def instance_state(cli: Cli) -> tuple[int, int, list[str]]:
     with cli.instance() as instance:
-        while time.monotonic() < deadline:
-            backfill = instance.get_backfill(backfill_id)
-            assert backfill is not None
-            if backfill.status in BULK_ACTION_TERMINAL_STATUSES:
-                return backfill.status
-            assert daemon.poll() is None, "dagster-daemon exited"
-            time.sleep(1)
-    raise AssertionError(f"backfill {backfill_id} still running after {timeout} s")
+        return (
+            instance.get_runs_count(),
+            len(instance.get_backfills()),
+            instance.get_dynamic_partitions("um_tickers"),
+        )
 
 
-def test_backfill_is_run_by_the_daemon_in_chunked_runs(
-    cli: Cli, vision_server: VisionServer, vision_root: Path, tmp_path: Path
+def test_a_seed_env_drives_a_materialisation_and_its_dry_run_writes_nothing(
+    cli: Cli, vision_root: Path, tmp_path: Path
 ) -> None:
-    """2 tickers x 35 days: the daemon runs the backfill as one run per ticker-month (BackfillPolicy), January
-    from its monthly archive. The sensors run too: the daily one asks for the newest days, published here."""
+    """A directory holding only run.py's .env (plus the mirror's URLs); HOME is its home, DAGSTER_HOME unset.
+    Then DRY_RUN_MODE=True in the environment (which beats the .env's False) turns a backfill into a dry run
+    that prints the same per-day trade counts and leaves the store and the instance as they were."""
+    workdir = tmp_path / "seed"
+    workdir.mkdir()
+    (workdir / ".env").write_text(SEED_ENV.format(mirror=vision_root))
+    env = {k: v for k, v in cli.env.items() if not k.startswith(_SETTINGS_PREFIXES)} | {"HOME": str(workdir)}
+    seed = Cli(env, workdir / ".dagster", f"chdb://{workdir / '.dagster' / 'clickhouse'}")
+    days = DAYS[29:32]
     trades = {
-        "BTCUSDT": publish(vision_root, "um", "BTCUSDT", DAYS, monthly=("2024-01",), seed=1),
-        "ETHUSDT": publish(vision_root, "um", "ETHUSDT", DAYS, seed=2),
+        t: publish(vision_root, "um", t, [*days, DAYS[32]], trades_per_day=100, seed=s)
+        for s, t in enumerate(("BTCUSDT", "ETHUSDT", "SOLUSDT"), 1)
     }
-    newest = [TODAY - dt.timedelta(days=i) for i in (2, 1)]
-    for seed, ticker in enumerate(trades, 10):
-        publish(vision_root, "um", ticker, newest, trades_per_day=10, seed=seed)
+    bars = [expected_bars(trades[t]) for t in ("BTCUSDT", "ETHUSDT")]
 
-    submitted = cli(
-        "backfill", "--market", "um", "--ticker", "BTCUSDT", "--ticker", "ETHUSDT",
-        "--start", str(DAYS[0]), "--end", str(DAYS[-1]),
+    result = seed(
+        "materialize", "--market", "um", "--ticker", "BTCUSDT", "--ticker", "ETHUSDT",
+        "--start", str(days[0]), "--end", str(days[-1]), "--no-retries",
     )  # fmt: skip
-    assert submitted.returncode == 0, submitted.stderr
-    backfill_id = submitted.stdout.strip()
-    # With one grace day the daily sensor asks for one (published) day per ticker.
-    with running_daemon(cli, tmp_path / "daemon", BINANCE_PUBLISH_GRACE_DAYS="1") as daemon:
-        status = wait_for_backfill(cli, backfill_id, daemon)
-    assert status == BulkActionStatus.COMPLETED_SUCCESS, (tmp_path / "daemon" / "daemon.log").read_text()
-
-    with cli.instance() as instance:
-        runs = instance.get_runs(RunsFilter(tags={BACKFILL_TAG: backfill_id}))
-        succeeded = [r for r in runs if r.status == DagsterRunStatus.SUCCESS]
-        assert sorted((r.tags[RANGE_START], r.tags[RANGE_END]) for r in succeeded) == [
-            ("2024-01-01|BTCUSDT", "2024-01-31|BTCUSDT"),
-            ("2024-01-01|ETHUSDT", "2024-01-31|ETHUSDT"),
-            ("2024-02-01|BTCUSDT", "2024-02-04|BTCUSDT"),
-            ("2024-02-01|ETHUSDT", "2024-02-04|ETHUSDT"),
-        ]
-        assert all(r.tags["binance/market"] == "um" for r in runs)
-        for name in ("hl5s_bars", "daily_liquidity"):
-            partitions = partitions_materialised(instance, name, "2024")
-            assert len(partitions) == len(set(partitions)) == 2 * len(DAYS)
-
-    assert vision_server.hits("BTCUSDT-trades-2024-01.zip") >= 1
-    assert vision_server.hits("BTCUSDT-trades-2024-01-15.zip") == 0
-    assert_bars_match(cli.store_url, trades, DAYS[0], DAYS[-1])
-    liquidity = query(
-        cli.store_url,
-        f"SELECT ticker, source, count() AS n FROM binance.daily_liquidity FINAL WHERE day <= '{DAYS[-1]}' "
-        "GROUP BY ticker, source ORDER BY ticker, source",
+    assert result.returncode == 0, result.stderr
+    n_bars = sum(int((b["day"] <= days[-1]).sum()) for b in bars)
+    assert result.stdout.splitlines()[-1].startswith(
+        "materialised um: 2 tickers; ticker-days: 6 done (0 without archive), 0 failed, 0 skipped; "
+        f"600 trades, {n_bars:,} bars, "
     )
-    assert liquidity.values.tolist() == [
-        ["BTCUSDT", "daily", 4],
-        ["BTCUSDT", "monthly", 31],
-        ["ETHUSDT", "daily", 35],
-    ]
+    tables, bar_rows, daily = before = store_state(seed.store_url)
+    assert tables == [("archives",), ("custom_bars",), ("custom_daily",)]
+    assert bar_rows == n_bars
+    assert [(t, d, n) for t, d, n, _ in daily] == [(t, d, 100) for t in ("BTCUSDT", "ETHUSDT") for d in days]
+    assert instance_state(seed) == (2, 0, ["BTCUSDT", "ETHUSDT"])
+
+    dry = seed(
+        "backfill", "--market", "um", "--ticker", "BTCUSDT", "--ticker", "ETHUSDT", "--ticker", "SOLUSDT",
+        "--start", str(days[0]), "--end", str(DAYS[32]), DRY_RUN_MODE="True",
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    printed = {
+        (ticker, dt.date.fromisoformat(day)): int(n.replace(",", ""))
+        for ticker, day, n in re.findall(r"^um (\w+) (\S+): ([\d,]+) trades", dry.stdout, re.MULTILINE)
+    }
+    assert len(printed) == 12 and set(printed.values()) == {100}
+    assert {(t, d): printed[t, d] for t, d, _, _ in daily} == {(t, d): n for t, d, n, _ in daily}
+    assert dry.stdout.splitlines()[-1].startswith(
+        "dry run of um: 3 tickers; ticker-days: 12 done (0 without archive), 0 failed, 0 skipped; "
+        "1,200 trades"
+    )
+    assert store_state(seed.store_url) == before
+    assert instance_state(seed) == (2, 0, ["BTCUSDT", "ETHUSDT"])

@@ -20,10 +20,18 @@ def test_definitions_for_every_configured_market(tmp_path: Path) -> None:
         assert AssetKey(["binance", market, "daily_liquidity"]) in keys
         assert definitions.resolve_sensor_def(f"{market}_ticker_sensor")
         assert definitions.resolve_sensor_def(f"{market}_daily_sensor")
+        assert definitions.resolve_sensor_def(f"{market}_republished_archives_sensor")
     assert {"clickhouse_io_manager", "clickhouse", "vision"} <= set(definitions.resources)
     checks = definitions.resolve_asset_graph().asset_check_keys
-    assert {c.name for c in checks} == {"bars_well_formed", "liquidity_matches_bars"}
-    assert len(checks) == 6
+    assert {c.name for c in checks} == {
+        "bars_well_formed",
+        "liquidity_matches_bars",
+        "trade_ids_continuous",
+        "day_coverage",
+        "sane_trades",
+        "matches_binance_klines",
+    }
+    assert len(checks) == 18
     definitions.get_repository_def().load_all_definitions()
 
 

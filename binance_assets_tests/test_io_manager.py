@@ -61,6 +61,8 @@ def liquidity(days: Sequence[Day]) -> pa.Table:
         "source": ["daily"] * n,
         "archive_sha256": ["0" * 64] * n,
         "loaded_at": [dt.datetime(2024, 6, 1, tzinfo=dt.UTC)] * n,
+        "duplicate_rows": [0] * n,
+        "nonpositive_rows": [0] * n,
     }
     return pa.Table.from_pydict(columns, schema=LIQUIDITY_SCHEMA)
 

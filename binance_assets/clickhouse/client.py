@@ -62,11 +62,21 @@ def _has_valid_port(url: str) -> bool:
 
 def describe_url(url: str) -> str:
     """The URL with its password replaced by *** (for logs and error messages)."""
+    return _replace_password(url, "***")
+
+
+def without_password(url: str) -> str:
+    """The URL with no password, its user kept (the password then goes to `open_client` apart)."""
+    return _replace_password(url, None)
+
+
+def _replace_password(url: str, password: str | None) -> str:
     parsed = urlparse(url)
     if parsed.password is None:
         return url
     host = parsed.netloc.rpartition("@")[2]
-    return parsed._replace(netloc=f"{parsed.username}:***@{host}").geturl()
+    user = parsed.username if password is None else f"{parsed.username}:{password}"
+    return parsed._replace(netloc=f"{user}@{host}").geturl()
 
 
 def lock_file_for(store: Path) -> Path:
@@ -75,8 +85,14 @@ def lock_file_for(store: Path) -> Path:
 
 
 @contextmanager
-def open_client(url: str, database: str | None = None, *, lock_timeout: float = 600) -> Iterator[Client]:
-    """Open a clickhouse-connect client for url, yield it, close it; for chdb:// hold the store lock."""
+def open_client(
+    url: str, database: str | None = None, *, password: str | None = None, lock_timeout: float = 600
+) -> Iterator[Client]:
+    """Open a clickhouse-connect client for url, yield it, close it; for chdb:// hold the store lock.
+
+    ``password``, when given, replaces the URL's (a server password kept out of the URL, e.g. from an
+    EnvVar).
+    """
     parsed = urlparse(validate_url(url))
     with ExitStack() as stack:
         if parsed.scheme == "chdb":
@@ -84,20 +100,20 @@ def open_client(url: str, database: str | None = None, *, lock_timeout: float = 
             stack.enter_context(_embedded_store_lock(store, lock_timeout))
             client = clickhouse_connect.get_client(dsn=f"chdb://{store}", database=database)
         else:
-            client = _http_client(url, database)
+            client = _http_client(url, database, password)
         try:
             yield client
         finally:
             client.close()
 
 
-def _http_client(url: str, database: str | None) -> Client:
+def _http_client(url: str, database: str | None, password: str | None) -> Client:
     parsed = urlparse(url)
     return clickhouse_connect.get_client(
         host=parsed.hostname,
         port=parsed.port,
         username=unquote(parsed.username) if parsed.username else None,
-        password=unquote(parsed.password or ""),
+        password=unquote(parsed.password or "") if password is None else password,
         interface=parsed.scheme,
         secure=parsed.scheme == "https",
         database=database,

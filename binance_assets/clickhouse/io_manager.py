@@ -76,6 +76,8 @@ class Target:
     spec: TableSpec
     market: str
     slices: tuple[Slice, ...]
+    cluster: str = ""
+    """CLICKHOUSE_CLUSTER: `table` is Distributed and deletes go ON CLUSTER to its local tables."""
 
     @property
     def name(self) -> str:
@@ -118,7 +120,7 @@ def clear_slice(client: Client, target: Target, s: Slice, *, skip_empty: bool = 
     """Delete the slice's rows; with skip_empty, first count them and send no DELETE if none."""
     if skip_empty and int(client.command(*count_slice_sql(target.database, target.table, s))) == 0:
         return
-    sql, params = delete_slice_sql(target.database, target.table, s)
+    sql, params = delete_slice_sql(target.database, target.table, s, target.cluster)
     client.command(sql, parameters=params)
 
 
@@ -268,10 +270,23 @@ class ClickHouseIOManager(ConfigurableIOManager):
     url: str = Field(
         description="CLICKHOUSE_URL: chdb:///abs/path (embedded chDB store) or http(s)://user:password@host:port"
     )
+    password: str = Field(
+        default="",
+        description="CLICKHOUSE_PASSWORD, for a server URL built from run.py's CLICKHOUSE_HOST... settings "
+        "(kept out of url so it can be an EnvVar); empty: the url's own",
+    )
     database: str = Field(default="binance", description="CLICKHOUSE_DATABASE: database of both tables")
     bars_table: str = Field(default="hl5s", description="CLICKHOUSE_BARS_TABLE: table of the 5-second bars")
     liquidity_table: str = Field(
         default="daily_liquidity", description="CLICKHOUSE_LIQUIDITY_TABLE: table of the per-day stats"
+    )
+    archives_table: str = Field(
+        default="archives", description="CLICKHOUSE_ARCHIVES_TABLE: the archive ledger"
+    )
+    cluster: str = Field(
+        default="",
+        description="CLICKHOUSE_CLUSTER: a cluster of servers (Distributed over ReplicatedMergeTree tables); "
+        "empty: one server or the embedded store",
     )
 
     @field_validator("url", mode="before")
@@ -280,10 +295,17 @@ class ClickHouseIOManager(ConfigurableIOManager):
         # Before pydantic casts an EnvVar to its name; Dagster builds the IO manager again from its value.
         return validate_url(value) if isinstance(value, str) and not isinstance(value, EnvVar) else value
 
-    @field_validator("database", "bars_table", "liquidity_table")
+    @field_validator("database", "bars_table", "liquidity_table", "archives_table")
     @classmethod
     def _valid_identifier(cls, value: str) -> str:
         quote(value)
+        return value
+
+    @field_validator("cluster")
+    @classmethod
+    def _valid_cluster(cls, value: str) -> str:
+        if value:
+            quote(value)
         return value
 
     def handle_output(self, context: OutputContext, obj: object) -> None:
@@ -303,8 +325,15 @@ class ClickHouseIOManager(ConfigurableIOManager):
     @contextmanager
     def _connect(self) -> Iterator[Client]:
         """The store, with its tables in place; for chdb:// its lock is held until the block ends."""
-        with open_client(self.url) as client:
-            ensure_tables(client, self.database, self.bars_table, self.liquidity_table)
+        with open_client(self.url, password=self.password or None) as client:
+            ensure_tables(
+                client,
+                self.database,
+                self.bars_table,
+                self.liquidity_table,
+                self.archives_table,
+                cluster=self.cluster,
+            )
             yield client
 
     def _target(self, context: OutputContext | InputContext, metadata: Mapping[str, Any]) -> Target:
@@ -318,7 +347,8 @@ class ClickHouseIOManager(ConfigurableIOManager):
                 f"the key must end with <market>/{' or <market>/'.join(tables)}"
             )
         market, (table, spec) = path[-2], tables[path[-1]]
-        return Target(self.database, table, spec, market, _run_slices(context, metadata, market))
+        slices = _run_slices(context, metadata, market)
+        return Target(self.database, table, spec, market, slices, self.cluster)
 
 
 def _output_handler(obj: object) -> OutputHandler:

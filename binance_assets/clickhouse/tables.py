@@ -1,4 +1,5 @@
-"""DDL, Arrow schemas and SQL builders of the two tables (DESIGN.md "Bars and day stats").
+"""DDL, Arrow schemas and SQL builders of the tables: hl5s, daily_liquidity (DESIGN.md "Bars and day stats")
+and the archive ledger.
 
 The column lists below are the one source of the DDL, the canonical Arrow insert schemas and the
 `dagster/column_schema` descriptions. SQL builders are pure and return `(sql, parameters)` for
@@ -27,12 +28,23 @@ INSERT_SETTINGS: Mapping[str, int] = {
     "min_insert_block_size_rows": _BIG,
     "min_insert_block_size_bytes": _BIG,
     "max_insert_block_size": _BIG,
+    "insert_distributed_sync": 1,
 }
 """One INSERT is one block, so it commits all its rows or none: a failure while the server reads the
 data leaves the table as before. The block is squashed in one stream (ClickHouse >= 26.8 otherwise
 writes in parallel streams) and its parts, one per month partition, are written once the whole block
 is in memory: the server holds the whole insert (about 90 bytes per bar row). Synchronous, so a
-DELETE and the INSERT after it apply in order: chDB 4.4 (ClickHouse 26.9) defaults to async_insert = 1."""
+DELETE and the INSERT after it apply in order: chDB 4.4 (ClickHouse 26.9) defaults to async_insert = 1;
+on a cluster too, where the INSERT goes through a Distributed table (`insert_distributed_sync`, called
+`distributed_foreground_insert` by newer servers; other engines ignore it): it returns once every shard
+holds its part, one block per shard."""
+
+LOCAL_SUFFIX = "_local"
+"""On a cluster (CLICKHOUSE_CLUSTER), `<table>_local` is the ReplicatedMergeTree table on each server and
+`<table>` the Distributed table over them, which every read and INSERT uses."""
+SHARDING_KEY = "cityHash64(market, ticker)"
+"""How a Distributed table places rows: a ticker's rows live on one shard, so a slice's DELETE, count and
+FINAL see all of them in one place, and one ticker's INSERT is one block on one shard."""
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PARAMETER = re.compile(r"\{(\w+):[^}]+\}")
@@ -41,6 +53,7 @@ _ARROW_TYPES: Mapping[str, pa.DataType] = {
     "String": pa.string(),
     "Date": pa.date32(),
     "DateTime('UTC')": pa.timestamp("s", tz="UTC"),
+    "DateTime64(6, 'UTC')": pa.timestamp("us", tz="UTC"),
     "Float64": pa.float64(),
     "UInt32": pa.uint32(),
     "UInt64": pa.uint64(),
@@ -86,6 +99,25 @@ LIQUIDITY_COLUMNS: tuple[Column, ...] = (
     Column("source", "LowCardinality(String)", "Archive kind used: daily, monthly or none"),
     Column("archive_sha256", "String", "sha256 of the archive the day was read from"),
     Column("loaded_at", "DateTime('UTC')", "When the row was written (ReplacingMergeTree version)"),
+    Column("duplicate_rows", "UInt64", "Rows repeating a trade id already read (dropped: counted once)"),
+    Column("nonpositive_rows", "UInt64", "Trades with price or qty <= 0 (kept in the counts)"),
+)
+
+ARCHIVES_COLUMNS: tuple[Column, ...] = (
+    Column("market", "LowCardinality(String)", "Market key: spot, um or cm"),
+    Column("ticker", "LowCardinality(String)", "Symbol, e.g. BTCUSDT"),
+    Column("key", "String", "Object key of the trades archive on Binance Vision"),
+    Column("freq", "LowCardinality(String)", "daily or monthly"),
+    Column("size", "UInt64", "Size in bytes, as listed when loaded"),
+    Column("etag", "String", "ETag as listed when loaded (S3: MD5 of a single-part upload)"),
+    Column("last_modified", "DateTime64(6, 'UTC')", "LastModified as listed when loaded"),
+    Column("sha256", "String", "sha256 of the archive, verified against its .CHECKSUM"),
+    Column("rows", "UInt64", "Trade rows read (duplicate ids included)"),
+    Column("first_trade_id", "Int64", "Lowest trade id in the archive"),
+    Column("last_trade_id", "Int64", "Highest trade id in the archive"),
+    Column("first_time", "DateTime64(6, 'UTC')", "Time of the earliest trade"),
+    Column("last_time", "DateTime64(6, 'UTC')", "Time of the latest trade"),
+    Column("loaded_at", "DateTime('UTC')", "When the archive was loaded (ReplacingMergeTree version)"),
 )
 
 
@@ -102,20 +134,46 @@ class TableSpec:
         """The canonical Arrow insert schema (non-nullable: no column of ours is Nullable)."""
         return pa.schema([pa.field(c.name, _ARROW_TYPES[c.type], nullable=False) for c in self.columns])
 
-    def ddl(self, database: str, table: str) -> str:
+    def ddl(self, database: str, table: str, cluster: str = "") -> str:
+        """CREATE TABLE of one server's table: this spec's engine, or on a cluster its Replicated* variant
+        ON CLUSTER (its Keeper path and replica name from the servers' default_replica_path/_name)."""
         columns = ",\n".join(
             f"  {quote(c.name)} {c.type} COMMENT {format_query_value(c.description)}" for c in self.columns
         )
+        engine = f"Replicated{self.engine}" if cluster else self.engine
         return (
-            f"CREATE TABLE IF NOT EXISTS {qualified(database, table)} (\n{columns}\n) "
-            f"ENGINE = {self.engine} ORDER BY ({', '.join(self.order_by)})"
+            f"CREATE TABLE IF NOT EXISTS {qualified(database, table)}{on_cluster(cluster)} (\n{columns}\n) "
+            f"ENGINE = {engine} ORDER BY ({', '.join(self.order_by)})"
         )
+
+    def create_statements(self, database: str, table: str, cluster: str = "") -> tuple[str, ...]:
+        """The DDL of the table `table` reads and writes use: on a single server that table itself; on a
+        cluster the local table on every server, then the Distributed table named `table` over them."""
+        if not cluster:
+            return (self.ddl(database, table),)
+        local = local_table(table)
+        return (
+            self.ddl(database, local, cluster),
+            f"CREATE TABLE IF NOT EXISTS {qualified(database, table)}{on_cluster(cluster)} "
+            f"AS {qualified(database, local)} "
+            f"ENGINE = Distributed({quote(cluster)}, {quote(database)}, {quote(local)}, {SHARDING_KEY})",
+        )
+
+    def add_missing_columns(self, database: str, table: str, cluster: str = "") -> str:
+        """ALTER adding the columns a table created by an older version lacks (a no-op if none is)."""
+        clauses = ", ".join(
+            f"ADD COLUMN IF NOT EXISTS {quote(c.name)} {c.type} COMMENT {format_query_value(c.description)}"
+            for c in self.columns
+        )
+        return f"ALTER TABLE {qualified(database, table)}{on_cluster(cluster)} {clauses}"
 
 
 BARS = TableSpec(BARS_COLUMNS, "MergeTree PARTITION BY toYYYYMM(day)", ("market", "ticker", "ts"))
 LIQUIDITY = TableSpec(LIQUIDITY_COLUMNS, "ReplacingMergeTree(loaded_at)", ("market", "ticker", "day"))
 BARS_SCHEMA: pa.Schema = BARS.schema
 LIQUIDITY_SCHEMA: pa.Schema = LIQUIDITY.schema
+ARCHIVES = TableSpec(ARCHIVES_COLUMNS, "ReplacingMergeTree(loaded_at)", ("market", "ticker", "key"))
+ARCHIVES_SCHEMA: pa.Schema = ARCHIVES.schema
 
 
 @dataclass(frozen=True)
@@ -146,6 +204,20 @@ def qualified(database: str, table: str) -> str:
     return f"{quote(database)}.{quote(table)}"
 
 
+def on_cluster(cluster: str) -> str:
+    """The ` ON CLUSTER` clause of a statement on cluster `cluster`; nothing on a single server."""
+    return f" ON CLUSTER {quote(cluster)}" if cluster else ""
+
+
+def local_table(table: str) -> str:
+    return f"{table}{LOCAL_SUFFIX}"
+
+
+def stored_tables(table: str, cluster: str = "") -> tuple[str, ...]:
+    """The tables that hold `table`'s columns: itself; on a cluster its local and Distributed tables."""
+    return (local_table(table), table) if cluster else (table,)
+
+
 def require_server_version(version: str) -> None:
     """Raise ServerVersionError unless version (e.g. '26.9.2.1') is at least MIN_SERVER_VERSION."""
     parts = re.match(r"^(\d+)\.(\d+)", version)
@@ -161,18 +233,31 @@ def check_server_version(client: Client) -> None:
     require_server_version(client.server_version)
 
 
-_ensured: set[tuple[str, str, str, str]] = set()
+_ensured: set[tuple[str, str, str, str, str, str]] = set()
 
 
-def ensure_tables(client: Client, database: str, bars_table: str, liquidity_table: str) -> None:
-    """Create the database and both tables if missing; once per process per (url, database, tables)."""
-    key = (client.uri, database, bars_table, liquidity_table)
+def ensure_tables(
+    client: Client,
+    database: str,
+    bars_table: str,
+    liquidity_table: str,
+    archives_table: str = "archives",
+    *,
+    cluster: str = "",
+) -> None:
+    """Create the database and the three tables if missing (and add columns newer versions added to
+    daily_liquidity); once per process per (url, database, tables, cluster). With a cluster every
+    statement runs ON CLUSTER (TableSpec.create_statements)."""
+    key = (client.uri, database, bars_table, liquidity_table, archives_table, cluster)
     if key in _ensured:
         return
     check_server_version(client)
-    client.command(f"CREATE DATABASE IF NOT EXISTS {quote(database)}")
-    client.command(BARS.ddl(database, bars_table))
-    client.command(LIQUIDITY.ddl(database, liquidity_table))
+    client.command(f"CREATE DATABASE IF NOT EXISTS {quote(database)}{on_cluster(cluster)}")
+    for spec, table in ((BARS, bars_table), (LIQUIDITY, liquidity_table), (ARCHIVES, archives_table)):
+        for statement in spec.create_statements(database, table, cluster):
+            client.command(statement)
+    for table in stored_tables(liquidity_table, cluster):
+        client.command(LIQUIDITY.add_missing_columns(database, table, cluster))
     _ensured.add(key)
 
 
@@ -188,10 +273,18 @@ def _slice_where(s: Slice) -> tuple[str, dict[str, Any]]:
     return f"{where} AND day IN {{days:Array(Date)}}", params
 
 
-def delete_slice_sql(database: str, table: str, s: Slice) -> tuple[str, dict[str, Any]]:
-    """Lightweight DELETE (marks rows deleted at once; not the rewriting ALTER TABLE ... DELETE)."""
+def delete_slice_sql(database: str, table: str, s: Slice, cluster: str = "") -> tuple[str, dict[str, Any]]:
+    """Lightweight DELETE (marks rows deleted at once; not the rewriting ALTER TABLE ... DELETE).
+
+    On a cluster it deletes from the local tables ON CLUSTER (a Distributed table takes no DELETE). Each
+    server runs the statement's text from the distributed DDL queue, so its values are inlined as
+    literals (escaped by clickhouse-connect's formatter), not bound.
+    """
     where, params = _slice_where(s)
-    return f"DELETE FROM {qualified(database, table)} WHERE {where}", params
+    if not cluster:
+        return f"DELETE FROM {qualified(database, table)} WHERE {where}", params
+    sql = f"DELETE FROM {qualified(database, local_table(table))}{on_cluster(cluster)} WHERE {where}"
+    return render_sql(sql, params), {}
 
 
 def count_slice_sql(database: str, table: str, s: Slice) -> tuple[str, dict[str, Any]]:
@@ -209,7 +302,7 @@ def select_slice_sql(
 
 
 def render_sql(sql: str, params: Mapping[str, Any]) -> str:
-    """The statement with its parameters as literals, for display only (never executed)."""
+    """The statement with its parameters as literals: for display, and for ON CLUSTER statements."""
     return _PARAMETER.sub(lambda m: format_query_value(params[m[1]]), sql)
 
 

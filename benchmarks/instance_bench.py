@@ -1,0 +1,282 @@
+"""Dagster instance cost, SQLite against PostgreSQL: a chunked backfill through the real daemon on each.
+
+    python benchmarks/instance_bench.py [--tickers 4] [--days 62] [--trades-per-day 500] [--events 500]
+                                        [--workdir DIR]
+
+Builds a local mirror (file://) of small daily UM archives, then for each instance, on a fresh
+DAGSTER_HOME and embedded store: `binance-assets backfill` of every ticker-day, the sensors stopped (the
+daily sensor would add runs of its own), `dagster-daemon run` on the repository's workspace.yaml until
+the backfill completes. SQLite is the laptop dagster.yaml; PostgreSQL is deploy/dagster.yaml on a
+throwaway local server (binance_assets_tests/postgres.py) with fsync on, as a production server runs,
+and again with fsync off (what the commits' disk flushes cost on this disk). All use the same run limits
+(at most 2 runs at once: the `dagster/backfill` tag limit).
+
+Printed per instance: wall seconds from daemon start to completion and per ticker-day, seconds per
+ticker-day from the first run's start to the last run's end, materialisation events per second over
+that span, the peak RSS of a run worker (sampled), and the instance's raw write rate: seconds to record
+--events partitioned materialisation events with `report_runless_asset_event`, one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster import AssetKey, DagsterInstance
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+
+FIRST_DAY = dt.date(2024, 1, 1)
+DAEMON = Path(sys.executable).with_name("dagster-daemon")
+DAGSTER = Path(sys.executable).with_name("dagster")
+_DROPPED_PREFIXES = ("BINANCE_", "CLICKHOUSE_", "TICKER", "DOWNLOAD_", "LOG_LEVEL", "DAGSTER_")
+
+
+@dataclass(frozen=True)
+class Figures:
+    wall_seconds: float
+    run_span_seconds: float
+    runs: int
+    materialisations: int
+    peak_run_rss_mb: float
+    event_write_seconds: float
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tickers", type=int, default=4)
+    parser.add_argument("--days", type=int, default=62)
+    parser.add_argument("--trades-per-day", type=int, default=500)
+    parser.add_argument("--events", type=int, default=500, help="materialisation events written directly")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the homes and daemon logs here (default: a temp dir)"
+    )
+    args = parser.parse_args()
+
+    from binance_assets_tests.archives import publish
+    from binance_assets_tests.postgres import postgres_server
+
+    tickers = [f"T{i:03d}USDT" for i in range(args.tickers)]
+    days = [FIRST_DAY + dt.timedelta(days=i) for i in range(args.days)]
+    ticker_days = len(tickers) * len(days)
+    with ExitStack() as stack:
+        work = args.workdir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="instance-bench-"))
+        )
+        mirror = work / "mirror"
+        for seed, ticker in enumerate(tickers):
+            publish(mirror, "um", ticker, days, trades_per_day=args.trades_per_day, seed=seed)
+        print(f"{len(tickers)} tickers x {len(days)} days = {ticker_days} ticker-days", flush=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_PREFIXES)}
+        env.update(
+            BINANCE_VISION_URL=f"file://{mirror}",
+            BINANCE_VISION_LISTING_URL=f"file://{mirror}",
+            BINANCE_MARKETS="um",
+        )
+        durable = stack.enter_context(postgres_server(fsync=True)).create_database("dagster")
+        no_fsync = stack.enter_context(postgres_server(fsync=False)).create_database("dagster")
+        instances = {
+            "sqlite": (ROOT / "dagster.yaml", {}),
+            "postgresql": (ROOT / "deploy" / "dagster.yaml", durable.env),
+            "pg no fsync": (ROOT / "deploy" / "dagster.yaml", no_fsync.env),
+        }
+        results = {}
+        for name, (instance_yaml, instance_env) in instances.items():
+            print(f"{name}: backfill through the daemon ...", flush=True)
+            results[name] = measure(
+                work / name.replace(" ", "-"),
+                instance_yaml,
+                {**env, **instance_env},
+                tickers,
+                days,
+                args.events,
+            )
+    report(results, ticker_days, args.events)
+
+
+def measure(
+    workdir: Path,
+    instance_yaml: Path,
+    env: dict[str, str],
+    tickers: list[str],
+    days: list[dt.date],
+    events: int,
+) -> Figures:
+    from dagster import AssetKey, DagsterInstance, RunsFilter
+    from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
+
+    from binance_assets.definitions import build_definitions
+    from binance_assets.settings import Settings
+
+    home = workdir / "dagster_home"
+    home.mkdir(parents=True)
+    shutil.copy(instance_yaml, home / "dagster.yaml")
+    env = {**env, "DAGSTER_HOME": str(home), "CLICKHOUSE_URL": f"chdb://{workdir / 'clickhouse'}"}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("DAGSTER_PG_")})  # read by this instance
+
+    ticker_args = [arg for ticker in tickers for arg in ("--ticker", ticker)]
+    submitted = _run(
+        [sys.executable, "-m", "binance_assets.cli", "backfill", "--market", "um", *ticker_args,
+         "--start", str(days[0]), "--end", str(days[-1])], env, workdir,
+    )  # fmt: skip
+    backfill_ids = submitted.split()
+    for sensor in build_definitions(Settings.from_env(env)).sensors:
+        _run([str(DAGSTER), "sensor", "stop", sensor.name, "-w", str(ROOT / "workspace.yaml")], env, workdir)
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        with _daemon(env, workdir) as daemon, _peak_rss(daemon.pid) as peak:
+            started = time.monotonic()
+            while True:
+                statuses = [_backfill_status(instance, b) for b in backfill_ids]
+                if all(s in BULK_ACTION_TERMINAL_STATUSES for s in statuses):
+                    break
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"dagster-daemon exited; see {workdir / 'daemon.log'}")
+                time.sleep(0.5)
+            wall = time.monotonic() - started
+        if any(s != BulkActionStatus.COMPLETED_SUCCESS for s in statuses):
+            raise RuntimeError(f"backfill ended {statuses}; see {workdir / 'daemon.log'}")
+        records = [
+            r
+            for b in backfill_ids
+            for r in instance.get_run_records(RunsFilter(tags={"dagster/backfill": b}))
+        ]
+        span = max(r.end_time or 0 for r in records) - min(r.start_time or 0 for r in records)
+        keys = [AssetKey(["binance", "um", name]) for name in ("hl5s_bars", "daily_liquidity")]
+        materialisations = sum(_count_materialisations(instance, key) for key in keys)
+        event_write = _write_events(instance, events)
+    return Figures(wall, span, len(records), materialisations, peak(), event_write)
+
+
+def _backfill_status(instance: DagsterInstance, backfill_id: str) -> object:
+    backfill = instance.get_backfill(backfill_id)
+    if backfill is None:
+        raise RuntimeError(f"backfill {backfill_id} is not in the instance")
+    return backfill.status
+
+
+def _count_materialisations(instance: DagsterInstance, key: AssetKey) -> int:
+    count, cursor = 0, None
+    while True:
+        page = instance.fetch_materializations(key, limit=1_000, cursor=cursor)
+        count += len(page.records)
+        if not page.has_more:
+            return count
+        cursor = page.cursor
+
+
+def _write_events(instance: DagsterInstance, events: int) -> float:
+    """Seconds to record `events` materialisations of a partitioned asset, one call each."""
+    from dagster import AssetKey, AssetMaterialization
+
+    key = AssetKey(["bench", "events"])
+    started = time.perf_counter()
+    for i in range(events):
+        day = FIRST_DAY + dt.timedelta(days=i)
+        instance.report_runless_asset_event(
+            AssetMaterialization(key, partition=f"{day}|BENCHUSDT", metadata={"dagster/row_count": i})
+        )
+    return time.perf_counter() - started
+
+
+def _run(command: list[str], env: dict[str, str], cwd: Path) -> str:
+    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command[:4])} ... exited {result.returncode}:\n{result.stderr}")
+    return result.stdout
+
+
+@contextmanager
+def _daemon(env: dict[str, str], workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`dagster-daemon run`; its process group (code server, run workers) is killed after."""
+    with (workdir / "daemon.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(DAEMON), "run", "-w", str(ROOT / "workspace.yaml")],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(process.pid, sig)
+                except ProcessLookupError:
+                    break
+                with suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=10)
+
+
+@contextmanager
+def _peak_rss(session: int) -> Iterator[Callable[[], float]]:
+    """Sample (every 0.1 s) the RSS of the run workers in a process session; yield their peak (MB).
+
+    The code server starts each run worker as a multiprocessing child (`spawn_main` in its command line).
+    """
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.1):
+            for proc in Path("/proc").glob("[0-9]*"):
+                with suppress(OSError, ValueError):
+                    stat = (proc / "stat").read_text()
+                    in_session = int(stat.rsplit(")", 1)[1].split()[3]) == session
+                    if in_session and b"spawn_main" in (proc / "cmdline").read_bytes():
+                        for line in (proc / "status").read_text().splitlines():
+                            if line.startswith("VmRSS:"):  # absent once the process is a zombie
+                                peak[0] = max(peak[0], int(line.split()[1]))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield lambda: peak[0] / 1024
+    finally:
+        stop.set()
+        thread.join()
+
+
+def report(results: dict[str, Figures], ticker_days: int, events: int) -> None:
+    rows = [
+        ("runs", lambda f: f"{f.runs}"),
+        ("materialisation events", lambda f: f"{f.materialisations}"),
+        ("wall s (daemon start -> done)", lambda f: f"{f.wall_seconds:.1f}"),
+        ("wall s / ticker-day", lambda f: f"{f.wall_seconds / ticker_days:.3f}"),
+        (
+            "runs s / ticker-day (first start -> last end)",
+            lambda f: f"{f.run_span_seconds / ticker_days:.3f}",
+        ),
+        (
+            "materialisation events / s (runs span)",
+            lambda f: f"{f.materialisations / f.run_span_seconds:.1f}",
+        ),
+        ("peak run worker RSS MB", lambda f: f"{f.peak_run_rss_mb:.0f}"),
+        (f"direct event writes / s ({events} events)", lambda f: f"{events / f.event_write_seconds:.0f}"),
+        ("ms per direct event write", lambda f: f"{1000 * f.event_write_seconds / events:.1f}"),
+    ]
+    names = list(results)
+    print(f"\n{'':48s}" + "".join(f"{n:>12s}" for n in names))
+    for label, cell in rows:
+        print(f"{label:48s}" + "".join(f"{cell(results[n]):>12s}" for n in names))
+
+
+if __name__ == "__main__":
+    main()

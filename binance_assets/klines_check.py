@@ -1,0 +1,217 @@
+"""`matches_binance_klines`: the run's stored 5 s bars, aggregated to 1m, against Binance's own 1m klines.
+
+Binance computes its klines from the same trades (vision/FORMAT.md section 4: count, OHLC, volume,
+sum(price * qty) and taker-buy volume agree on every minute), so a disagreement means our rows, or the
+trades archive they came from, are wrong. The klines come from the archive of the same period as the
+trades: the day's daily file, or the month's file where the run read the monthly trades archive.
+No Dagster here: the asset downloads with `load_klines`, then compares with `matches_binance_klines`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from clickhouse_connect.driver.client import Client
+
+from binance_assets.checks import LIMIT, CheckOutcome
+from binance_assets.clickhouse.tables import qualified
+from binance_assets.markets import Market
+from binance_assets.plan import TickerPlan
+from binance_assets.vision.download import ArchiveNotFound, VisionDownloader
+from binance_assets.vision.errors import VisionError
+from binance_assets.vision.klines import KlinesFormatError, minute_day, read_klines
+
+RELATIVE_TOLERANCE = 1e-7
+ABSOLUTE_TOLERANCE = 1e-8
+"""Binance prints 8 decimals: values within one unit of the last digit match whatever their size."""
+FIELDS = ("open", "high", "low", "close", "volume", "quote_volume", "count", "taker_buy_volume")
+PRICE_FIELDS = ("open", "high", "low", "close")
+MINUTES_SHOWN = 10
+"""Mismatching minutes listed per day in the check's metadata."""
+
+
+@dataclass(frozen=True)
+class KlineSource:
+    """One klines archive and the run's days of one ticker it covers."""
+
+    ticker: str
+    key: str
+    days: tuple[dt.date, ...]
+
+
+def kline_sources(market: Market, plans: Sequence[TickerPlan]) -> list[KlineSource]:
+    """The kline archive of each planned trades archive: the month's file for a monthly trades archive,
+    the day's file for a daily one. Days without a trades archive are not checked."""
+    sources = []
+    for plan in plans:
+        for archive, days in plan.serves.items():
+            if archive.freq == "monthly":
+                sources.append(KlineSource(plan.ticker, market.klines_key(plan.ticker, archive.period), days))
+            else:
+                sources += [
+                    KlineSource(plan.ticker, market.klines_key(plan.ticker, d.isoformat()), (d,))
+                    for d in days
+                ]
+    return sources
+
+
+@dataclass
+class LoadedKlines:
+    """Binance's klines of the run's checkable ticker-days, and why the others cannot be checked."""
+
+    klines: dict[str, list[pa.Table]] = field(default_factory=lambda: defaultdict(list))
+    """Per ticker: kline tables restricted to the days of their source."""
+    days: dict[str, list[dt.date]] = field(default_factory=lambda: defaultdict(list))
+    """Per ticker: the days those tables cover."""
+    not_published: list[str] = field(default_factory=list)
+    """``TICKER YYYY-MM-DD`` of days whose kline archive does not exist (404)."""
+    unusable: dict[str, str] = field(default_factory=dict)
+    """Kline archive key -> why it could not be used (download failed, checksum, corrupt zip)."""
+
+
+def load_klines(downloader: VisionDownloader, sources: Sequence[KlineSource]) -> LoadedKlines:
+    """Download (concurrently, verified, cached) and read every source's klines; a missing or unusable
+    archive is recorded, never raised: the trades rows are written already and stay checkable later."""
+    loaded = LoadedKlines()
+    with ThreadPoolExecutor(max_workers=downloader.concurrency, thread_name_prefix="klines") as pool:
+        results = list(pool.map(lambda source: _read(downloader, source), sources))
+    for source, result in zip(sources, results, strict=True):
+        if isinstance(result, ArchiveNotFound):
+            loaded.not_published += [f"{source.ticker} {day}" for day in source.days]
+        elif isinstance(result, Exception):
+            loaded.unusable[source.key] = str(result)
+        else:
+            loaded.klines[source.ticker].append(result)
+            loaded.days[source.ticker] += source.days
+    return loaded
+
+
+def _read(downloader: VisionDownloader, source: KlineSource) -> pa.Table | Exception:
+    try:
+        klines = read_klines(downloader.fetch(source.key).path)
+    except (VisionError, KlinesFormatError) as error:
+        return error
+    wanted = pa.array(source.days, pa.date32())
+    return klines.filter(pc.is_in(minute_day(klines), value_set=wanted))
+
+
+def bars_1m_sql(database: str, bars_table: str) -> str:
+    """One ticker's 5 s bars on some days as 1m klines: a bar stamped ts covers [ts-5s, ts), so its
+    minute is that of ts - 5 s; open and close are those of the minute's first and last bar."""
+    return f"""
+        SELECT toInt64(toUnixTimestamp(toStartOfMinute(ts - 5))) * 1000000 AS open_time_us,
+               argMin(open, ts) AS open, max(high) AS high, min(low) AS low, argMax(close, ts) AS close,
+               sum(volume) AS volume, sum(quote_volume) AS quote_volume, toInt64(sum(trade_count)) AS count,
+               sum(taker_buy_volume) AS taker_buy_volume
+        FROM {qualified(database, bars_table)}
+        WHERE market = {{market:String}} AND ticker = {{ticker:String}} AND day IN {{days:Array(Date)}}
+        GROUP BY open_time_us
+        ORDER BY open_time_us
+    """
+
+
+def read_bars_1m(
+    client: Client, database: str, bars_table: str, market: str, ticker: str, days: Sequence[dt.date]
+) -> pd.DataFrame:
+    parameters = {"market": market, "ticker": ticker, "days": sorted(days)}
+    return client.query_df(bars_1m_sql(database, bars_table), parameters=parameters)
+
+
+def compare_minutes(ours: pd.DataFrame, klines: pd.DataFrame) -> pd.DataFrame:
+    """Minutes where our 1m aggregates and Binance's klines disagree, ordered by open_time_us.
+
+    A minute present on one side only compares as count 0 and zero volumes on the other (so a kline
+    with count 0 matches no bars); prices are compared where both sides traded. Numbers match within
+    RELATIVE_TOLERANCE (or ABSOLUTE_TOLERANCE), counts exactly. Columns: open_time_us; fields (the
+    disagreeing ones, comma-separated); field, ours, binance (the first of them and its two values).
+    """
+    both = pd.merge(
+        ours[["open_time_us", *FIELDS]],
+        klines[["open_time_us", *FIELDS]],
+        on="open_time_us",
+        how="outer",
+        suffixes=("_ours", "_binance"),
+    ).sort_values("open_time_us", ignore_index=True)
+    mine = np.column_stack([both[f"{name}_ours"].to_numpy(np.float64, na_value=0.0) for name in FIELDS])
+    theirs = np.column_stack([both[f"{name}_binance"].to_numpy(np.float64, na_value=0.0) for name in FIELDS])
+    tolerance = np.maximum(RELATIVE_TOLERANCE * np.maximum(np.abs(mine), np.abs(theirs)), ABSOLUTE_TOLERANCE)
+    tolerance[:, FIELDS.index("count")] = 0.0
+    wrong = np.abs(mine - theirs) > tolerance
+    traded = (mine[:, FIELDS.index("count")] > 0) & (theirs[:, FIELDS.index("count")] > 0)
+    prices = [FIELDS.index(name) for name in PRICE_FIELDS]
+    wrong[:, prices] &= traded[:, None]
+    bad = wrong.any(axis=1)
+    wrong, mine, theirs = wrong[bad], mine[bad], theirs[bad]
+    fields = np.full(len(wrong), "", dtype=object)
+    for index, name in enumerate(FIELDS):
+        fields = fields + np.where(wrong[:, index], f",{name}", "")
+    first = wrong.argmax(axis=1)[:, None]
+    return pd.DataFrame(
+        {
+            "open_time_us": both["open_time_us"].to_numpy(np.int64)[bad],
+            "fields": pd.Series(fields, dtype=object).str.slice(1),
+            "field": np.array(FIELDS, dtype=object)[first[:, 0]],
+            "ours": np.take_along_axis(mine, first, axis=1)[:, 0],
+            "binance": np.take_along_axis(theirs, first, axis=1)[:, 0],
+        }
+    )
+
+
+def matches_binance_klines(
+    client: Client, database: str, bars_table: str, market: str, loaded: LoadedKlines
+) -> CheckOutcome:
+    """Compare each ticker's stored bars with its loaded klines; one failure row per day with mismatches."""
+    failures: list[dict[str, Any]] = []
+    by_day: dict[str, list[str]] = {}
+    mismatching = 0
+    for ticker in sorted(loaded.klines):
+        days = loaded.days[ticker]
+        klines = pa.concat_tables(loaded.klines[ticker]).to_pandas()
+        ours = read_bars_1m(client, database, bars_table, market, ticker, days)
+        diff = compare_minutes(ours, klines)
+        mismatching += len(diff)
+        stamps = pd.to_datetime(diff["open_time_us"], unit="us", utc=True)
+        for day, group in diff.groupby(stamps.dt.date.to_numpy(), sort=True):
+            minutes = stamps[group.index].dt.strftime("%H:%M").tolist()
+            failures.append(
+                {
+                    "ticker": ticker,
+                    "day": str(day),
+                    "mismatching_minutes": len(group),
+                    "first_minute": minutes[0],
+                    "fields": ",".join(sorted(set(",".join(group["fields"]).split(",")), key=FIELDS.index)),
+                }
+            )
+            shown = group.head(MINUTES_SHOWN)
+            by_day[f"{ticker} {day}"] = [
+                f"{minute} {name}: ours {ours:.10g}, binance {theirs:.10g}"
+                for minute, name, ours, theirs in zip(
+                    minutes, shown["field"], shown["ours"], shown["binance"], strict=False
+                )
+            ]
+    checked = sum(len(days) for days in loaded.days.values())
+    details: dict[str, Any] = {"mismatching_minutes_by_day": by_day}
+    if loaded.not_published:
+        details["klines_not_published"] = loaded.not_published
+    if loaded.unusable:
+        details["klines_unusable"] = loaded.unusable
+    return CheckOutcome(
+        passed=not failures,
+        failures=failures[:LIMIT],
+        totals={
+            "mismatching_minutes": mismatching,
+            "days_checked": checked,
+            "days_without_klines": len(loaded.not_published),
+            "klines_unusable": len(loaded.unusable),
+        },
+        details=details,
+    )

@@ -1,0 +1,457 @@
+"""Production deployment: deploy/ (instance, image, Helm values), the daemon backfill on PostgreSQL and
+the ClickHouse cluster statements.
+
+The PostgreSQL tests run on a throwaway local server (binance_assets_tests/postgres.py), skipped only
+where neither its binaries nor apt-get to install them exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import tomllib
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from unittest.mock import MagicMock
+
+import pytest
+import yaml
+from clickhouse_connect.driver.client import Client
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.run_coordinator import QueuedRunCoordinator
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+
+from binance_assets.clickhouse.client import open_client
+from binance_assets.clickhouse.io_manager import Target, clear_slice
+from binance_assets.clickhouse.tables import (
+    ARCHIVES,
+    BARS,
+    LIQUIDITY,
+    Slice,
+    delete_slice_sql,
+    ensure_tables,
+)
+from binance_assets.definitions import build_resources
+from binance_assets.settings import DAGSTER_INSTANCE_VARIABLES, Settings, SettingsError
+from binance_assets_tests.archives import expected_bars, publish
+from binance_assets_tests.postgres import PostgresServer, PostgresUnavailable, find_bin_dir, postgres_server
+from binance_assets_tests.test_cli import (
+    _SETTINGS_PREFIXES,
+    BACKFILL_TAG,
+    DAYS,
+    RANGE_END,
+    RANGE_START,
+    REPO,
+    TODAY,
+    Cli,
+    assert_bars_match,
+    partitions_materialised,
+    query,
+    running_daemon,
+)
+from binance_assets_tests.vision_server import VisionServer
+
+DEPLOY = REPO / "deploy"
+MODULE_NAME = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["dagster"]["module_name"]
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+class _ReadNames(Mapping[str, str]):
+    """An empty environment that records every name looked up in it."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.names.add(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def known_variables() -> set[str]:
+    """Every variable settings.py reads (recorded from one load) and those it lists for the instance."""
+    read = _ReadNames()
+    Settings.from_env(read)
+    return read.names | set(DAGSTER_INSTANCE_VARIABLES)
+
+
+def variables_set(node: object) -> set[str]:
+    """The variables a YAML document reads or sets: Dagster `{env: NAME}` sources, Kubernetes `env:` lists
+    of {name, value | valueFrom} and the chart's `env:` mappings."""
+    if isinstance(node, list):
+        return set().union(*(variables_set(item) for item in node))
+    if not isinstance(node, dict):
+        return set()
+    names: set[str] = set()
+    for key, value in node.items():
+        if key != "env":
+            names |= variables_set(value)
+        elif isinstance(value, str):
+            names.add(value)
+        elif isinstance(value, list):
+            names |= {item["name"] for item in value}
+        else:
+            names |= set(value)
+    return names
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    try:
+        find_bin_dir()
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
+    with postgres_server() as server:
+        yield server
+
+
+def test_production_instance_has_the_laptop_limits_and_postgres_from_the_environment() -> None:
+    laptop, production = load_yaml(REPO / "dagster.yaml"), load_yaml(DEPLOY / "dagster.yaml")
+    assert {key: value for key, value in production.items() if key != "storage"} == laptop
+    database = production["storage"]["postgres"]["postgres_db"]
+    assert variables_set(database) == set(DAGSTER_INSTANCE_VARIABLES)
+    assert database["scheme"] == "postgresql+psycopg2"  # the driver dagster-postgres installs
+
+
+def test_helm_values_run_the_image_with_the_instance_limits() -> None:
+    values, laptop = load_yaml(DEPLOY / "helm-values.yaml"), load_yaml(REPO / "dagster.yaml")
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert deployment["dagsterApiGrpcArgs"] == ["--module-name", MODULE_NAME]
+    # Run pods inherit the deployment's env; its `resources` would override the run launcher's.
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True} and "resources" not in deployment
+    env = {item["name"]: item for item in deployment["env"]}
+    assert env["CLICKHOUSE_URL"] == {
+        "name": "CLICKHOUSE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "binance-assets-clickhouse", "key": "CLICKHOUSE_URL"}},
+    }
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    run_pod = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]
+    assert {"cpu", "memory"} <= set(run_pod["resources"]["requests"])
+
+    runs, pools = laptop["concurrency"]["runs"], laptop["concurrency"]["pools"]
+    assert values["concurrency"] == {
+        "enabled": True,
+        "runs": {
+            "maxConcurrentRuns": runs["max_concurrent_runs"],
+            "tagConcurrencyLimits": runs["tag_concurrency_limits"],
+        },
+        "pools": {"defaultLimit": pools["default_limit"]},
+    }
+    daemon = values["dagsterDaemon"]
+    assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert daemon["runRetries"] == {
+        "enabled": laptop["run_retries"]["enabled"],
+        "maxRetries": laptop["run_retries"]["max_retries"],
+        "retryOnAssetOrOpFailure": laptop["run_retries"]["retry_on_asset_or_op_failure"],
+    }
+    assert daemon["runMonitoring"] == {
+        "enabled": laptop["run_monitoring"]["enabled"],
+        "startTimeoutSeconds": laptop["run_monitoring"]["start_timeout_seconds"],
+    }
+    production_db = load_yaml(DEPLOY / "dagster.yaml")["storage"]["postgres"]["postgres_db"]
+    assert values["postgresql"]["postgresqlScheme"] == production_db["scheme"]
+
+
+@pytest.mark.parametrize("name", ["dagster.yaml", "helm-values.yaml"])
+def test_deploy_files_set_only_variables_settings_knows(name: str) -> None:
+    names = variables_set(load_yaml(DEPLOY / name))
+    assert names, f"deploy/{name} sets no variable"
+    assert names <= known_variables(), sorted(names - known_variables())
+
+
+def dockerfile_stages(text: str) -> list[list[tuple[str, str]]]:
+    """The (INSTRUCTION, arguments) of each stage, continuation lines joined, comments dropped."""
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.replace("\\\n", " ").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        instruction, _, arguments = line.strip().partition(" ")
+        if instruction == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction, " ".join(arguments.split())))
+    return stages
+
+
+def test_dockerfile_builds_a_slim_non_root_image_without_build_tools() -> None:
+    build, final = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    for stage in (build, final):
+        assert stage[0][1].startswith("python:${PYTHON_VERSION}-slim"), stage[0]
+    (install,) = [a for i, a in build if i == "RUN" and a.startswith("pip install")]
+    assert install == 'pip install --no-cache-dir ".[production]"'
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = {d.split("==")[0]: d.split("==")[1] for d in extras["production"]}
+    assert set(pins) == {"dagster-postgres", "dagster-k8s"} and len(set(pins.values())) == 1  # one release
+    assert any("build-essential" in arguments for _, arguments in build)
+    final_runs = " ".join(arguments for instruction, arguments in final if instruction == "RUN")
+    assert "apt-get" not in final_runs and "build-essential" not in final_runs
+    assert ("COPY", "--from=build /opt/venv /opt/venv") in final
+    (user,) = [arguments for instruction, arguments in final if instruction == "USER"]
+    assert int(user.split(":")[0]) >= 1000
+    # Run pods are started with `dagster api execute_run` as container args: CMD, never ENTRYPOINT.
+    assert not [arguments for instruction, arguments in final if instruction == "ENTRYPOINT"]
+    (command,) = [json.loads(arguments) for instruction, arguments in final if instruction == "CMD"]
+    assert command[:3] == ["dagster", "api", "grpc"] and command[-2:] == ["--module-name", MODULE_NAME]
+    sources = [
+        a.split()[0] for stage in (build, final) for i, a in stage if i == "COPY" and "--from" not in a
+    ]
+    assert all((REPO / source).exists() for source in sources), sources
+
+
+def readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : None if end == -1 else end]
+
+
+def test_readme_production_section_names_existing_files_and_known_settings() -> None:
+    section = readme_section("Production")
+    prose = re.sub(r"```.*?```", "", section, flags=re.DOTALL)
+    paths = {  # file names, and paths under a top-level entry of the repository (not tags like a/b)
+        span
+        for span in re.findall(r"`([^`\s]+)`", prose)
+        if re.fullmatch(r"[\w.-]+(/[\w.-]+)*", span)
+        and (
+            re.search(r"\.(yaml|py|toml|md)$", span) or ("/" in span and (REPO / span.split("/")[0]).exists())
+        )
+    }
+    assert {"deploy/dagster.yaml", "deploy/Dockerfile", "deploy/helm-values.yaml"} <= paths
+    assert sorted(p for p in paths if not (REPO / p).exists()) == []
+    variables = set(re.findall(r"(?<![\w.])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?![\w.])", section))
+    assert {"CLICKHOUSE_URL", "CLICKHOUSE_CLUSTER", *DAGSTER_INSTANCE_VARIABLES} <= variables
+    assert sorted(variables - known_variables()) == []
+
+
+def test_production_instance_keeps_runs_events_and_partitions_in_postgres(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in postgres.create_database("instance").env.items():
+        monkeypatch.setenv(name, value)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    key = AssetKey(["binance", "um", "hl5s_bars"])
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        instance.add_dynamic_partitions("um_tickers", ["BTCUSDT", "ETHUSDT"])
+        instance.report_runless_asset_event(AssetMaterialization(key, partition="2024-01-01|BTCUSDT"))
+    with DagsterInstance.from_config(str(home)) as reopened:
+        assert reopened.get_dynamic_partitions("um_tickers") == ["BTCUSDT", "ETHUSDT"]
+        (record,) = reopened.fetch_materializations(key, limit=10).records
+        assert record.partition_key == "2024-01-01|BTCUSDT"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def instance_cli(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    vision_server: VisionServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Cli:
+    """The CLI of test_cli.py on the laptop instance (SQLite) or on deploy/dagster.yaml (PostgreSQL)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    store_url = f"chdb://{tmp_path / 'clickhouse'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS_PREFIXES)}
+    env.update(
+        DAGSTER_HOME=str(home),
+        BINANCE_VISION_URL=vision_server.url,
+        BINANCE_VISION_LISTING_URL=vision_server.url,
+        CLICKHOUSE_URL=store_url,
+        BINANCE_MARKETS="um",
+    )
+    if request.param == "sqlite":
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    else:
+        shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+        database = request.getfixturevalue("postgres").create_database(f"dagster_{tmp_path.name.lower()}")
+        env.update(database.env)
+        for name, value in database.env.items():  # the test's own instance reads them too
+            monkeypatch.setenv(name, value)
+    return Cli(env, home, store_url)
+
+
+def test_daemon_backfill_on_each_instance(
+    instance_cli: Cli, vision_server: VisionServer, vision_root: Path, tmp_path: Path
+) -> None:
+    """2 tickers x 35 days through `binance-assets backfill` and the real daemon: one run per ticker-month
+    (BackfillPolicy), January from its monthly archive, every bar exact, one materialisation per partition."""
+    cli = instance_cli
+    trades = {
+        "BTCUSDT": publish(vision_root, "um", "BTCUSDT", DAYS, monthly=("2024-01",), seed=1),
+        "ETHUSDT": publish(vision_root, "um", "ETHUSDT", DAYS, seed=2),
+    }
+    newest = [TODAY - dt.timedelta(days=i) for i in (2, 1)]
+    for seed, ticker in enumerate(trades, 10):
+        publish(vision_root, "um", ticker, newest, trades_per_day=10, seed=seed)
+
+    # With one grace day the daily sensor asks for one (published) day per ticker.
+    with running_daemon(cli, tmp_path / "daemon", BINANCE_PUBLISH_GRACE_DAYS="1"):
+        submitted = cli(
+            "backfill", "--market", "um", "--ticker", "BTCUSDT", "--ticker", "ETHUSDT",
+            "--start", str(DAYS[0]), "--end", str(DAYS[-1]), "--wait",
+        )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr + (tmp_path / "daemon" / "daemon.log").read_text()
+    backfill_id, *_, summary = submitted.stdout.splitlines()
+    bars = sum(len(expected_bars(frame)) for frame in trades.values())
+    assert summary.startswith(
+        "backfilled um: 2 tickers; ticker-days: 70 done (0 without archive), 0 failed, 0 skipped; "
+        f"28,000 trades, {bars:,} bars, "
+    )
+    assert "backfill runs: 4 success" in submitted.stderr.splitlines()
+
+    with cli.instance() as instance:
+        assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS
+        runs = instance.get_runs(RunsFilter(tags={BACKFILL_TAG: backfill_id}))
+        assert all(r.tags["binance/market"] == "um" for r in runs)
+        succeeded = [r for r in runs if r.status == DagsterRunStatus.SUCCESS]
+        assert sorted((r.tags[RANGE_START], r.tags[RANGE_END]) for r in succeeded) == [
+            ("2024-01-01|BTCUSDT", "2024-01-31|BTCUSDT"),
+            ("2024-01-01|ETHUSDT", "2024-01-31|ETHUSDT"),
+            ("2024-02-01|BTCUSDT", "2024-02-04|BTCUSDT"),
+            ("2024-02-01|ETHUSDT", "2024-02-04|ETHUSDT"),
+        ]
+        for name in ("hl5s_bars", "daily_liquidity"):
+            partitions = partitions_materialised(instance, name, "2024")
+            assert len(partitions) == len(set(partitions)) == 2 * len(DAYS)
+
+    assert vision_server.hits("BTCUSDT-trades-2024-01.zip") >= 1
+    assert vision_server.hits("BTCUSDT-trades-2024-01-15.zip") == 0
+    assert_bars_match(cli.store_url, trades, DAYS[0], DAYS[-1])
+    liquidity = query(
+        cli.store_url,
+        f"SELECT ticker, source, count() AS n FROM binance.daily_liquidity FINAL WHERE day <= '{DAYS[-1]}' "
+        "GROUP BY ticker, source ORDER BY ticker, source",
+    )
+    assert liquidity.values.tolist() == [
+        ["BTCUSDT", "daily", 4],
+        ["BTCUSDT", "monthly", 31],
+        ["ETHUSDT", "daily", 35],
+    ]
+
+
+# ClickHouse cluster (CLICKHOUSE_CLUSTER): the statements as strings, checked by ClickHouse's own parser.
+
+JAN = [dt.date(2024, 1, day) for day in (1, 2, 3, 5)]
+SPECS = {"hl5s": BARS, "daily_liquidity": LIQUIDITY, "archives": ARCHIVES}
+
+
+def recording_client() -> MagicMock:
+    """A client that records its statements and finds no rows."""
+    client = MagicMock(spec=Client)
+    client.uri, client.server_version = f"http://recorder-{uuid.uuid4().hex}:8123", "26.9.2.1"
+    client.command.return_value = 0
+    return client
+
+
+def parse(statements: list[str], tmp_path: Path) -> list[str]:
+    """Each statement as ClickHouse's parser formats it (raises on a syntax error), on a chDB store."""
+    with open_client(f"chdb://{tmp_path / 'parser'}") as client:
+        return [client.command("SELECT formatQuery({q:String})", parameters={"q": s}) for s in statements]
+
+
+@pytest.mark.parametrize(("value", "url"), [("prod cluster", "http://ch:8123"), ("prod", "")])
+def test_clickhouse_cluster_is_an_identifier_and_needs_a_server(value: str, url: str, tmp_path: Path) -> None:
+    env = {"CLICKHOUSE_CLUSTER": value, "CLICKHOUSE_URL": url, "DAGSTER_HOME": str(tmp_path)}
+    with pytest.raises(SettingsError, match=rf"^CLICKHOUSE_CLUSTER='{value}' is invalid"):
+        Settings.from_env(env)
+
+
+def test_clickhouse_cluster_reaches_the_io_manager_and_the_resource() -> None:
+    settings = Settings.from_env({"CLICKHOUSE_CLUSTER": "prod", "CLICKHOUSE_URL": "https://ch:8443"})
+    resources = build_resources(settings)
+    assert resources["clickhouse_io_manager"].cluster == resources["clickhouse"].cluster == "prod"
+    assert Settings.from_env({}).clickhouse_cluster == ""
+
+
+@pytest.mark.parametrize("table", SPECS)
+def test_cluster_ddl_is_replicated_local_tables_under_distributed_ones(table: str) -> None:
+    spec = SPECS[table]
+    local, distributed = spec.create_statements("binance", table, "prod")
+    head, _, columns_and_engine = local.partition(" (\n")
+    assert head == f"CREATE TABLE IF NOT EXISTS `binance`.`{table}_local` ON CLUSTER `prod`"
+    single_server = spec.ddl("binance", table).partition(" (\n")[2]
+    assert columns_and_engine == single_server.replace("ENGINE = ", "ENGINE = Replicated")
+    assert distributed == (
+        f"CREATE TABLE IF NOT EXISTS `binance`.`{table}` ON CLUSTER `prod` AS `binance`.`{table}_local` "
+        f"ENGINE = Distributed(`prod`, `binance`, `{table}_local`, cityHash64(market, ticker))"
+    )
+    assert {"market", "ticker"} <= {c.name for c in spec.columns}  # the sharding key's columns
+    assert spec.create_statements("binance", table) == (spec.ddl("binance", table),)
+
+
+def test_ensure_tables_on_a_cluster_runs_every_statement_on_cluster(tmp_path: Path) -> None:
+    client = recording_client()
+    ensure_tables(client, "binance", "hl5s", "daily_liquidity", "archives", cluster="prod")
+    statements = [call.args[0] for call in client.command.call_args_list]
+    assert statements[0] == "CREATE DATABASE IF NOT EXISTS `binance` ON CLUSTER `prod`"
+    created = [
+        s.split(" ON CLUSTER ")[0].removeprefix("CREATE TABLE IF NOT EXISTS ") for s in statements[1:7]
+    ]
+    assert created == [f"`binance`.`{t}{suffix}`" for t in SPECS for suffix in ("_local", "")]
+    assert [s.split(" ADD COLUMN ")[0] for s in statements[7:]] == [
+        "ALTER TABLE `binance`.`daily_liquidity_local` ON CLUSTER `prod`",
+        "ALTER TABLE `binance`.`daily_liquidity` ON CLUSTER `prod`",
+    ]
+    assert all(" ON CLUSTER `prod`" in s for s in statements)
+    formatted = parse(statements, tmp_path)
+    assert "ENGINE = ReplicatedReplacingMergeTree(loaded_at)" in formatted[3]
+    assert "ENGINE = Distributed(prod, binance, hl5s_local, cityHash64(market, ticker))" in formatted[2]
+
+
+def test_single_server_store_keeps_plain_merge_trees(tmp_path: Path) -> None:
+    with open_client(f"chdb://{tmp_path / 'store'}") as client:
+        ensure_tables(client, "binance", "hl5s", "daily_liquidity", "archives")
+        engines = dict(
+            client.query("SELECT name, engine FROM system.tables WHERE database = 'binance'").result_rows
+        )
+    assert engines == {
+        "hl5s": "MergeTree",
+        "daily_liquidity": "ReplacingMergeTree",
+        "archives": "ReplacingMergeTree",
+    }
+
+
+def test_cluster_delete_goes_on_cluster_to_the_local_table_with_literal_values(tmp_path: Path) -> None:
+    scattered = Slice("um", "BTC'USDT", frozenset(JAN))
+    sql, params = delete_slice_sql("binance", "hl5s", scattered, "prod")
+    assert (sql, params) == (
+        "DELETE FROM `binance`.`hl5s_local` ON CLUSTER `prod` WHERE market = 'um' AND ticker = 'BTC\\'USDT'"
+        " AND day IN ['2024-01-01', '2024-01-02', '2024-01-03', '2024-01-05']",
+        {},
+    )
+    single, single_params = delete_slice_sql("binance", "hl5s", scattered)
+    assert single.startswith("DELETE FROM `binance`.`hl5s` WHERE") and "{ticker:String}" in single
+    assert single_params["ticker"] == "BTC'USDT"
+    parse([sql], tmp_path)
+
+
+def test_io_manager_counts_through_the_distributed_table_and_deletes_on_cluster() -> None:
+    client = recording_client()
+    client.command.return_value = 12  # rows found: the slice is deleted
+    days = Slice("um", "BTCUSDT", frozenset(JAN[:3]))
+    clear_slice(client, Target("binance", "hl5s", BARS, "um", (days,), "prod"), days)
+    count, delete = client.command.call_args_list
+    assert count.args[0].startswith("SELECT count() FROM `binance`.`hl5s` WHERE market = {market:String}")
+    assert delete.args[0].startswith(
+        "DELETE FROM `binance`.`hl5s_local` ON CLUSTER `prod` WHERE market = 'um'"
+    )
+    assert delete.kwargs == {"parameters": {}}
