@@ -59,6 +59,7 @@ from binance_assets.clickhouse.tables import (
     quote,
 )
 from binance_assets.definitions import build_definitions, build_resources
+from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS, Market
 from binance_assets.pipeline import DayLoad, LoadStats, load_days
 from binance_assets.plan import TickerPlan, plan_ticker, run_ranges
@@ -929,6 +930,7 @@ def _settings() -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script: the exit code."""
+    restore_interrupts()
     try:
         args = build_parser().parse_args(argv)
         load_dotenv(Path.cwd() / ".env", override=False)

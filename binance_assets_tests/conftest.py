@@ -3,8 +3,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from dagster import DagsterInstance, instance_for_test
 
+from binance_assets.clickhouse.client import open_client
+from binance_assets.interrupts import restore_interrupts
+from binance_assets.markets import MARKETS
 from binance_assets_tests.vision_server import VisionServer
 
 
@@ -22,5 +27,42 @@ def vision_server(vision_root: Path) -> Iterator[VisionServer]:
         yield server
 
 
+restore_interrupts()  # so the CLI and daemon processes the tests start can stop their children
+
 REAL = Path(__file__).parent / "real"
 """Real Binance Vision files (copied from shared/vision/real; see real/PROVENANCE.md)."""
+
+TICKERS = ("BTCUSDT", "ETHUSDT", "BTCUSD_PERP")
+"""Registered in every market by the `instance` fixture."""
+
+
+@pytest.fixture
+def bare_instance(tmp_path: Path) -> Iterator[DagsterInstance]:
+    """A real Dagster instance (SQLite) in tmp_path, no ticker registered."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with instance_for_test(temp_dir=str(home)) as instance:
+        yield instance
+
+
+@pytest.fixture
+def instance(bare_instance: DagsterInstance) -> DagsterInstance:
+    """The bare instance with TICKERS registered in every market's dynamic partitions."""
+    for market in MARKETS.values():
+        bare_instance.add_dynamic_partitions(market.tickers_partition_name, list(TICKERS))
+    return bare_instance
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    """A fresh embedded ClickHouse store."""
+    return f"chdb://{tmp_path / 'clickhouse'}"
+
+
+def query(store_url: str, sql: str) -> pd.DataFrame:
+    """A query's result as a DataFrame, `day` as datetime.date."""
+    with open_client(store_url) as client:
+        frame = client.query_df(sql)
+    if "day" in frame:
+        frame["day"] = pd.to_datetime(frame["day"]).dt.date
+    return frame

@@ -3,40 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+from dagster import AssetKey, DagsterInstance, materialize
 
 from binance_assets.assets import build_market_assets
-from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.markets import MARKETS
 from binance_assets.resources import ClickHouseResource, VisionResource
 from binance_assets_tests.archives import expected_bars, expected_day_stats, publish, write_archive
+from binance_assets_tests.conftest import query
 from binance_assets_tests.vision_server import VisionServer
 
 UM = MARKETS["um"]
 JAN = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(31)]
 FEB = [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(3)]
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with instance_for_test(temp_dir=str(home)) as instance:
-        instance.add_dynamic_partitions(UM.tickers_partition_name, ["BTCUSDT", "ETHUSDT"])
-        yield instance
-
-
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return f"chdb://{tmp_path / 'clickhouse'}"
 
 
 @pytest.fixture
@@ -71,14 +56,6 @@ def run_range(instance: DagsterInstance, res: dict[str, object], ticker: str, fi
         raise_on_error=False,
     )
     return result.success
-
-
-def query(store_url: str, sql: str) -> pd.DataFrame:
-    with open_client(store_url) as client:
-        frame = client.query_df(sql)
-    if "day" in frame:
-        frame["day"] = pd.to_datetime(frame["day"]).dt.date
-    return frame
 
 
 def test_range_with_monthly_archive_matches_oracle(

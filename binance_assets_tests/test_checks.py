@@ -4,13 +4,12 @@ real runs: fake Vision server -> Dagster -> chDB. They flag, never fail the run.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pytest
-from dagster import AssetCheckEvaluation, AssetCheckSeverity, DagsterInstance, instance_for_test, materialize
+from dagster import AssetCheckEvaluation, AssetCheckSeverity, DagsterInstance, materialize
 
 from binance_assets.assets import build_market_assets
 from binance_assets.checks import (
@@ -30,15 +29,6 @@ from binance_assets_tests.vision_server import VisionServer
 UM = MARKETS["um"]
 DAYS = [dt.date(2024, 5, 1) + dt.timedelta(days=i) for i in range(8)]
 WARN_CHECKS = ("trade_ids_continuous", "day_coverage", "sane_trades")
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with instance_for_test(temp_dir=str(home)) as instance:
-        instance.add_dynamic_partitions(UM.tickers_partition_name, ["BTCUSDT", "ETHUSDT"])
-        yield instance
 
 
 def checks(

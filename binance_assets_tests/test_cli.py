@@ -23,6 +23,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from binance_assets.cli import main
 from binance_assets.clickhouse.client import open_client
 from binance_assets_tests.archives import expected_bars, expected_klines, publish, write_klines
+from binance_assets_tests.conftest import query
 from binance_assets_tests.vision_server import VisionServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,14 +80,6 @@ def cli(tmp_path: Path, vision_server: VisionServer) -> Cli:
         BINANCE_MARKETS="um",
     )
     return Cli(env, home, store_url)
-
-
-def query(store_url: str, sql: str) -> pd.DataFrame:
-    with open_client(store_url) as client:
-        frame = client.query_df(sql)
-    if "day" in frame:
-        frame["day"] = pd.to_datetime(frame["day"]).dt.date
-    return frame
 
 
 def assert_bars_match(store_url: str, trades: dict[str, pd.DataFrame], first: dt.date, last: dt.date) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ from dagster import (
     AssetKey,
     DagsterInstance,
     FreshnessPolicy,
-    instance_for_test,
     materialize,
 )
 
@@ -214,16 +212,6 @@ def test_kline_sources_follow_the_trades_archives() -> None:
 
 
 # --- the check, end to end -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with instance_for_test(temp_dir=str(home)) as instance:
-        for market in MARKETS.values():
-            instance.add_dynamic_partitions(market.tickers_partition_name, ["BTCUSDT", "BTCUSD_PERP"])
-        yield instance
 
 
 def run_checks(

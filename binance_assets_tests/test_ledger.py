@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +13,6 @@ from dagster import (
     RunRequest,
     SensorResult,
     build_sensor_context,
-    instance_for_test,
     materialize,
 )
 
@@ -36,26 +34,13 @@ from binance_assets.sensors import (
 from binance_assets.settings import Settings
 from binance_assets.vision.listing import ArchiveInfo, VisionListing
 from binance_assets_tests.archives import expected_bars, publish
+from binance_assets_tests.conftest import query
 from binance_assets_tests.test_assets import resources
 from binance_assets_tests.vision_server import VisionServer
 
 UM = MARKETS["um"]
 FEB = [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(29)]
 MAR = [dt.date(2024, 3, 1) + dt.timedelta(days=i) for i in range(3)]
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with instance_for_test(temp_dir=str(home)) as instance:
-        instance.add_dynamic_partitions(UM.tickers_partition_name, ["BTCUSDT", "ETHUSDT"])
-        yield instance
-
-
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return f"chdb://{tmp_path / 'clickhouse'}"
 
 
 def run(
@@ -67,14 +52,6 @@ def run(
 def run_tags(instance: DagsterInstance, res: dict[str, object], tags: dict[str, str]) -> bool:
     assets = build_market_assets(UM, 31, retry_policy=None, kline_check=False)
     return materialize([assets], instance=instance, resources=res, tags=tags, raise_on_error=False).success
-
-
-def query(store_url: str, sql: str) -> pd.DataFrame:
-    with open_client(store_url) as client:
-        frame = client.query_df(sql)
-    if "day" in frame:
-        frame["day"] = pd.to_datetime(frame["day"]).dt.date
-    return frame
 
 
 def test_each_loaded_archive_has_one_ledger_row_linked_to_its_days(

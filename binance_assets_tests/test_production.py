@@ -40,6 +40,7 @@ from binance_assets.clickhouse.tables import (
 from binance_assets.definitions import build_resources
 from binance_assets.settings import DAGSTER_INSTANCE_VARIABLES, Settings, SettingsError
 from binance_assets_tests.archives import expected_bars, publish
+from binance_assets_tests.conftest import query
 from binance_assets_tests.postgres import PostgresServer, PostgresUnavailable, find_bin_dir, postgres_server
 from binance_assets_tests.test_cli import (
     _SETTINGS_PREFIXES,
@@ -52,7 +53,6 @@ from binance_assets_tests.test_cli import (
     Cli,
     assert_bars_match,
     partitions_materialised,
-    query,
     running_daemon,
 )
 from binance_assets_tests.vision_server import VisionServer

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
-from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
+from dagster import DagsterInstance, SensorResult, build_sensor_context
 
 from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA
 from binance_assets.markets import MARKETS
@@ -21,14 +19,6 @@ from binance_assets_tests.vision_server import VisionServer
 
 UM = MARKETS["um"]
 DAYS = [dt.date(2024, 1, 30), dt.date(2024, 1, 31), dt.date(2024, 2, 1)]
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with instance_for_test(temp_dir=str(home)) as instance:
-        yield instance
 
 
 def tick(
@@ -43,7 +33,7 @@ def tick(
 
 
 def test_ticker_sensor_adds_new_filtered_tickers_once(
-    vision_server: VisionServer, instance: DagsterInstance, tmp_path: Path
+    vision_server: VisionServer, bare_instance: DagsterInstance, tmp_path: Path
 ) -> None:
     for ticker in ("BTCUSDT", "ETHUSDT", "BTCBUSD"):
         publish(vision_server.root, "um", ticker, DAYS, trades_per_day=10)
@@ -54,20 +44,24 @@ def test_ticker_sensor_adds_new_filtered_tickers_once(
     }
     sensor = build_ticker_sensor(UM, Settings())
 
-    first = tick(sensor, instance, resources, None)
+    first = tick(sensor, bare_instance, resources, None)
     assert list(first.dynamic_partitions_requests[0].partition_keys) == ["BTCUSDT", "ETHUSDT"]
     assert first.run_requests == []  # BINANCE_AUTO_BACKFILL is off
-    second = tick(sensor, instance, resources, first.cursor)
+    second = tick(sensor, bare_instance, resources, first.cursor)
     assert not second.dynamic_partitions_requests and not second.run_requests
 
     publish(vision_server.root, "um", "SOLUSDT", DAYS, trades_per_day=10)
-    third = tick(sensor, instance, resources, second.cursor)
+    third = tick(sensor, bare_instance, resources, second.cursor)
     assert list(third.dynamic_partitions_requests[0].partition_keys) == ["SOLUSDT"]
-    assert instance.get_dynamic_partitions(UM.tickers_partition_name) == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    assert bare_instance.get_dynamic_partitions(UM.tickers_partition_name) == [
+        "BTCUSDT",
+        "ETHUSDT",
+        "SOLUSDT",
+    ]
 
 
 def test_ticker_sensor_backfills_new_tickers_history_in_month_ranges(
-    vision_server: VisionServer, instance: DagsterInstance, tmp_path: Path
+    vision_server: VisionServer, bare_instance: DagsterInstance, tmp_path: Path
 ) -> None:
     publish(vision_server.root, "um", "BTCUSDT", DAYS, trades_per_day=10)
     resources = {
@@ -76,7 +70,7 @@ def test_ticker_sensor_backfills_new_tickers_history_in_month_ranges(
         )
     }
     sensor = build_ticker_sensor(UM, Settings(auto_backfill=True, tickers=("BTCUSDT",)))
-    result = tick(sensor, instance, resources, None)
+    result = tick(sensor, bare_instance, resources, None)
     ranges = [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in result.run_requests]
     assert ranges == [("2024-01-30|BTCUSDT", "2024-02-01|BTCUSDT")]  # only days with archives, one run
     assert result.run_requests[0].tags["binance/market"] == "um"
@@ -95,9 +89,9 @@ def test_due_days_wait_for_the_publish_time() -> None:
 
 
 def test_daily_sensor_requests_missing_ticker_days_and_waits_before_retrying(
-    instance: DagsterInstance, tmp_path: Path
+    bare_instance: DagsterInstance, tmp_path: Path
 ) -> None:
-    instance.add_dynamic_partitions(UM.tickers_partition_name, ["BTCUSDT", "ETHUSDT"])
+    bare_instance.add_dynamic_partitions(UM.tickers_partition_name, ["BTCUSDT", "ETHUSDT"])
     clickhouse = ClickHouseResource(url=f"chdb://{tmp_path / 'clickhouse'}")
     settings = dataclasses.replace(Settings(), daily_run_time="00:00")
     window = due_days(dt.datetime.now(dt.UTC), dt.time(0), 3, UM.first_day)
@@ -107,7 +101,7 @@ def test_daily_sensor_requests_missing_ticker_days_and_waits_before_retrying(
         client.insert_arrow("binance.daily_liquidity", liquidity_rows(loaded))
     sensor = build_daily_sensor(UM, settings, lookback_days=3)
 
-    first = tick(sensor, instance, {"clickhouse": clickhouse}, None)
+    first = tick(sensor, bare_instance, {"clickhouse": clickhouse}, None)
     ranges = sorted((r.tags[RANGE_START], r.tags[RANGE_END]) for r in first.run_requests)
     newest = window[-1].isoformat()
     assert ranges == sorted(
@@ -116,7 +110,7 @@ def test_daily_sensor_requests_missing_ticker_days_and_waits_before_retrying(
             (f"{window[1].isoformat()}|ETHUSDT", f"{newest}|ETHUSDT"),
         ]
     )
-    again = tick(sensor, instance, {"clickhouse": clickhouse}, first.cursor)
+    again = tick(sensor, bare_instance, {"clickhouse": clickhouse}, first.cursor)
     assert again.run_requests == []  # requested minutes ago: wait RETRY_AFTER
 
 
