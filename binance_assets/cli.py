@@ -4,7 +4,8 @@ inspect the store.
 Configuration comes from the environment (`settings.py`), completed by a `.env` file in the working
 directory as `dagster dev` does (variables already set win); the Dagster instance is the one of
 ``$DAGSTER_HOME``, so CLI runs, backfills and registered tickers show in the UI. Usage errors exit 2,
-failures exit 1, each with one line on stderr.
+failures exit 1, a failed check of severity ERROR exits 3 (its rows stay written), each with one line
+on stderr.
 """
 
 from __future__ import annotations
