@@ -14,7 +14,8 @@ import pytest
 from dagster import EnvVar
 from dagster._core.remote_representation.external_data import RepositorySnap
 
-from binance_assets.cli import format_table, main
+from binance_assets.cli import main
+from binance_assets.cli.common import format_table
 from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.tables import ensure_tables
 from binance_assets.definitions import build_definitions, build_resources

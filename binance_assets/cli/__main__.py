@@ -1,0 +1,5 @@
+"""`python -m binance_assets.cli`."""
+
+from binance_assets.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""What the commands share: errors, the validated request, the Dagster instance, one-line output."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import (
+    DagsterInstance,
+)
+from dagster._core.instance.ref import InstanceRef
+
+from binance_assets.markets import Market
+from binance_assets.settings import Settings
+from binance_assets.vision.listing import ArchiveInfo, VisionListing
+
+PROG = "binance-assets"
+
+
+REASON = "cli"
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr; ``code`` 2 for usage errors, 1 otherwise."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated materialize/backfill request."""
+
+    market: Market
+    tickers: tuple[str, ...]
+    days: tuple[dt.date, ...]
+
+    def describe(self) -> str:
+        span = f"{self.days[0]}..{self.days[-1]}"
+        return f"{count_of(len(self.tickers), 'ticker')} x {count_of(len(self.days), 'day')} ({span})"
+
+
+def enabled_market(market: Market, settings: Settings) -> Market:
+    if market.key not in settings.markets:
+        raise CliError(
+            f"market {market.key!r} is not enabled: BINANCE_MARKETS={','.join(settings.markets)}", code=2
+        )
+    return market
+
+
+def parse_request(args: argparse.Namespace, settings: Settings) -> Request:
+    """The checked market, tickers and days of a materialize/backfill command."""
+    market = enabled_market(args.market, settings)
+    start, end = args.start, args.end or args.start
+    today = dt.datetime.now(dt.UTC).date()
+    if end < start:
+        raise CliError(f"--end {end} is before --start {start}", code=2)
+    if start < market.first_day:
+        raise CliError(f"--start {start} is before {market.key}'s first day {market.first_day}", code=2)
+    if end >= today:
+        raise CliError(f"--end {end} is not before today ({today} UTC): the newest day is yesterday", code=2)
+    days = tuple(start + dt.timedelta(days=i) for i in range((end - start).days + 1))
+    return Request(market, tuple(dict.fromkeys(args.ticker)), days)
+
+
+_NO_CAPTURE = {
+    "compute_logs": {
+        "module": "dagster._core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
+}
+"""A run captures its process's stdout/stderr by redirecting file descriptors 1 and 2: runs in parallel
+threads would swap each other's streams (and the CLI's own output), so those runs capture nothing."""
+
+
+def open_instance(settings: Settings, *, capture_logs: bool = True) -> DagsterInstance:
+    """The instance of $DAGSTER_HOME (unset: Settings' default, created); Dagster's own errors here are
+    paragraphs, ours one line."""
+    home = os.environ.get("DAGSTER_HOME", "")
+    path = os.path.expanduser(home) if home.strip() else str(settings.dagster_home)
+    if not home.strip():
+        settings.dagster_home.mkdir(parents=True, exist_ok=True)
+        say(f"DAGSTER_HOME is unset: using {path}", progress=True)
+    elif not (os.path.isabs(path) and os.path.isdir(path)):
+        raise CliError(
+            f"DAGSTER_HOME={home!r} is invalid: expected the absolute path of an existing directory", code=2
+        )
+    return DagsterInstance.from_ref(
+        InstanceRef.from_dir(path, overrides=None if capture_logs else _NO_CAPTURE)
+    )
+
+
+def register_tickers(instance: DagsterInstance, market: Market, tickers: Sequence[str]) -> list[str]:
+    """Add the tickers missing from the market's dynamic partitions; return them."""
+    known = set(instance.get_dynamic_partitions(market.tickers_partition_name))
+    new = [t for t in tickers if t not in known]
+    if new:
+        instance.add_dynamic_partitions(market.tickers_partition_name, new)
+    return new
+
+
+Listed = Mapping[str, Sequence[ArchiveInfo]]
+"""Each requested ticker's trades archives, as listed on Vision."""
+
+
+def list_archives(request: Request, settings: Settings) -> Listed:
+    """List each ticker's archives on Vision; fail on a ticker that has none."""
+    listing = VisionListing(settings.listing_url)
+    listed = {ticker: listing.list_trades_archives(request.market, ticker) for ticker in request.tickers}
+    for ticker, archives in listed.items():
+        if not archives:
+            raise CliError(
+                f"{ticker} has no trades archives on Binance Vision under {request.market.vision_path}/"
+            )
+    return listed
+
+
+def prepare_instance(request: Request, settings: Settings, *, capture_logs: bool = True) -> DagsterInstance:
+    """The instance, with the request's new tickers registered."""
+    instance = open_instance(settings, capture_logs=capture_logs)
+    new = register_tickers(instance, request.market, request.tickers)
+    if new:
+        say(f"registered {request.market.key} tickers: {', '.join(new)}", progress=True)
+    return instance
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """An aligned text table and a row count; numbers right-aligned, everything else left-aligned."""
+    footer = f"({len(rows)} row{'' if len(rows) == 1 else 's'})"
+    if not header:  # an empty result may come without its columns (chDB)
+        return footer
+    cells = [[_cell(v) for v in row] for row in rows]
+    numeric = [bool(rows) and all(isinstance(r[i], int | float) for r in rows) for i in range(len(header))]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(header)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if right else v.ljust(w) for v, w, right in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in cells), footer])
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    return str(value)
+
+
+def count_of(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def size_of(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 100_000 else f"{n:,} bytes"
+
+
+_OUTPUT = threading.Lock()
+
+
+def say(text: str, *, progress: bool = False) -> None:
+    """Whole lines on stdout (results) or stderr (progress), whichever thread prints them."""
+    if text:
+        with _OUTPUT:
+            print(text, file=sys.stderr if progress else sys.stdout, flush=True)
+
+
+def one_line(message: str) -> str:
+    """A server or library error as one line: the ClickHouse exception line when there is one."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    exception = next((line for line in lines if "DB::Exception" in line), None)
+    return exception or (lines[0] if lines else "unknown error")

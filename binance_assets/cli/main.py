@@ -1,0 +1,195 @@
+"""`binance-assets`: discover tickers, materialise or backfill ticker-days (or preview them), set up and
+inspect the store.
+
+Configuration comes from the environment (`settings.py`), completed by a `.env` file in the working
+directory as `dagster dev` does (variables already set win); the Dagster instance is the one of
+``$DAGSTER_HOME``, so CLI runs, backfills and registered tickers show in the UI. Usage errors exit 2,
+failures exit 1, a failed check of severity ERROR exits 3 (its rows stay written), each with one line
+on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import logging
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from dotenv import load_dotenv
+
+from binance_assets.cli.common import PROG, CliError, one_line
+from binance_assets.cli.runs import cmd_backfill, cmd_discover, cmd_materialize
+from binance_assets.cli.store import cmd_init, cmd_sql, cmd_status
+from binance_assets.interrupts import restore_interrupts
+from binance_assets.markets import MARKETS, Market
+from binance_assets.settings import Settings, SettingsError, SettingsWarning, load_settings
+from binance_assets.vision.errors import VisionError
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+_TICKER = re.compile(r"^[A-Z0-9_]+$")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(message, code=2)
+
+
+def _market(value: str) -> Market:
+    if value not in MARKETS:
+        raise argparse.ArgumentTypeError(f"unknown market {value!r}: expected one of {', '.join(MARKETS)}")
+    return MARKETS[value]
+
+
+def _day(value: str) -> dt.date:
+    if _DATE.fullmatch(value):
+        with contextlib.suppress(ValueError):
+            return dt.date.fromisoformat(value)
+    raise argparse.ArgumentTypeError(f"invalid date {value!r}: expected YYYY-MM-DD")
+
+
+def _ticker(value: str) -> str:
+    if not _TICKER.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid ticker {value!r}: expected an uppercase symbol such as BTCUSDT"
+        )
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand; each sets ``handler``."""
+    parser = _Parser(
+        prog=PROG,
+        description="Discover tickers, materialise or backfill ticker-days (or preview them), set up and "
+        "inspect the store. Settings come from the environment and a .env file in the working directory.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    discover = commands.add_parser(
+        "discover",
+        help="register new tickers listed on Binance Vision",
+        description="List each market's tickers on Binance Vision, keep those TICKER_FILTER / TICKERS want, "
+        "and register the new ones as partitions (<market>_tickers) in the Dagster instance.",
+    )
+    discover.add_argument(
+        "--market", type=_market, help="one market (default: every market in BINANCE_MARKETS)"
+    )
+    discover.set_defaults(handler=cmd_discover)
+
+    for name, handler, text in (
+        ("materialize", cmd_materialize, "materialise ticker-days now, in this process"),
+        ("backfill", cmd_backfill, "submit a Dagster backfill that the daemon runs"),
+    ):
+        command = commands.add_parser(
+            name,
+            help=text,
+            description=f"{text[0].upper()}{text[1:]}: hl5s_bars and daily_liquidity of each ticker on every "
+            "day from --start to --end (UTC, inclusive), in runs of at most BINANCE_MAX_DAYS_PER_RUN "
+            "consecutive days. Tickers are registered first if needed.",
+        )
+        command.add_argument(
+            "--market", type=_market, required=True, help="spot, um or cm (see BINANCE_MARKETS)"
+        )
+        command.add_argument(
+            "--ticker",
+            type=_ticker,
+            action="append",
+            required=True,
+            help="symbol such as BTCUSDT; repeatable",
+        )
+        command.add_argument("--start", type=_day, required=True, metavar="YYYY-MM-DD", help="first day")
+        command.add_argument("--end", type=_day, metavar="YYYY-MM-DD", help="last day (default: --start)")
+        preview = command.add_mutually_exclusive_group()
+        preview.add_argument(
+            "--dry-run",
+            action=argparse.BooleanOptionalAction,
+            help="list, download, verify and aggregate as the runs would and print each ticker-day, but "
+            "write nothing (no ClickHouse row, Dagster run or ticker registered); default: BINANCE_DRY_RUN",
+        )
+        preview.add_argument(
+            "--plan",
+            action="store_true",
+            help="print what the runs would download, per ticker, from the Vision listing alone",
+        )
+        if name == "backfill":
+            command.add_argument(
+                "--wait",
+                action="store_true",
+                help="wait until dagster-daemon has run the backfill: progress on stderr, then the summary",
+            )
+        if name == "materialize":
+            command.add_argument(
+                "--no-retries", action="store_true", help="fail at once instead of retrying a failed run step"
+            )
+            command.add_argument(
+                "--verbose", action="store_true", help="also print Dagster's run log (at LOG_LEVEL) on stderr"
+            )
+        command.set_defaults(handler=handler)
+
+    init = commands.add_parser(
+        "init",
+        help="create the ClickHouse database and tables",
+        description="Create CLICKHOUSE_DATABASE and its tables (CLICKHOUSE_BARS_TABLE, "
+        "CLICKHOUSE_LIQUIDITY_TABLE, CLICKHOUSE_ARCHIVES_TABLE) on CLICKHOUSE_URL where missing; print what "
+        "was created and what was found.",
+    )
+    init.set_defaults(handler=cmd_init)
+
+    status = commands.add_parser(
+        "status",
+        help="what the store holds, per ticker",
+        description="Per ticker, from the liquidity table: first and last day loaded, days loaded, days "
+        "missing between them (and which), trades, last load time.",
+    )
+    status.add_argument("--market", type=_market, help="one market (default: all)")
+    status.add_argument("--ticker", type=_ticker, action="append", help="symbol such as BTCUSDT; repeatable")
+    status.set_defaults(handler=cmd_status)
+
+    sql = commands.add_parser(
+        "sql",
+        help="run a query on the ClickHouse store",
+        description="Run QUERY on CLICKHOUSE_URL (database CLICKHOUSE_DATABASE); print the result as a table",
+    )
+    sql.add_argument("query", metavar="QUERY", help='e.g. "SELECT ticker, count() FROM hl5s GROUP BY ticker"')
+    sql.set_defaults(handler=cmd_sql)
+    return parser
+
+
+def _settings() -> Settings:
+    """load_settings(), its warnings (a setting given both ways) printed as one line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SettingsWarning)
+        settings = load_settings()
+    for warning in caught:
+        print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script: the exit code."""
+    restore_interrupts()
+    try:
+        args = build_parser().parse_args(argv)
+        load_dotenv(Path.cwd() / ".env", override=False)
+        # The driver also logs the errors it raises; they reach the user as our one error line.
+        logging.getLogger("clickhouse_connect").addHandler(logging.NullHandler())
+        code: int = args.handler(args, _settings())
+    except CliError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        code = error.code
+    except SettingsError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        code = 2
+    except (VisionError, TimeoutError) as error:
+        print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
+        code = 1
+    return code

@@ -1,0 +1,157 @@
+"""`--plan` (from the listing alone) and `--dry-run` (download, verify, aggregate; write nothing)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from binance_assets.cli.common import (
+    CliError,
+    Listed,
+    Request,
+    count_of,
+    format_table,
+    one_line,
+    say,
+    size_of,
+)
+from binance_assets.cli.runner import Totals, progress_line, run_all
+from binance_assets.definitions import build_resources
+from binance_assets.markets import Market
+from binance_assets.pipeline import DayLoad, LoadStats, load_days
+from binance_assets.plan import TickerPlan, plan_ticker, run_ranges
+from binance_assets.resources import VisionResource
+from binance_assets.settings import Settings
+from binance_assets.vision.errors import VisionError
+from binance_assets.vision.listing import ArchiveInfo
+from binance_assets.vision.trades import TradesFormatError
+
+
+def wants_preview(args: argparse.Namespace, settings: Settings) -> bool:
+    """--plan, --dry-run, or BINANCE_DRY_RUN / DRY_RUN_MODE unless --no-dry-run."""
+    return bool(args.plan or (settings.dry_run if args.dry_run is None else args.dry_run))
+
+
+def run_preview(args: argparse.Namespace, request: Request, listed: Listed, settings: Settings) -> int:
+    """--plan, or a dry run: the runs' ranges, planned (and loaded) as the asset would, nothing written."""
+    today = dt.datetime.now(dt.UTC).date()
+    planner = Planner(request.market, listed, today, settings.publish_grace_days)
+    if args.plan:
+        return _print_plan(request, settings, planner)
+    say("dry run: nothing is written to ClickHouse or the Dagster instance", progress=True)
+    vision: VisionResource = build_resources(settings)["vision"]
+    return run_all(request, settings, DryRuns(planner, vision), "dry run of")
+
+
+@dataclass(frozen=True)
+class Planner:
+    """Plans one ticker's consecutive days from its listing, as the asset does at the start of a run."""
+
+    market: Market
+    listed: Listed
+    today: dt.date
+    grace_days: int
+
+    def __call__(self, ticker: str, first: dt.date, last: dt.date) -> TickerPlan:
+        days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+        return plan_ticker(ticker, days, self.listed[ticker], self.today, self.grace_days)
+
+
+@dataclass(frozen=True)
+class DryRuns:
+    """A RunRange that downloads, verifies and aggregates like a run and prints each ticker-day."""
+
+    planner: Planner
+    vision: VisionResource
+
+    def __call__(self, ticker: str, first: dt.date, last: dt.date) -> Totals:
+        market = self.planner.market
+        what = f"{market.key} {ticker} {first}..{last}"
+        started = time.monotonic()
+        plan = self.planner(ticker, first, last)
+        if plan.unpublished:
+            late = ", ".join(day.isoformat() for day in plan.unpublished)
+            raise CliError(f"{what}: the run would fail: archives not yet published on Vision ({late})")
+        stats = LoadStats()
+        archive_of = {day: archive for archive, days in plan.serves.items() for day in days}
+        try:
+            loads = sorted(
+                (load.day, _day_line(market, load, archive_of.get(load.day)))
+                for load in load_days(market, [plan], self.vision.downloader(), stats)
+            )
+        except (VisionError, TradesFormatError) as error:  # what fails a run's step
+            raise CliError(f"{what}: the run would fail: {one_line(str(error))}") from None
+        say("\n".join(line for _, line in loads))
+        days = count_of(len(plan.days), "day")
+        seconds = time.monotonic() - started
+        say(progress_line(what, days, seconds, stats.trades, stats.bars), progress=True)
+        return Totals(
+            done=stats.days,
+            without_archive=len(plan.no_archive),
+            trades=stats.trades,
+            bars=stats.bars,
+            downloaded=stats.downloaded_bytes,
+        )
+
+
+def _day_line(market: Market, load: DayLoad, archive: ArchiveInfo | None) -> str:
+    row = load.liquidity
+    source = f"{archive.key.rsplit('/', 1)[-1]} ({archive.freq})" if archive else "none"
+    return (
+        f"{market.key} {load.ticker} {load.day}: {row['trade_count']:,} trades, {load.bars.num_rows:,} bars, "
+        f"volume {row['volume']:.8g}, archive {source}"
+    )
+
+
+def _print_plan(request: Request, settings: Settings, planner: Planner) -> int:
+    """Per ticker, what its runs would read: one table, then the totals; no archive is downloaded."""
+    ranges = run_ranges(request.days, settings.max_days_per_run)
+    plans = {ticker: [planner(ticker, first, last) for first, last in ranges] for ticker in request.tickers}
+    header = [
+        "ticker", "monthly_archives", "days_monthly", "days_daily", "days_no_archive", "days_unpublished",
+        "download_bytes",
+    ]  # fmt: skip
+    rows = [[ticker, *_plan_row(ticker_plans)] for ticker, ticker_plans in plans.items()]
+    print(format_table(header, rows))
+    archives = {a.key: a for ticker_plans in plans.values() for p in ticker_plans for a in p.serves}
+    monthly = sum(a.freq == "monthly" for a in archives.values())
+    print(
+        f"plan of {request.market.key} {request.describe()}: {monthly:,} monthly and "
+        f"{len(archives) - monthly:,} daily archives, {size_of(sum(a.size for a in archives.values()))} "
+        "to download (as listed; cached archives are not downloaded again)"
+    )
+    return 0
+
+
+def _plan_row(plans: Sequence[TickerPlan]) -> list[Any]:
+    archives = {a.key: a for p in plans for a in p.serves}
+    served = [(archive.freq, len(days)) for p in plans for archive, days in p.serves.items()]
+    months = sorted(a.period for a in archives.values() if a.freq == "monthly")
+    return [
+        _month_spans(months) or "-",
+        sum(n for freq, n in served if freq == "monthly"),
+        sum(n for freq, n in served if freq == "daily"),
+        sum(len(p.no_archive) for p in plans),
+        sum(len(p.unpublished) for p in plans),
+        sum(a.size for a in archives.values()),
+    ]
+
+
+def _month_spans(months: Sequence[str]) -> str:
+    """Sorted YYYY-MM months as spans: ``2023-11..2024-02, 2024-05``."""
+    spans: list[list[str]] = []
+    for month in months:
+        if spans and _month_after(spans[-1][-1]) == month:
+            spans[-1].append(month)
+        else:
+            spans.append([month])
+    return ", ".join(span[0] if len(span) == 1 else f"{span[0]}..{span[-1]}" for span in spans)
+
+
+def _month_after(month: str) -> str:
+    year, number = int(month[:4]), int(month[5:])
+    return f"{year + number // 12:04d}-{number % 12 + 1:02d}"

@@ -1,0 +1,87 @@
+"""Run each ticker's ranges of days (in order per ticker, tickers in parallel) and add up a summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple, dataclass
+
+from binance_assets.cli.common import CliError, Request, count_of, say, size_of
+from binance_assets.markets import Market
+from binance_assets.plan import run_ranges
+from binance_assets.settings import Settings
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What runs did, for the closing summary: one run's, one ticker's or the whole command's."""
+
+    tickers: int = 0
+    done: int = 0
+    """Ticker-days written (or, in a dry run, aggregated), days without an archive included."""
+    without_archive: int = 0
+    failed: int = 0
+    skipped: int = 0
+    """Ticker-days not run: after a failed run (materialize), or by a backfill that ended without them."""
+    trades: int = 0
+    bars: int = 0
+    downloaded: int = 0
+    """Bytes."""
+
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def summary(self, verb: str, market: Market, seconds: float) -> str:
+        return (
+            f"{verb} {market.key}: {count_of(self.tickers, 'ticker')}; ticker-days: {self.done:,} done "
+            f"({self.without_archive:,} without archive), {self.failed:,} failed, {self.skipped:,} skipped; "
+            f"{self.trades:,} trades, {self.bars:,} bars, {size_of(self.downloaded)} downloaded; "
+            f"{seconds:.1f} s"
+        )
+
+
+RunRange = Callable[[str, dt.date, dt.date], Totals]
+"""Runs (or previews) one ticker's consecutive days, inclusive; raises CliError when it fails."""
+
+
+def run_all(request: Request, settings: Settings, run: RunRange, verb: str) -> int:
+    """Each ticker's ranges in order, BINANCE_PARALLEL_TICKERS tickers at once; after a failure no run
+    starts (the ticker-days left are skipped). Prints the summary, then raises the first failure."""
+    started = time.monotonic()
+    ranges = run_ranges(request.days, settings.max_days_per_run)
+    stop = threading.Event()
+
+    def ticker_runs(ticker: str) -> tuple[Totals, CliError | None]:
+        totals, error = Totals(tickers=1), None
+        for first, last in ranges:
+            days = (last - first).days + 1
+            if stop.is_set():
+                totals += Totals(skipped=days)
+                continue
+            try:
+                totals += run(ticker, first, last)
+            except CliError as failure:
+                stop.set()
+                totals, error = totals + Totals(failed=days), failure
+        return totals, error
+
+    with ThreadPoolExecutor(max_workers=ticker_workers(request, settings)) as pool:
+        outcomes = list(pool.map(ticker_runs, request.tickers))
+    totals = sum((t for t, _ in outcomes), Totals())
+    say(totals.summary(verb, request.market, time.monotonic() - started))
+    errors = [error for _, error in outcomes if error is not None]
+    if errors:
+        raise errors[0]
+    return 0
+
+
+def ticker_workers(request: Request, settings: Settings) -> int:
+    """Tickers run at once: BINANCE_PARALLEL_TICKERS (run.py's NUM_PROCESSES), at most one per ticker."""
+    return min(settings.parallel_tickers, len(request.tickers))
+
+
+def progress_line(what: str, days: str, seconds: float, trades: int, bars: int) -> str:
+    return f"{what}: {days}, {seconds:.1f} s, {trades:,} trades, {bars:,} bars"

@@ -1,0 +1,274 @@
+"""`discover`, `materialize` and `backfill`: Dagster runs in this process, or a backfill for the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetsDefinition,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    ExecuteInProcessResult,
+    MetadataValue,
+    RunsFilter,
+    materialize,
+)
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, PartitionBackfill
+from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
+from dagster._core.utils import make_new_backfill_id
+
+from binance_assets.assets import BARS, DEFAULT_RETRY, LIQUIDITY, asset_key, build_market_assets
+from binance_assets.cli.common import (
+    PROG,
+    REASON,
+    CliError,
+    count_of,
+    enabled_market,
+    list_archives,
+    one_line,
+    open_instance,
+    parse_request,
+    prepare_instance,
+    register_tickers,
+    say,
+)
+from binance_assets.cli.preview import run_preview, wants_preview
+from binance_assets.cli.runner import Totals, progress_line, run_all, ticker_workers
+from binance_assets.definitions import build_definitions, build_resources
+from binance_assets.markets import MARKETS, Market
+from binance_assets.sensors import RANGE_END, RANGE_START
+from binance_assets.settings import Settings
+from binance_assets.vision.listing import VisionListing
+
+
+def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
+    """List, filter and register each market's tickers; print them, new ones marked."""
+    markets = (
+        [enabled_market(args.market, settings)] if args.market else [MARKETS[k] for k in settings.markets]
+    )
+    instance = open_instance(settings)
+    listing = VisionListing(settings.listing_url)
+    for market in markets:
+        listed = listing.list_tickers(market)
+        wanted = [t for t in listed if settings.wants_ticker(t)]
+        new = set(register_tickers(instance, market, wanted))
+        print(f"{market.key}: {len(listed)} tickers listed, {len(wanted)} wanted, {len(new)} new")
+        for ticker in wanted:
+            print(f"  {ticker}{'  new' if ticker in new else ''}")
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
+    """Run each ticker's ranges in this process, one Dagster run per range, BINANCE_PARALLEL_TICKERS
+    tickers at once; no run starts after a failure. Or preview them (--plan, --dry-run)."""
+    request = parse_request(args, settings)
+    listed = list_archives(request, settings)
+    if wants_preview(args, settings):
+        return run_preview(args, request, listed, settings)
+    runs = InProcessRuns(
+        market=request.market,
+        assets=build_market_assets(
+            request.market,
+            settings.max_days_per_run,
+            retry_policy=None if args.no_retries else DEFAULT_RETRY,
+            kline_check=settings.kline_check,
+            freshness_deadline=settings.freshness_deadline,
+        ),
+        resources=build_resources(settings),
+        instance=prepare_instance(request, settings, capture_logs=ticker_workers(request, settings) == 1),
+        log_level=settings.log_level if args.verbose else "CRITICAL",
+    )
+    return run_all(request, settings, runs, "materialised")
+
+
+@dataclass(frozen=True)
+class InProcessRuns:
+    """One Dagster run in this process per (ticker, days): a RunRange."""
+
+    market: Market
+    assets: AssetsDefinition
+    resources: Mapping[str, Any]
+    instance: DagsterInstance
+    log_level: str
+
+    def __call__(self, ticker: str, first: dt.date, last: dt.date) -> Totals:
+        what = f"{self.market.key} {ticker} {first}..{last}"
+        started = time.monotonic()
+        result = materialize(
+            [self.assets],
+            instance=self.instance,
+            resources=dict(self.resources),
+            tags={
+                RANGE_START: f"{first}|{ticker}",
+                RANGE_END: f"{last}|{ticker}",
+                "binance/market": self.market.key,
+                "binance/reason": REASON,
+            },
+            run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}},
+            raise_on_error=False,
+        )
+        seconds = time.monotonic() - started
+        if not result.success:
+            raise CliError(f"{what}: run {result.run_id} failed after {seconds:.1f} s: {_failure(result)}")
+        totals = _run_totals(result, self.assets.node_def.name, self.market)
+        days = count_of((last - first).days + 1, "day")
+        say(progress_line(what, days, seconds, totals.trades, totals.bars), progress=True)
+        checks = result.get_asset_check_evaluations()
+        say("\n".join(_check_line(check) for check in checks), progress=True)
+        failed = [c for c in checks if not c.passed and c.severity == AssetCheckSeverity.ERROR]
+        if failed:
+            more = f" (and {count_of(len(failed) - 1, 'other ERROR check')})" if len(failed) > 1 else ""
+            failure = _check_line(failed[0]).strip()
+            raise CliError(
+                f"{what}: run {result.run_id} wrote its rows, but check {failure}{more}", CHECK_FAILED
+            )
+        return totals
+
+
+CHECK_FAILED = 3
+"""Exit status of `materialize` when a check of severity ERROR fails (WARN checks never change it)."""
+
+
+def _check_line(check: AssetCheckEvaluation) -> str:
+    """``  matches_binance_klines (ERROR) passed`` or ``... failed, first on BTCUSDT 2024-03-02 07:41``."""
+    first = check.metadata.get("first_failure")
+    outcome = "passed" if check.passed else "failed" + (f", first on {first.value}" if first else "")
+    return f"  {check.check_name} ({check.severity.value}) {outcome}"
+
+
+def _run_totals(result: ExecuteInProcessResult, node: str, market: Market) -> Totals:
+    """The run's counts, from daily_liquidity's output metadata (each partition's materialisation
+    carries the run's totals)."""
+    key = asset_key(market, LIQUIDITY)
+    return _metadata_totals(
+        next(m.metadata for m in result.asset_materializations_for_node(node) if m.asset_key == key)
+    )
+
+
+def _metadata_totals(metadata: Mapping[str, MetadataValue]) -> Totals:
+    """A run's counts, from daily_liquidity's output metadata (see assets._metadata)."""
+
+    def value(name: str) -> int:
+        return int(metadata[name].value)
+
+    return Totals(
+        done=value("ticker_days"),
+        without_archive=value("days_without_archive"),
+        trades=value("trade_count"),
+        bars=value("bar_count"),
+        downloaded=value("bytes_downloaded"),
+    )
+
+
+def _failure(result: ExecuteInProcessResult) -> str:
+    """The first step failure's own message (its innermost cause: the error raised, not Dagster's wrapper)."""
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None and error.cause is not None:
+            error = error.cause
+        if error is not None:
+            return one_line(re.sub(rf"^[\w.]*\b{re.escape(error.cls_name)}: ", "", error.message))
+    return "the run failed before its step started (see the run in the Dagster UI)"
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    """Add asset backfills to the instance; the daemon chunks each into runs by the BackfillPolicy.
+    Or preview the runs (--plan, --dry-run) as `materialize` would make them.
+
+    Dagster cuts a multi-partition backfill along its dimension with fewer keys, so each backfill holds
+    at most as many tickers as days: its runs are then a ticker's consecutive days (which lets a run use
+    a month's monthly archive), not one day of many tickers.
+    """
+    request = parse_request(args, settings)
+    listed = list_archives(request, settings)
+    if wants_preview(args, settings):
+        return run_preview(args, request, listed, settings)
+    started = time.monotonic()
+    instance = prepare_instance(request, settings)
+    market = request.market
+    asset_graph = build_definitions(settings).resolve_asset_graph()
+    group = max(1, len(request.days))
+    backfill_ids = []
+    for start in range(0, len(request.tickers), group):
+        tickers = request.tickers[start : start + group]
+        backfill = PartitionBackfill.from_asset_partitions(
+            backfill_id=make_new_backfill_id(),
+            asset_graph=asset_graph,
+            partition_names=[f"{day}|{ticker}" for ticker in tickers for day in request.days],
+            asset_selection=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
+            backfill_timestamp=time.time(),
+            tags={"binance/market": market.key, "binance/reason": REASON},
+            dynamic_partitions_store=instance,
+            all_partitions=False,
+            title=f"{market.key} {request.describe()}",
+            description=f"{PROG} backfill: {', '.join(tickers)}",
+            run_config=None,
+        )
+        instance.add_backfill(backfill)
+        backfill_ids.append(backfill.backfill_id)
+        say(backfill.backfill_id)
+    say(f"submitted backfill of {market.key} {request.describe()}; dagster-daemon runs it", progress=True)
+    if not args.wait:
+        return 0
+    runs = _follow(instance, backfill_ids)
+    totals = sum(
+        (_backfill_run_totals(instance, run, market) for run in runs), Totals(tickers=len(request.tickers))
+    )
+    totals += Totals(skipped=len(request.tickers) * len(request.days) - totals.done - totals.failed)
+    say(totals.summary("backfilled", market, time.monotonic() - started))
+    failed = [run.run_id for run in runs if run.status != DagsterRunStatus.SUCCESS]
+    if failed:
+        raise CliError(f"{count_of(len(failed), 'run')} of the backfill did not succeed: {', '.join(failed)}")
+    return 0
+
+
+_POLL_SECONDS = 2.0
+
+
+def _follow(instance: DagsterInstance, backfill_ids: Sequence[str]) -> list[DagsterRun]:
+    """Poll until every backfill is done, printing run counts as they change; each range's latest run."""
+    say("waiting for dagster-daemon (Ctrl-C stops waiting, not the backfill)", progress=True)
+    shown = ""
+    while True:
+        done = all(instance.get_backfill(i).status in BULK_ACTION_TERMINAL_STATUSES for i in backfill_ids)
+        latest: dict[tuple[str, str], DagsterRun] = {}
+        for backfill_id in backfill_ids:
+            for run in instance.get_runs(RunsFilter(tags={BACKFILL_ID_TAG: backfill_id})):  # newest first
+                latest.setdefault(_run_partitions(run), run)
+        counts = Counter(run.status.value.lower() for run in latest.values())
+        progress = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no run yet"
+        if progress != shown:
+            say(f"backfill runs: {progress}", progress=True)
+            shown = progress
+        if done:
+            return list(latest.values())
+        time.sleep(_POLL_SECONDS)
+
+
+def _run_partitions(run: DagsterRun) -> tuple[str, str]:
+    """First and last partition key of a backfill run (one ticker's consecutive days)."""
+    if RANGE_START in run.tags:
+        return run.tags[RANGE_START], run.tags[RANGE_END]
+    return run.tags[PARTITION_NAME_TAG], run.tags[PARTITION_NAME_TAG]
+
+
+def _backfill_run_totals(instance: DagsterInstance, run: DagsterRun, market: Market) -> Totals:
+    """A finished run's counts: from its daily_liquidity materialisation, or its range as failed days."""
+    if run.status != DagsterRunStatus.SUCCESS:
+        first, last = (dt.date.fromisoformat(key.split("|")[0]) for key in _run_partitions(run))
+        return Totals(failed=(last - first).days + 1)
+    records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    key = asset_key(market, LIQUIDITY)
+    materializations = (r.event_log_entry.asset_materialization for r in records)
+    return _metadata_totals(next(m.metadata for m in materializations if m and m.asset_key == key))

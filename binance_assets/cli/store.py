@@ -1,0 +1,170 @@
+"""`init`, `status` and `sql`: the store's tables, what was loaded, any query."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+
+from binance_assets.cli.common import PROG, CliError, format_table, one_line
+from binance_assets.clickhouse import tables
+from binance_assets.clickhouse.client import describe_url, open_client
+from binance_assets.clickhouse.tables import (
+    ServerVersionError,
+    TableSpec,
+    check_server_version,
+    ensure_tables,
+    qualified,
+    quote,
+)
+from binance_assets.settings import Settings
+
+_OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^\"')]+)")
+"""The reason inside a driver's connection error: ``[Errno 111] Connection refused``."""
+
+
+@contextlib.contextmanager
+def _store(settings: Settings) -> Iterator[Client]:
+    """A client on CLICKHOUSE_URL; a server that cannot be reached or used is one error line."""
+    try:
+        with open_client(settings.clickhouse_url) as client:
+            yield client
+    except OperationalError as error:
+        reason = _OS_ERROR.search(str(error))
+        raise CliError(
+            f"ClickHouse at {describe_url(settings.clickhouse_url)} is unreachable: "
+            f"{reason[1] if reason else one_line(str(error))}"
+        ) from None
+    except (ClickHouseError, ServerVersionError) as error:
+        raise CliError(
+            f"ClickHouse at {describe_url(settings.clickhouse_url)}: {one_line(str(error))}"
+        ) from None
+
+
+def _tables(settings: Settings) -> list[tuple[str, TableSpec]]:
+    return [
+        (settings.bars_table, tables.BARS),
+        (settings.liquidity_table, tables.LIQUIDITY),
+        (settings.archives_table, tables.ARCHIVES),
+    ]
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    """Create the database and tables where missing (as every write does); print what was created or
+    found. A table found under one of our names must be ours (key columns present, our columns' types)."""
+    database = settings.clickhouse_database
+    with _store(settings) as client:
+        check_server_version(client)
+        found = {f"database {database}": _exists(client, "DATABASE", quote(database))}
+        for table, spec in _tables(settings):
+            label = f"table {database}.{table}"
+            found[label] = _exists(client, "TABLE", qualified(database, table))
+            if found[label]:
+                _refuse_foreign(client, database, table, spec)
+        ensure_tables(
+            client,
+            database,
+            settings.bars_table,
+            settings.liquidity_table,
+            settings.archives_table,
+            cluster=settings.clickhouse_cluster,
+        )
+        print(f"ClickHouse {describe_url(settings.clickhouse_url)}, server {client.server_version}")
+    for what, existed in found.items():
+        print(f"{what}: {'found' if existed else 'created'}")
+    return 0
+
+
+def _exists(client: Client, kind: str, name: str) -> bool:
+    return bool(int(client.command(f"EXISTS {kind} {name}")))
+
+
+def _refuse_foreign(client: Client, database: str, table: str, spec: TableSpec) -> None:
+    """Fail, before any DDL touches it, on an existing table that cannot be ours (run.py's, say)."""
+    problems = _foreign_columns(client, database, table, spec)
+    if problems:
+        raise CliError(
+            f"table {database}.{table} exists but was not made by {PROG} ({'; '.join(problems)}): pick "
+            "another name (CLICKHOUSE_*_TABLE, or run.py's DATA_TABLE_NAME / CONTROL_TABLE_NAME)"
+        )
+
+
+def _foreign_columns(client: Client, database: str, table: str, spec: TableSpec) -> list[str]:
+    """Why an existing table cannot be ours: a key column missing, or a column of ours with another type."""
+    result = client.query(
+        "SELECT name, type FROM system.columns WHERE database = {database:String} AND table = {table:String}",
+        parameters={"database": database, "table": table},
+    )
+    types = dict(result.result_rows)
+    missing = [name for name in spec.order_by if name not in types]
+    retyped = [f"{c.name} is {types[c.name]}" for c in spec.columns if types.get(c.name, c.type) != c.type]
+    return ([f"no column {', '.join(missing)}"] if missing else []) + retyped
+
+
+STATUS_SQL = """
+WITH arraySort(groupArray(day)) AS days
+SELECT market, ticker, min(day) AS first_day, max(day) AS last_day, count() AS days_loaded,
+  dateDiff('day', first_day, last_day) + 1 - days_loaded AS days_missing,
+  arrayStringConcat(arrayMap(
+    i -> if(dateDiff('day', days[i - 1], days[i]) = 2, toString(days[i - 1] + 1),
+            concat(toString(days[i - 1] + 1), '..', toString(days[i] - 1))),
+    arrayFilter(i -> i > 1 AND dateDiff('day', days[i - 1], days[i]) > 1, arrayEnumerate(days))), ', ')
+    AS missing,
+  sum(trade_count) AS trades, max(loaded_at) AS last_loaded
+FROM {table} FINAL
+WHERE {where}
+GROUP BY market, ticker
+ORDER BY market, ticker
+"""
+"""One query for a whole market: per ticker, its loaded span, the days missing inside it (as ranges)."""
+
+
+def status_sql(
+    database: str, table: str, market: str | None, tickers: Sequence[str]
+) -> tuple[str, dict[str, Any]]:
+    where, params = ["1"], {}
+    if market:
+        where.append("market = {market:String}")
+        params["market"] = market
+    if tickers:
+        where.append("ticker IN {tickers:Array(String)}")
+        params["tickers"] = list(tickers)
+    sql = STATUS_SQL.replace("{table}", qualified(database, table)).replace("{where}", " AND ".join(where))
+    return sql.strip(), params
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Per ticker: what the liquidity table says was loaded, gaps included."""
+    database, table = settings.clickhouse_database, settings.liquidity_table
+    sql, params = status_sql(database, table, args.market.key if args.market else None, args.ticker or ())
+    with _store(settings) as client:
+        if not _exists(client, "TABLE", qualified(database, table)):
+            raise CliError(f"table {database}.{table} does not exist: nothing loaded yet (see {PROG} init)")
+        result = client.query(sql, parameters=params)
+    print(format_table(result.column_names, result.result_rows))
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a query on the store (its tables created if missing) and print the result."""
+    try:
+        with open_client(settings.clickhouse_url) as client:
+            ensure_tables(
+                client,
+                settings.clickhouse_database,
+                settings.bars_table,
+                settings.liquidity_table,
+                settings.archives_table,
+                cluster=settings.clickhouse_cluster,
+            )
+            client.database = settings.clickhouse_database
+            result = client.query(args.query)
+    except ClickHouseError as error:
+        raise CliError(one_line(str(error))) from None
+    print(format_table(result.column_names, result.result_rows))
+    return 0
