@@ -11,9 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dagster import (
-    DagsterInstance,
-)
+from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
 from binance_assets.markets import Market
@@ -21,8 +19,6 @@ from binance_assets.settings import Settings
 from binance_assets.vision.listing import ArchiveInfo, VisionListing
 
 PROG = "binance-assets"
-
-
 REASON = "cli"
 
 
