@@ -179,6 +179,12 @@ def build_market_assets(
         started = time.monotonic()
         yield Output(bars_per_day(), output_name=BARS)
         liquidity = pa.Table.from_pylist(liquidity_rows, schema=LIQUIDITY_SCHEMA)
+        keys = {archive["sha256"]: archive["key"] for archive in stats.archives}
+        for row in liquidity_rows:  # each partition's own figures, so the UI plots liquidity per day
+            partition = MultiPartitionKey({"date": row["day"].isoformat(), "ticker": row["ticker"]})
+            context.add_asset_metadata(
+                _day_metadata(row, keys), asset_key=liquidity_key, partition_key=partition
+            )
         yield Output(liquidity, output_name=LIQUIDITY, metadata=_metadata(stats, liquidity, plans, started))
         run = RunSlice(
             market.key, tuple(days_by_ticker), tuple(sorted({d for v in days_by_ticker.values() for d in v}))
@@ -229,20 +235,34 @@ def _plan(
     return plans
 
 
+def _day_metadata(row: dict[str, Any], archive_keys: dict[str, str]) -> dict[str, Any]:
+    """One ticker-day's figures, on its own partition's materialisation."""
+    return {
+        "trade_count": int(row["trade_count"]),
+        "volume": float(row["volume"]),
+        "quote_volume": float(row["quote_volume"]),
+        "bar_count": int(row["bar_count"]),
+        "missing_trade_ids": int(row["missing_trade_ids"]),
+        "source": row["source"],
+        "archive": archive_keys.get(row["archive_sha256"], "none"),
+        "archive_sha256": row["archive_sha256"] or "none",
+    }
+
+
 def _metadata(
     stats: LoadStats, liquidity: pa.Table, plans: list[TickerPlan], started: float
 ) -> dict[str, Any]:
+    """The run's totals (every partition of the run carries them, beside its own day's figures)."""
     sources = liquidity.column("source").to_pylist()
     return {
-        "trade_count": stats.trades,
-        "bar_count": stats.bars,
-        "volume": float(sum(liquidity.column("volume").to_pylist())),
-        "quote_volume": float(sum(liquidity.column("quote_volume").to_pylist())),
-        "ticker_days": stats.days,
-        "days_from_daily": sources.count("daily"),
-        "days_from_monthly": sources.count("monthly"),
-        "days_without_archive": sources.count("none"),
-        "archive": "none" if not stats.archives else f"{len(stats.archives)} archives",
+        "run_trade_count": stats.trades,
+        "run_bar_count": stats.bars,
+        "run_volume": float(sum(liquidity.column("volume").to_pylist())),
+        "run_quote_volume": float(sum(liquidity.column("quote_volume").to_pylist())),
+        "run_ticker_days": stats.days,
+        "run_days_from_daily": sources.count("daily"),
+        "run_days_from_monthly": sources.count("monthly"),
+        "run_days_without_archive": sources.count("none"),
         "archives": MetadataValue.md(_archives_table(stats.archives)) if stats.archives else "none",
         "bytes_downloaded": stats.downloaded_bytes,
         "seconds_download": round(stats.download_seconds, 3),

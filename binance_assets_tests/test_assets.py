@@ -107,6 +107,18 @@ def test_range_with_monthly_archive_matches_oracle(
         partitions = [r.partition_key for r in records]
         assert len(partitions) == len(set(partitions)) == 34 + 7
 
+    # each partition carries its own day's figures (what the UI plots), beside the run's totals
+    records = instance.fetch_materializations(
+        AssetKey(["binance", "um", "daily_liquidity"]), limit=1000
+    ).records
+    by_partition = {r.partition_key: r.asset_materialization.metadata for r in records}
+    day = by_partition["2024-01-31|ETHUSDT"]
+    assert day["trade_count"].value == stats.loc[dt.date(2024, 1, 31), "trade_count"]
+    assert day["source"].value == "daily" and day["archive"].value.endswith("ETHUSDT-trades-2024-01-31.zip")
+    assert by_partition["2024-01-28|ETHUSDT"]["archive"].value == "none"
+    assert by_partition["2024-01-15|BTCUSDT"]["archive"].value.endswith("BTCUSDT-trades-2024-01.zip")
+    assert day["run_ticker_days"].value == 7
+
 
 @pytest.mark.parametrize("checksum", ["matches the cut file", "is wrong"])
 def test_bad_archive_fails_and_leaves_old_rows_then_rerun_repairs(

@@ -163,10 +163,10 @@ def _metadata_totals(metadata: Mapping[str, MetadataValue]) -> Totals:
         return int(metadata[name].value)
 
     return Totals(
-        done=value("ticker_days"),
-        without_archive=value("days_without_archive"),
-        trades=value("trade_count"),
-        bars=value("bar_count"),
+        done=value("run_ticker_days"),
+        without_archive=value("run_days_without_archive"),
+        trades=value("run_trade_count"),
+        bars=value("run_bar_count"),
         downloaded=value("bytes_downloaded"),
     )
 
