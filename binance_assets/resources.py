@@ -10,8 +10,7 @@ from clickhouse_connect.driver.client import Client
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from binance_assets.clickhouse.client import open_client
-from binance_assets.clickhouse.tables import ensure_tables
+from binance_assets.clickhouse.tables import open_store
 from binance_assets.plan import DEFAULT_PUBLISH_GRACE_DAYS
 from binance_assets.settings import DEFAULT_LISTING_URL, DEFAULT_VISION_URL
 from binance_assets.vision.download import VisionDownloader
@@ -65,13 +64,13 @@ class ClickHouseResource(ConfigurableResource):
     @contextmanager
     def get_client(self) -> Iterator[Client]:
         """An open client with the tables in place; for chdb:// the store lock is held meanwhile."""
-        with open_client(self.url, password=self.password or None) as client:
-            ensure_tables(
-                client,
-                self.database,
-                self.bars_table,
-                self.liquidity_table,
-                self.archives_table,
-                cluster=self.cluster,
-            )
+        with open_store(
+            self.url,
+            self.database,
+            self.bars_table,
+            self.liquidity_table,
+            self.archives_table,
+            password=self.password,
+            cluster=self.cluster,
+        ) as client:
             yield client

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
 
 from binance_assets.assets import build_market_assets
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
@@ -47,15 +47,21 @@ def resources(server: VisionServer, store_url: str, tmp_path: Path) -> dict[str,
     }
 
 
-def run_range(instance: DagsterInstance, res: dict[str, object], ticker: str, first: str, last: str) -> bool:
-    result = materialize(
+def materialize_range(
+    instance: DagsterInstance, res: dict[str, object], ticker: str, first: str, last: str
+) -> ExecuteInProcessResult:
+    """One run over [first, last] of one ticker, as a backfill chunk; failures returned, not raised."""
+    return materialize(
         [build_market_assets(UM, 31, retry_policy=None)],
         instance=instance,
         resources=res,
         tags={RANGE_START: f"{first}|{ticker}", RANGE_END: f"{last}|{ticker}"},
         raise_on_error=False,
     )
-    return result.success
+
+
+def run_range(instance: DagsterInstance, res: dict[str, object], ticker: str, first: str, last: str) -> bool:
+    return materialize_range(instance, res, ticker, first, last).success
 
 
 def test_range_with_monthly_archive_matches_oracle(
@@ -165,13 +171,7 @@ def test_recent_day_not_yet_published_fails_retryably(
     publish(vision_server.root, "um", "ETHUSDT", [yesterday - dt.timedelta(days=1)], seed=9)
     res = resources(vision_server, store_url, tmp_path)
     first, last = (yesterday - dt.timedelta(days=1)).isoformat(), yesterday.isoformat()
-    result = materialize(
-        [build_market_assets(UM, 31, retry_policy=None)],
-        instance=instance,
-        resources=res,
-        tags={RANGE_START: f"{first}|ETHUSDT", RANGE_END: f"{last}|ETHUSDT"},
-        raise_on_error=False,
-    )
+    result = materialize_range(instance, res, "ETHUSDT", first, last)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "not yet published" in str(failure.event_specific_data.error.message)

@@ -41,7 +41,7 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
-from binance_assets.clickhouse.client import open_client, validate_url
+from binance_assets.clickhouse.client import validate_url
 from binance_assets.clickhouse.tables import (
     BARS,
     INSERT_SETTINGS,
@@ -51,7 +51,7 @@ from binance_assets.clickhouse.tables import (
     conform,
     count_slice_sql,
     delete_slice_sql,
-    ensure_tables,
+    open_store,
     qualified,
     quote,
     render_sql,
@@ -325,15 +325,15 @@ class ClickHouseIOManager(ConfigurableIOManager):
     @contextmanager
     def _connect(self) -> Iterator[Client]:
         """The store, with its tables in place; for chdb:// its lock is held until the block ends."""
-        with open_client(self.url, password=self.password or None) as client:
-            ensure_tables(
-                client,
-                self.database,
-                self.bars_table,
-                self.liquidity_table,
-                self.archives_table,
-                cluster=self.cluster,
-            )
+        with open_store(
+            self.url,
+            self.database,
+            self.bars_table,
+            self.liquidity_table,
+            self.archives_table,
+            password=self.password,
+            cluster=self.cluster,
+        ) as client:
             yield client
 
     def _target(self, context: OutputContext | InputContext, metadata: Mapping[str, Any]) -> Target:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import pyarrow as pa
 from clickhouse_connect.driver.binding import format_query_value
 from clickhouse_connect.driver.client import Client
+
+from binance_assets.clickhouse.client import open_client
 
 MIN_SERVER_VERSION = (23, 3)
 """Lightweight `DELETE FROM` is enabled by default from ClickHouse 23.3."""
@@ -259,6 +262,24 @@ def ensure_tables(
     for table in stored_tables(liquidity_table, cluster):
         client.command(LIQUIDITY.add_missing_columns(database, table, cluster))
     _ensured.add(key)
+
+
+@contextmanager
+def open_store(
+    url: str,
+    database: str,
+    bars_table: str,
+    liquidity_table: str,
+    archives_table: str = "archives",
+    *,
+    password: str = "",
+    cluster: str = "",
+) -> Iterator[Client]:
+    """An open client with the database and tables in place; for chdb:// the store lock is held until
+    the block ends. The one opener of the IO manager and the ClickHouse resource."""
+    with open_client(url, password=password or None) as client:
+        ensure_tables(client, database, bars_table, liquidity_table, archives_table, cluster=cluster)
+        yield client
 
 
 def _slice_where(s: Slice) -> tuple[str, dict[str, Any]]:
