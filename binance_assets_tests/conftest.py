@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,8 @@ from dagster import DagsterInstance, instance_for_test
 
 from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS
+from binance_assets_tests.helpers import REPO, Cli, cli_env
+from binance_assets_tests.postgres import PostgresServer, PostgresUnavailable, find_bin_dir, postgres_server
 from binance_assets_tests.vision_server import VisionServer
 
 
@@ -55,3 +58,38 @@ def instance(bare_instance: DagsterInstance) -> DagsterInstance:
 def store_url(tmp_path: Path) -> str:
     """A fresh embedded ClickHouse store."""
     return f"chdb://{tmp_path / 'clickhouse'}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server (binance_assets_tests/postgres.py), skipped where none can be had."""
+    try:
+        find_bin_dir()
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def instance_cli(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    vision_server: VisionServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Cli:
+    """The CLI on the laptop instance (dagster.yaml, SQLite) or the production one (deploy/dagster.yaml,
+    PostgreSQL)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    store_url = f"chdb://{tmp_path / 'clickhouse'}"
+    env = cli_env(home, vision_server, store_url)
+    if request.param == "sqlite":
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    else:
+        shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
+        database = request.getfixturevalue("postgres").create_database(f"dagster_{tmp_path.name.lower()}")
+        env.update(database.env)
+        for name, value in database.env.items():  # the test's own instance reads them too
+            monkeypatch.setenv(name, value)
+    return Cli(env, home, store_url)

@@ -48,12 +48,11 @@ from binance_assets_tests.helpers import (
     TODAY,
     Cli,
     assert_bars_match,
-    cli_env,
     partitions_materialised,
     query,
     running_daemon,
 )
-from binance_assets_tests.postgres import PostgresServer, PostgresUnavailable, find_bin_dir, postgres_server
+from binance_assets_tests.postgres import PostgresServer
 from binance_assets_tests.vision_server import VisionServer
 
 DEPLOY = REPO / "deploy"
@@ -106,16 +105,6 @@ def variables_set(node: object) -> set[str]:
         else:
             names |= set(value)
     return names
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    try:
-        find_bin_dir()
-    except PostgresUnavailable as error:
-        pytest.skip(str(error))
-    with postgres_server() as server:
-        yield server
 
 
 def test_production_instance_has_the_laptop_limits_and_postgres_from_the_environment() -> None:
@@ -312,29 +301,7 @@ def test_production_instance_keeps_runs_events_and_partitions_in_postgres(
         assert record.partition_key == "2024-01-01|BTCUSDT"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def instance_cli(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    vision_server: VisionServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Cli:
-    """The CLI of test_cli.py on the laptop instance (SQLite) or on deploy/dagster.yaml (PostgreSQL)."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    store_url = f"chdb://{tmp_path / 'clickhouse'}"
-    env = cli_env(home, vision_server, store_url)
-    if request.param == "sqlite":
-        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    else:
-        shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-        database = request.getfixturevalue("postgres").create_database(f"dagster_{tmp_path.name.lower()}")
-        env.update(database.env)
-        for name, value in database.env.items():  # the test's own instance reads them too
-            monkeypatch.setenv(name, value)
-    return Cli(env, home, store_url)
-
-
+@pytest.mark.slow
 def test_daemon_backfill_on_each_instance(
     instance_cli: Cli, vision_server: VisionServer, vision_root: Path, tmp_path: Path
 ) -> None:
