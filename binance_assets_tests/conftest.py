@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
@@ -11,6 +12,9 @@ from binance_assets.clickhouse.client import open_client
 from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS
 from binance_assets_tests.vision_server import VisionServer
+
+if TYPE_CHECKING:
+    from binance_assets_tests.loaded_store import LoadedStore
 
 
 @pytest.fixture
@@ -66,3 +70,19 @@ def query(store_url: str, sql: str) -> pd.DataFrame:
     if "day" in frame:
         frame["day"] = pd.to_datetime(frame["day"]).dt.date
     return frame
+
+
+@pytest.fixture(scope="session")
+def loaded_store(tmp_path_factory: pytest.TempPathFactory) -> LoadedStore:
+    """One store per session, filled by the real pipeline (see loaded_store.py); read only."""
+    from binance_assets_tests.loaded_store import load_store  # it imports REAL from here
+
+    return load_store(tmp_path_factory.mktemp("loaded"))
+
+
+@pytest.fixture
+def reader_env(loaded_store: LoadedStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> LoadedStore:
+    """The loaded store as CLICKHOUSE_URL, in an empty working directory (no stray .env)."""
+    monkeypatch.setenv("CLICKHOUSE_URL", loaded_store.url)
+    monkeypatch.chdir(tmp_path)
+    return loaded_store

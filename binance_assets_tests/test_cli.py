@@ -117,7 +117,7 @@ def partitions_materialised(instance: DagsterInstance, name: str, year: str) -> 
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["discover"], ["materialize"], ["backfill"], ["init"], ["status"], ["sql"]]
+    "command", [[], ["discover"], ["materialize"], ["backfill"], ["init"], ["status"], ["sql"], ["export"]]
 )
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
