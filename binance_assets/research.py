@@ -91,8 +91,8 @@ def read_liquidity(
 
 
 def environment_settings() -> Settings:
-    """The CLI's settings; a setting given both ways is a SettingsWarning, as when loading them."""
-    return settings_from_environment(lambda message: warnings.warn(message, SettingsWarning, stacklevel=4))
+    """The CLI's settings; a setting given both ways is a SettingsWarning at the caller of the API."""
+    return settings_from_environment(lambda message: warnings.warn(message, SettingsWarning, stacklevel=5))
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import pytest
 from binance_assets import read_bars, read_liquidity
 from binance_assets.arguments import ArgumentError
 from binance_assets.clickhouse.client import StoreBusyError, lock_file_for
+from binance_assets.settings import SettingsWarning
 from binance_assets_tests.conftest import REAL, query
 from binance_assets_tests.loaded_store import DAYS, REAL_DAY, LoadedStore
 
@@ -174,6 +175,16 @@ def test_settings_come_from_dotenv_as_for_the_cli(
     monkeypatch.delenv("CLICKHOUSE_URL")
     (tmp_path / ".env").write_text(f"CLICKHOUSE_URL={reader_env.url}\n")
     assert read_liquidity("spot")["ticker"].tolist() == ["BTCUSDT"]
+
+
+def test_a_setting_given_both_ways_warns_at_the_caller(
+    reader_env: LoadedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLICKHOUSE_BARS_TABLE", "hl5s")
+    monkeypatch.setenv("DATA_TABLE_NAME", "bars")  # its run.py name
+    with pytest.warns(SettingsWarning, match="using CLICKHOUSE_BARS_TABLE") as caught:
+        bars = read_bars("spot", "BTCUSDT", REAL_DAY, REAL_DAY, "1m")
+    assert len(bars) == 1 and caught[0].filename == __file__
 
 
 def test_importing_the_api_imports_neither_dagster_nor_polars() -> None:
