@@ -25,16 +25,13 @@ from binance_assets.arguments import ArgumentError
 from binance_assets.cli.common import PROG, CliError, one_line
 from binance_assets.cli.store import cmd_init, cmd_sql, cmd_status
 from binance_assets.interrupts import restore_interrupts
-from binance_assets.markets import MARKETS, Market
+from binance_assets.markets import MARKETS, TICKER_PATTERN, Market
 from binance_assets.settings import Settings, SettingsError, settings_from_environment
 from binance_assets.vision.errors import VisionError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-_TICKER = re.compile(r"^[A-Z0-9_]+$")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,7 +55,7 @@ def _day(value: str) -> dt.date:
 
 
 def _ticker(value: str) -> str:
-    if not _TICKER.fullmatch(value):
+    if not TICKER_PATTERN.fullmatch(value):
         raise argparse.ArgumentTypeError(
             f"invalid ticker {value!r}: expected an uppercase symbol such as BTCUSDT"
         )

@@ -175,15 +175,18 @@ def _camel_to_snake(column: str) -> str:
     return re.sub(r"(?<=[a-z])([A-Z])", r"_\1", column).lower()
 
 
-def read_trades(path: Path, market: Market, *, chunk_size: int = _CHUNK_SIZE) -> Iterator[pa.RecordBatch]:
+def read_trades(
+    path: Path, market: Market, *, name: str | None = None, chunk_size: int = _CHUNK_SIZE
+) -> Iterator[pa.RecordBatch]:
     """Stream the trades of one Binance trades zip as record batches in TRADES_SCHEMA.
 
     A thread inflates the next line-aligned chunk while Arrow parses the current one on its own threads.
     Raises TradesFormatError naming the archive (and the line) for a corrupt zip, unexpected columns or
-    an unparsable row. Rows keep file order: sorting and de-duplication are the aggregator's job, since
-    monthly files interleave days.
+    an unparsable row (as ``name``, by default the file's name: the cache names files by their sha256).
+    Rows keep file order: sorting and de-duplication are the aggregator's job, since monthly files
+    interleave days.
     """
-    name = Path(path).name
+    name = name or Path(path).name
     with open(path, "rb") as file:
         try:
             info = _csv_member(zipfile.ZipFile(file), name)
