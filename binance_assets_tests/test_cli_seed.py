@@ -237,9 +237,21 @@ def test_status_reports_each_tickers_span_and_exactly_its_gaps(
     ticker_days = [("um", "BTCUSDT", day) for day in jan[:3]] + [("spot", "BTCUSDT", day) for day in jan]
     ticker_days += [("um", "ETHUSDT", day) for day in jan if day.day not in (4, 7, 8)]
     loaded_at = dt.datetime(2024, 2, 1, 12, tzinfo=dt.UTC)
-    rows = [(m, t, d, 100, loaded_at + dt.timedelta(hours=d.day)) for m, t, d in ticker_days]
+    # ETHUSDT's first two days and BTCUSDT's last day had no archive (zero rows, source 'none')
+    none = {("um", "ETHUSDT", jan[0]), ("um", "ETHUSDT", jan[1]), ("um", "BTCUSDT", jan[2])}
+    rows = [
+        (
+            m,
+            t,
+            d,
+            0 if (m, t, d) in none else 100,
+            "none" if (m, t, d) in none else "daily",
+            loaded_at + dt.timedelta(hours=d.day),
+        )
+        for m, t, d in ticker_days
+    ]
     rows.append(
-        ("um", "ETHUSDT", jan[0], 999, loaded_at - dt.timedelta(days=1))
+        ("um", "ETHUSDT", jan[0], 999, "daily", loaded_at - dt.timedelta(days=1))
     )  # replaced by the later load
     with open_client(store_url) as client:
         ensure_tables(client, "binance", "hl5s", "daily_liquidity")
@@ -247,29 +259,22 @@ def test_status_reports_each_tickers_span_and_exactly_its_gaps(
             "daily_liquidity",
             rows,
             database="binance",
-            column_names=["market", "ticker", "day", "trade_count", "loaded_at"],
+            column_names=["market", "ticker", "day", "trade_count", "source", "loaded_at"],
         )
 
     code, out, _ = run(capsys, "status", "--market", "um")
     assert code == 0
     header = [
-        "market", "ticker", "first_day", "last_day", "days_loaded", "days_missing", "missing", "trades",
-        "last_loaded",
+        "market", "ticker", "first_day", "last_day", "days_loaded", "without_archive", "data_from", "data_to",
+        "days_missing", "missing", "trades", "last_loaded",
     ]  # fmt: skip
     expected = [
-        ["um", "BTCUSDT", jan[0], jan[2], 3, 0, "", 300, dt.datetime(2024, 2, 1, 15)],
+        ["um", "BTCUSDT", jan[0], jan[2], 3, 1, jan[0], jan[1], 0, "", 200, dt.datetime(2024, 2, 1, 15)],
         [
-            "um",
-            "ETHUSDT",
-            jan[0],
-            jan[9],
-            7,
-            3,
-            "2024-01-04, 2024-01-07..2024-01-08",
-            700,
-            dt.datetime(2024, 2, 1, 22),
+            "um", "ETHUSDT", jan[0], jan[9], 7, 2, jan[2], jan[9], 3, "2024-01-04, 2024-01-07..2024-01-08",
+            500, dt.datetime(2024, 2, 1, 22),
         ],
-    ]
+    ]  # fmt: skip
     assert out == format_table(header, expected).splitlines()
     code, out, _ = run(capsys, "status", "--ticker", "BTCUSDT")
     assert code == 0 and [line.split()[:2] for line in out[2:-1]] == [["spot", "BTCUSDT"], ["um", "BTCUSDT"]]

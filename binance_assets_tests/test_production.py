@@ -130,8 +130,7 @@ def test_helm_values_run_the_image_with_the_instance_limits() -> None:
     values, laptop = load_yaml(DEPLOY / "helm-values.yaml"), load_yaml(REPO / "dagster.yaml")
     (deployment,) = values["dagster-user-deployments"]["deployments"]
     assert deployment["dagsterApiGrpcArgs"] == ["--module-name", MODULE_NAME]
-    # Run pods inherit the deployment's env; its `resources` would override the run launcher's.
-    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True} and "resources" not in deployment
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
     env = {item["name"]: item for item in deployment["env"]}
     assert env["CLICKHOUSE_URL"] == {
         "name": "CLICKHOUSE_URL",
@@ -157,12 +156,62 @@ def test_helm_values_run_the_image_with_the_instance_limits() -> None:
         "maxRetries": laptop["run_retries"]["max_retries"],
         "retryOnAssetOrOpFailure": laptop["run_retries"]["retry_on_asset_or_op_failure"],
     }
+    monitoring = laptop["run_monitoring"]
     assert daemon["runMonitoring"] == {
-        "enabled": laptop["run_monitoring"]["enabled"],
-        "startTimeoutSeconds": laptop["run_monitoring"]["start_timeout_seconds"],
+        "enabled": monitoring["enabled"],
+        "startTimeoutSeconds": 600,  # a cold image pull, not the laptop's start
+        "pollIntervalSeconds": monitoring["poll_interval_seconds"],
+        "freeSlotsAfterRunEndSeconds": monitoring["free_slots_after_run_end_seconds"],
     }
+    assert monitoring["start_timeout_seconds"] < daemon["runMonitoring"]["startTimeoutSeconds"]
     production_db = load_yaml(DEPLOY / "dagster.yaml")["storage"]["postgres"]["postgres_db"]
     assert values["postgresql"]["postgresqlScheme"] == production_db["scheme"]
+
+
+def test_the_user_deployment_sets_every_variable_the_image_instance_reads() -> None:
+    """The code server and its run pods load deploy/dagster.yaml (baked into the image), not the chart's
+    instance: each variable it reads must be set for the user deployment, to what `postgresql:` says."""
+    values = load_yaml(DEPLOY / "helm-values.yaml")
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    env = {item["name"]: item for item in deployment["env"]}
+    assert variables_set(load_yaml(DEPLOY / "dagster.yaml")) <= set(env)
+    database = values["postgresql"]
+    assert env["DAGSTER_PG_HOST"]["value"] == database["postgresqlHost"]
+    assert env["DAGSTER_PG_PORT"]["value"] == str(database["service"]["port"])
+    assert env["DAGSTER_PG_USER"]["value"] == database["postgresqlUsername"]
+    assert env["DAGSTER_PG_DB"]["value"] == database["postgresqlDatabase"]
+    assert env["DAGSTER_PG_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "postgresql-password"
+
+
+def k8s_config(node: Any) -> Any:
+    """Helm values (camelCase) as dagster-k8s config (snake_case), keys below `resources` kept."""
+    if not isinstance(node, dict):
+        return node
+    snake = {key: re.sub(r"(?<=[a-z])([A-Z])", r"_\1", key).lower() for key in node}
+    return {snake[k]: v if k in ("requests", "limits") else k8s_config(v) for k, v in node.items()}
+
+
+def test_run_pods_get_the_launcher_cpu_and_the_code_server_memory_and_env() -> None:
+    """dagster-k8s merges the user deployment's container context (its resources and env) over the run
+    launcher's runK8sConfig, as the K8sRunLauncher does for each run pod."""
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import UserDefinedDagsterK8sConfig
+
+    values = load_yaml(DEPLOY / "helm-values.yaml")
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    launcher_config = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    launcher = K8sContainerContext(
+        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(k8s_config(launcher_config))
+    )
+    location = K8sContainerContext.create_from_config(
+        {"k8s": {"resources": deployment["resources"], "env": deployment["env"]}}
+    )
+    container = launcher.merge(location).run_k8s_config.container_config
+    wanted = launcher_config["containerConfig"]["resources"]
+    assert container["resources"] == wanted  # the code server's memory equals the run pods'
+    assert {"cpu", "memory"} <= set(deployment["resources"]["requests"]) | set(wanted["requests"])
+    assert "cpu" not in deployment["resources"]["requests"]
+    assert {e["name"] for e in deployment["env"]} <= {e["name"] for e in container["env"]}
 
 
 @pytest.mark.parametrize("name", ["dagster.yaml", "helm-values.yaml"])
@@ -201,6 +250,11 @@ def test_dockerfile_builds_a_slim_non_root_image_without_build_tools() -> None:
     assert ("COPY", "--from=build /opt/venv /opt/venv") in final
     (user,) = [arguments for instruction, arguments in final if instruction == "USER"]
     assert int(user.split(":")[0]) >= 1000
+    # the user has the home directory HOME names (tools write caches and configs there)
+    (useradd,) = [a for i, a in final if i == "RUN" and "useradd" in a]
+    (env,) = [a for i, a in final if i == "ENV"]
+    home = re.search(r"--home-dir (\S+)", useradd)
+    assert "--create-home" in useradd and home and f"HOME={home[1]}" in env.split()
     # Run pods are started with `dagster api execute_run` as container args: CMD, never ENTRYPOINT.
     assert not [arguments for instruction, arguments in final if instruction == "ENTRYPOINT"]
     (command,) = [json.loads(arguments) for instruction, arguments in final if instruction == "CMD"]

@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         help="what the store holds, per ticker",
-        description="Per ticker, from the liquidity table: first and last day loaded, days loaded, days "
-        "missing between them (and which), trades, last load time.",
+        description="Per ticker, from the liquidity table: first and last day loaded, days loaded and how "
+        "many of them had no archive (zero rows), the first and last day with data, days missing between "
+        "them (and which), trades, last load time.",
     )
     status.add_argument("--market", type=_market, help="one market (default: all)")
     status.add_argument("--ticker", type=_ticker, action="append", help="symbol such as BTCUSDT; repeatable")
