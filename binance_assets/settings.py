@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, unquote, urlparse
 
+from dotenv import load_dotenv
+
 from binance_assets.markets import MARKETS, TICKER_PATTERN
 
 T = TypeVar("T")
@@ -382,3 +384,16 @@ def _hh_mm(env: Mapping[str, str], name: str, default: str) -> str:
 def load_settings() -> Settings:
     """Settings from the current process environment."""
     return Settings.from_env()
+
+
+def settings_from_environment(warn: Callable[[str], None]) -> Settings:
+    """The settings of the CLI and the read API: the environment, completed by a `.env` file in the working
+    directory as `dagster dev` does (variables already set win); each warning raised while loading them
+    (a setting given both ways) goes to ``warn`` as one line."""
+    load_dotenv(Path.cwd() / ".env", override=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SettingsWarning)
+        settings = load_settings()
+    for warning in caught:
+        warn(str(warning.message))
+    return settings

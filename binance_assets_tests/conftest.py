@@ -3,6 +3,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from dagster import DagsterInstance, instance_for_test
@@ -12,6 +13,9 @@ from binance_assets.markets import MARKETS
 from binance_assets_tests.helpers import REPO, Cli, cli_env
 from binance_assets_tests.postgres import PostgresServer, PostgresUnavailable, find_bin_dir, postgres_server
 from binance_assets_tests.vision_server import VisionServer
+
+if TYPE_CHECKING:
+    from binance_assets_tests.loaded_store import LoadedStore
 
 
 @pytest.fixture
@@ -93,3 +97,19 @@ def instance_cli(
         for name, value in database.env.items():  # the test's own instance reads them too
             monkeypatch.setenv(name, value)
     return Cli(env, home, store_url)
+
+
+@pytest.fixture(scope="session")
+def loaded_store(tmp_path_factory: pytest.TempPathFactory) -> LoadedStore:
+    """One store per session, filled by the real pipeline (see loaded_store.py); read only."""
+    from binance_assets_tests.loaded_store import load_store  # it imports REAL from here
+
+    return load_store(tmp_path_factory.mktemp("loaded"))
+
+
+@pytest.fixture
+def reader_env(loaded_store: LoadedStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> LoadedStore:
+    """The loaded store as CLICKHOUSE_URL, in an empty working directory (no stray .env)."""
+    monkeypatch.setenv("CLICKHOUSE_URL", loaded_store.url)
+    monkeypatch.chdir(tmp_path)
+    return loaded_store

@@ -43,7 +43,7 @@ def cli(tmp_path: Path, vision_server: VisionServer) -> Cli:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["discover"], ["materialize"], ["backfill"], ["init"], ["status"], ["sql"]]
+    "command", [[], ["discover"], ["materialize"], ["backfill"], ["init"], ["status"], ["sql"], ["export"]]
 )
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:

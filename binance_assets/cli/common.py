@@ -10,15 +10,15 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from dagster import DagsterInstance
-from dagster._core.instance.ref import InstanceRef
+from typing import TYPE_CHECKING, Any
 
 from binance_assets.locks import file_lock
 from binance_assets.markets import Market
 from binance_assets.settings import Settings
 from binance_assets.vision.listing import ArchiveInfo, VisionListing
+
+if TYPE_CHECKING:  # Dagster is imported by the commands that use it, not by `export`, `status`, `sql`
+    from dagster import DagsterInstance
 
 PROG = "binance-assets"
 REASON = "cli"
@@ -81,6 +81,9 @@ threads would swap each other's streams (and the CLI's own output), so those run
 def open_instance(settings: Settings, *, capture_logs: bool = True) -> DagsterInstance:
     """The instance of $DAGSTER_HOME (unset: Settings' default, created); Dagster's own errors here are
     paragraphs, ours one line."""
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
     home = os.environ.get("DAGSTER_HOME", "")
     path = os.path.expanduser(home) if home.strip() else str(settings.dagster_home)
     if not home.strip():

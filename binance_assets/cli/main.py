@@ -13,23 +13,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib
 import logging
 import re
 import sys
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from dotenv import load_dotenv
-
+from binance_assets.arguments import ArgumentError
 from binance_assets.cli.common import PROG, CliError, one_line
-from binance_assets.cli.runs import cmd_backfill, cmd_discover, cmd_materialize
 from binance_assets.cli.store import cmd_init, cmd_sql, cmd_status
 from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS, TICKER_PATTERN, Market
-from binance_assets.settings import Settings, SettingsError, SettingsWarning, load_settings
+from binance_assets.settings import Settings, SettingsError, settings_from_environment
 from binance_assets.vision.errors import VisionError
+
+Handler = Callable[[argparse.Namespace, Settings], int]
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -62,6 +62,17 @@ def _ticker(value: str) -> str:
     return value
 
 
+def _lazy(module: str, name: str) -> Handler:
+    """A handler imported when its command runs: the Dagster commands' modules import Dagster (about 1 s),
+    which `export`, `init`, `status` and `sql` do not need."""
+
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        command: Handler = getattr(importlib.import_module(module), name)
+        return command(args, settings)
+
+    return handler
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand; each sets ``handler``."""
     parser = _Parser(
@@ -80,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument(
         "--market", type=_market, help="one market (default: every market in BINANCE_MARKETS)"
     )
-    discover.set_defaults(handler=cmd_discover)
+    discover.set_defaults(handler=_lazy("binance_assets.cli.runs", "cmd_discover"))
 
     for name, handler, text in (
-        ("materialize", cmd_materialize, "materialise ticker-days now, in this process"),
-        ("backfill", cmd_backfill, "submit a Dagster backfill that the daemon runs"),
+        ("materialize", "cmd_materialize", "materialise ticker-days now, in this process"),
+        ("backfill", "cmd_backfill", "submit a Dagster backfill that the daemon runs"),
     ):
         command = commands.add_parser(
             name,
@@ -130,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--verbose", action="store_true", help="also print Dagster's run log (at LOG_LEVEL) on stderr"
             )
-        command.set_defaults(handler=handler)
+        command.set_defaults(handler=_lazy("binance_assets.cli.runs", handler))
 
     init = commands.add_parser(
         "init",
@@ -159,17 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sql.add_argument("query", metavar="QUERY", help='e.g. "SELECT ticker, count() FROM hl5s GROUP BY ticker"')
     sql.set_defaults(handler=cmd_sql)
+
+    export = commands.add_parser(
+        "export",
+        help="write bars to a Parquet dataset",
+        description="Write the bars of each ticker from --start to --end (UTC, inclusive) at --interval to "
+        "a Hive-partitioned Parquet dataset (zstd) in --out: interval=/market=/ticker=/year=/month=/"
+        "<first>_<last>.parquet. Exporting a range again replaces its files.",
+    )
+    export.add_argument("--market", type=_market, required=True, help="spot, um or cm")
+    export.add_argument(
+        "--ticker", type=_ticker, action="append", help="symbol such as BTCUSDT; repeatable (default: all)"
+    )
+    export.add_argument("--start", type=_day, required=True, metavar="YYYY-MM-DD", help="first day")
+    export.add_argument("--end", type=_day, metavar="YYYY-MM-DD", help="last day (default: --start)")
+    export.add_argument("--interval", default="5s", help="bar size, a multiple of 5 s: 5s, 1m, 15m, 1h, 1d")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="the dataset's directory")
+    export.set_defaults(handler=_lazy("binance_assets.cli.export", "cmd_export"))
     return parser
 
 
-def _settings() -> Settings:
-    """load_settings(), its warnings (a setting given both ways) printed as one line each."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SettingsWarning)
-        settings = load_settings()
-    for warning in caught:
-        print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
-    return settings
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,14 +199,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore_interrupts()
     try:
         args = build_parser().parse_args(argv)
-        load_dotenv(Path.cwd() / ".env", override=False)
         # The driver also logs the errors it raises; they reach the user as our one error line.
         logging.getLogger("clickhouse_connect").addHandler(logging.NullHandler())
-        code: int = args.handler(args, _settings())
+        code: int = args.handler(args, settings_from_environment(_warn))
     except CliError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         code = error.code
-    except SettingsError as error:
+    except (SettingsError, ArgumentError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         code = 2
     except (VisionError, TimeoutError) as error:

@@ -1,0 +1,33 @@
+"""`export`: bars to a Hive-partitioned Parquet dataset (see `binance_assets/export.py`). No Dagster."""
+
+from __future__ import annotations
+
+import argparse
+
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from binance_assets.cli.common import CliError, count_of, one_line, say, size_of
+from binance_assets.export import export_bars
+from binance_assets.settings import Settings
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Progress on stderr, one line per file; the summary on stdout."""
+    try:
+        summary = export_bars(
+            settings,
+            args.market.key,
+            args.ticker or (),
+            args.start,
+            args.end or args.start,
+            args.interval,
+            args.out,
+            progress=lambda line: say(line, progress=True),
+        )
+    except (ClickHouseError, OSError) as error:
+        raise CliError(one_line(str(error))) from None
+    say(
+        f"exported {count_of(summary.rows, 'row')} in {count_of(summary.files, 'file')}, "
+        f"{size_of(summary.bytes)}, to {args.out}"
+    )
+    return 0

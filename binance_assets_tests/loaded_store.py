@@ -1,0 +1,63 @@
+"""An embedded store filled by the real pipeline without Dagster: a local Vision mirror (real and synthetic
+trades archives) -> listing, plan, download, verify, aggregate (`pipeline.load_days`) -> hl5s and
+daily_liquidity rows, as the IO manager writes them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from binance_assets.clickhouse.client import open_client
+from binance_assets.clickhouse.tables import BARS_SCHEMA, LIQUIDITY_SCHEMA, conform, ensure_tables
+from binance_assets.markets import MARKETS
+from binance_assets.pipeline import LoadStats, load_days
+from binance_assets.plan import plan_ticker
+from binance_assets.vision.download import VisionDownloader
+from binance_assets.vision.listing import VisionListing
+from binance_assets_tests.archives import publish, write_archive, zip_archive
+from binance_assets_tests.conftest import REAL
+from binance_assets_tests.vision_server import VisionServer
+
+REAL_DAY = dt.date(2025, 1, 1)
+"""Spot BTCUSDT: the real trades of its first minute, whose real 1m kline Binance published."""
+DAYS = [dt.date(2024, 1, 30) + dt.timedelta(days=i) for i in range(4)]
+"""um BTCUSDT's synthetic days (ETHUSDT: the middle two), across a month's end."""
+
+
+@dataclass(frozen=True)
+class LoadedStore:
+    url: str
+    trades: dict[str, pd.DataFrame]
+    """um ticker -> its synthetic trades."""
+
+
+def load_store(root: Path) -> LoadedStore:
+    mirror = root / "mirror"
+    write_archive(
+        mirror,
+        MARKETS["spot"].trades_key("BTCUSDT", REAL_DAY.isoformat()),
+        zip_archive((REAL / "BTCUSDT-trades-2025-01-01_first-minute.csv").read_bytes(), "BTCUSDT.csv"),
+    )
+    trades = {
+        "BTCUSDT": publish(mirror, "um", "BTCUSDT", DAYS, trades_per_day=4000, spread=24, seed=3),
+        "ETHUSDT": publish(mirror, "um", "ETHUSDT", DAYS[1:3], trades_per_day=500, spread=24, seed=4),
+    }
+    loads = [("spot", "BTCUSDT", [REAL_DAY]), ("um", "BTCUSDT", DAYS), ("um", "ETHUSDT", DAYS[1:3])]
+    url = f"chdb://{root / 'clickhouse'}"
+    with VisionServer(mirror) as server, open_client(url) as client:
+        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
+        listing, downloader = VisionListing(server.url), VisionDownloader(server.url, root / "cache")
+        for key, ticker, days in loads:
+            market = MARKETS[key]
+            listed = listing.list_trades_archives(market, ticker)
+            plan = plan_ticker(ticker, days, listed, today=dt.date.today())
+            for day in load_days(market, [plan], downloader, LoadStats()):
+                client.insert_arrow("binance.hl5s", conform(day.bars, BARS_SCHEMA))
+                client.insert_arrow(
+                    "binance.daily_liquidity", pa.Table.from_pylist([day.liquidity], schema=LIQUIDITY_SCHEMA)
+                )
+    return LoadedStore(url, trades)
