@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from binance_assets.vision.trades import MS_TO_US_BELOW
+from binance_assets.vision.archive import MS_TO_US_BELOW
 
 KLINE_COLUMNS = (
     "open_time", "open", "high", "low", "close", "volume", "close_time",
