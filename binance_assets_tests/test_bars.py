@@ -218,3 +218,27 @@ def test_real_trades_reproduce_binance_kline_exactly(tmp_path: Path) -> None:
     assert exact(bars["volume"].sum()) == Decimal(kline[5])
     assert exact(bars["quote_volume"].sum()) == Decimal(kline[7])
     assert exact(bars["taker_buy_volume"].sum()) == Decimal(kline[9])
+
+
+def test_aggregate_rows_count_their_trade_ranges() -> None:
+    """Hand-computed: a row with last_id stands for trades id..last_id; duplicates are keyed on id and
+    counted in rows; open/close follow (time, id); the day's span less its trades is missing."""
+    t = int(MIDNIGHT.timestamp()) * US
+    rows = pd.DataFrame(
+        {
+            "id": [10, 13, 7, 13, 20],
+            "last_id": [12, 15, 9, 15, 20],
+            "price": [2.0, 3.0, 1.0, 3.0, 4.0],
+            "qty": [1.0, 2.0, 4.0, 2.0, 8.0],
+            "time_us": [t, t, t, t + 1, t + 2],
+            "is_buyer_maker": [False, True, False, True, False],
+        }
+    )
+    table = pa.Table.from_batches(as_batches(rows, 5)).append_column("last_id", pa.array(rows["last_id"]))
+    result = aggregate_trades(table.to_batches(max_chunksize=2))
+    (bar,) = result.bars.to_pylist()
+    (day,) = result.days.to_pylist()
+    assert (bar["open"], bar["close"], bar["trade_count"]) == (1.0, 4.0, 3 + 3 + 3 + 1)
+    assert (bar["volume"], bar["taker_buy_volume"]) == (15.0, 13.0)
+    assert (day["first_trade_id"], day["last_trade_id"], day["trade_count"]) == (7, 20, 10)
+    assert (day["missing_trade_ids"], day["duplicate_rows"]) == (4, 1)  # ids 16..19
