@@ -8,7 +8,6 @@ the independent pandas oracle of the trades (docs/vision-format.md section 8).
 from __future__ import annotations
 
 import datetime as dt
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,6 @@ from binance_assets_tests.archives import (
     agg_trades_csv,
     cm_base_qty,
     drop_ids,
-    expected_day_stats,
     interleave,
     make_trades,
     trades_csv,
@@ -360,13 +358,3 @@ def test_last_trade_id_below_first(tmp_path: Path) -> None:
         f"last_trade_id {first_id - 1} is below first_trade_id {first_id}$",
         line=2_501,
     )
-
-
-def test_expected_stats_of_aggregates_are_the_trades(tmp_path: Path) -> None:
-    """A guard on the fixture: aggregates hold every trade id once, so their oracle is the trades'."""
-    trades = two_days("spot_us", n=10_000, seed=12)
-    aggs = agg_trades(trades)
-    spans = (aggs["last_trade_id"] - aggs["first_trade_id"] + 1).sum()
-    assert spans == len(trades)
-    assert expected_day_stats(trades)["trade_count"].sum() == spans
-    assert zipfile.is_zipfile(agg_zip(tmp_path, aggs, "spot_us"))
