@@ -30,6 +30,11 @@ class Market:
     """qty counts contracts of a fixed USD size (COIN-M): the bars' quote volume is then the base-asset
     volume, qty * contract size / price (`cm_contract_size`)."""
 
+    def contract_size(self, ticker: str) -> float | None:
+        """USD per contract of `ticker` when qty counts contracts (COIN-M), else None: what
+        `read_archive(..., contract_size=...)` takes."""
+        return cm_contract_size(ticker) if self.qty_in_contracts else None
+
     def archive_prefix(self, dataset: DatasetName, freq: str, ticker: str | None = None) -> str:
         base = f"{self.vision_path}/{freq}/{dataset}/"
         return base if ticker is None else f"{base}{ticker}/"

@@ -69,7 +69,7 @@ def agg_zip(
 def read_aggs(layout: str, *paths: Path, ticker: str = "BTCUSD_PERP", **kwargs: int) -> Aggregation:
     """Bars of aggTrades archives read one after the other into one aggregator."""
     market = MARKETS[AGG_LAYOUTS[layout].market]
-    size = cm_contract_size(ticker) if market.qty_in_contracts else None
+    size = market.contract_size(ticker)
     return aggregate_trades(
         batch
         for path in paths
@@ -122,7 +122,7 @@ def test_aggtrades_and_trades_give_the_same_bars(tmp_path: Path, layout: str) ->
 def test_every_layout_reads_to_the_agg_schema(tmp_path: Path, layout: str) -> None:
     aggs = agg_trades(two_days(layout, n=5_000, seed=3), first_agg_id=1)
     market = MARKETS[AGG_LAYOUTS[layout].market]
-    size = 100.0 if market.qty_in_contracts else None
+    size = market.contract_size("BTCUSD_PERP")
     batches = read_archive(agg_zip(tmp_path, aggs, layout), market, AGG_TRADES, contract_size=size)
     table = pa.Table.from_batches(list(batches), schema=AGG_TRADES_SCHEMA)
 
@@ -211,6 +211,8 @@ def test_coin_m_quote_volume_is_the_base_asset_volume(tmp_path: Path, ticker: st
 
 
 def test_contract_sizes() -> None:
+    assert MARKETS["um"].contract_size("BTCUSDT") is None
+    assert MARKETS["cm"].contract_size("ETHUSD_PERP") == 10.0
     assert [cm_contract_size(t) for t in ("BTCUSD_PERP", "BTCUSD_240628", "ETHUSD_PERP", "ADAUSD_PERP")] == [
         100.0,
         100.0,

@@ -37,7 +37,7 @@ _INTEGER = re.compile(rb"^-?\d+$")
 _CANONICAL = {"quantity": "qty", "transact_time": "time"}
 """Futures aggTrades spell spot's qty and time this way; batches use the spot names."""
 _COLUMN_TYPES = {
-    **dict.fromkeys(("id", "agg_trade_id", "first_trade_id", "last_trade_id", "time"), pa.int64()),
+    **dict.fromkeys(("id", "first_trade_id", "last_trade_id", "time"), pa.int64()),
     **dict.fromkeys(("price", "qty", "quote_qty", "base_qty"), pa.float64()),
     **dict.fromkeys(("is_buyer_maker", "is_best_match"), pa.bool_()),
 }
