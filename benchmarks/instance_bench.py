@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
 FIRST_DAY = dt.date(2024, 1, 1)
-DAEMON = Path(sys.executable).with_name("dagster-daemon")
 DAGSTER = Path(sys.executable).with_name("dagster")
 _DROPPED_PREFIXES = ("BINANCE_", "CLICKHOUSE_", "TICKER", "DOWNLOAD_", "LOG_LEVEL", "DAGSTER_")
 
@@ -122,6 +120,7 @@ def measure(
 
     from binance_assets.definitions import build_definitions
     from binance_assets.settings import Settings
+    from binance_assets_tests.helpers import daemon
 
     home = workdir / "dagster_home"
     home.mkdir(parents=True)
@@ -139,13 +138,13 @@ def measure(
         _run([str(DAGSTER), "sensor", "stop", sensor.name, "-w", str(ROOT / "workspace.yaml")], env, workdir)
 
     with DagsterInstance.from_config(str(home)) as instance:
-        with _daemon(env, workdir) as daemon, _peak_rss(daemon.pid) as peak:
+        with daemon(env, workdir) as daemon_process, _peak_rss(daemon_process.pid) as peak:
             started = time.monotonic()
             while True:
                 statuses = [_backfill_status(instance, b) for b in backfill_ids]
                 if all(s in BULK_ACTION_TERMINAL_STATUSES for s in statuses):
                     break
-                if daemon.poll() is not None:
+                if daemon_process.poll() is not None:
                     raise RuntimeError(f"dagster-daemon exited; see {workdir / 'daemon.log'}")
                 time.sleep(0.5)
             wall = time.monotonic() - started
@@ -199,30 +198,6 @@ def _run(command: list[str], env: dict[str, str], cwd: Path) -> str:
     if result.returncode:
         raise RuntimeError(f"{' '.join(command[:4])} ... exited {result.returncode}:\n{result.stderr}")
     return result.stdout
-
-
-@contextmanager
-def _daemon(env: dict[str, str], workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`dagster-daemon run`; its process group (code server, run workers) is killed after."""
-    with (workdir / "daemon.log").open("wb") as log:
-        process = subprocess.Popen(
-            [str(DAEMON), "run", "-w", str(ROOT / "workspace.yaml")],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield process
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(process.pid, sig)
-                except ProcessLookupError:
-                    break
-                with suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=10)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import datetime as dt
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -46,6 +47,7 @@ from binance_assets.checks import (
     trade_ids_continuous,
 )
 from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA
+from binance_assets.failures import permanent_failure
 from binance_assets.klines_check import kline_sources, load_klines, matches_binance_klines
 from binance_assets.ledger import write_ledger
 from binance_assets.markets import Market
@@ -97,6 +99,21 @@ def _split_key(key: str) -> dict[str, str]:
 
 DEFAULT_RETRY = RetryPolicy(max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 """Transient failures (network, an archive not yet published) are retried after about 30 s, 60 s, 120 s."""
+
+
+@contextmanager
+def failing_fast() -> Iterator[None]:
+    """Turn a failure that cannot heal by waiting (failures.py) into a Failure that no RetryPolicy or
+    run retry repeats; transient ones pass through to the retries."""
+    try:
+        yield
+    except Failure:
+        raise
+    except Exception as exc:
+        reason = permanent_failure(exc)
+        if reason is None:
+            raise
+        raise Failure(description=reason, allow_retries=False) from exc
 
 
 def liquidity_freshness(deadline: str) -> FreshnessPolicy:
@@ -162,19 +179,21 @@ def build_market_assets(
         context: AssetExecutionContext, vision: VisionResource, clickhouse: ClickHouseResource
     ) -> Iterator[Output[Any] | AssetCheckResult]:
         days_by_ticker = run_days_by_ticker(context.partition_keys)
-        plans = _plan(context, market, vision, days_by_ticker)
+        with failing_fast():
+            plans = _plan(context, market, vision, days_by_ticker)
         stats = LoadStats()
         liquidity_rows: list[dict[str, Any]] = []
         loads = load_days(market, plans, vision.downloader(), stats)
 
         def bars_per_day() -> Iterator[pa.Table]:
-            for index, load in enumerate(loads, 1):
-                liquidity_rows.append(load.liquidity)
-                if index % 25 == 0 or index == len(context.partition_keys):
-                    context.log.info(
-                        f"{index}/{len(context.partition_keys)} ticker-days: {stats.trades:,} trades"
-                    )
-                yield load.bars
+            with failing_fast():
+                for index, load in enumerate(loads, 1):
+                    liquidity_rows.append(load.liquidity)
+                    if index % 25 == 0 or index == len(context.partition_keys):
+                        context.log.info(
+                            f"{index}/{len(context.partition_keys)} ticker-days: {stats.trades:,} trades"
+                        )
+                    yield load.bars
 
         started = time.monotonic()
         yield Output(bars_per_day(), output_name=BARS)

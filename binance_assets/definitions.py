@@ -51,6 +51,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             cache_dir=str(settings.cache_dir),
             cache_max_gb=settings.cache_max_gb,
             download_concurrency=settings.download_concurrency,
+            timeout_seconds=settings.http_timeout,
             publish_grace_days=settings.publish_grace_days,
         ),
     }

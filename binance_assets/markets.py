@@ -7,11 +7,16 @@ Pure data, no Dagster: `assets.py` builds partitions and asset keys from these f
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 DatasetName = Literal["trades", "aggTrades"]
 """A Vision dataset we read: its folder name and the infix of its file names."""
+
+TICKER_PATTERN = re.compile(r"^[A-Z0-9_]+$")
+"""What a ticker may be (BTCUSDT, BTCUSD_PERP, BTCUSDT_210326): nothing that could break a partition key
+(``|`` is the multi-partition delimiter), an object key or a file name."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +21,7 @@ from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
 from binance_assets.prefetch import prefetch
 from binance_assets.vision.download import LocalArchive, VisionDownloader
-from binance_assets.vision.trades import read_trades
+from binance_assets.vision.trades import TradesFormatError, read_trades
 
 _EMPTY_BARS = BARS_SCHEMA.empty_table()
 
@@ -71,7 +72,13 @@ def load_days(
         stats.downloaded_bytes += local.downloaded_bytes
         stats.download_seconds += local.seconds
         started = time.monotonic()
-        aggregation = aggregate_trades(prefetch(read_trades(local.path, market)))
+        name = PurePosixPath(archive.key).name
+        try:
+            aggregation = aggregate_trades(prefetch(read_trades(local.path, market, name=name)))
+        except TradesFormatError:
+            raise
+        except ValueError as exc:  # rows the aggregator cannot take (an impossible id span)
+            raise TradesFormatError(name, str(exc)) from None
         stats.aggregate_seconds += time.monotonic() - started
         stats.archives.append(ledger_row(market.key, ticker, archive, local, aggregation.days, loaded_at))
         by_day = {result.day: result for result in aggregation.by_day()}

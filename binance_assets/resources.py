@@ -31,13 +31,16 @@ class VisionResource(ConfigurableResource):
     download_concurrency: int = Field(default=4, description="DOWNLOAD_CONCURRENCY: parallel downloads")
     download_retries: int = Field(default=4, description="Attempts after the first on a transient failure")
     backoff_seconds: float = Field(default=0.5, description="First retry delay; doubles, with jitter")
+    timeout_seconds: float = Field(
+        default=60.0, description="BINANCE_HTTP_TIMEOUT: connect and read timeout of each request"
+    )
     publish_grace_days: int = Field(
         default=DEFAULT_PUBLISH_GRACE_DAYS,
         description="Days after which a missing archive is taken as never coming (not as late)",
     )
 
     def listing(self) -> VisionListing:
-        return VisionListing(self.listing_url)
+        return VisionListing(self.listing_url, timeout=self.timeout_seconds)
 
     def downloader(self) -> VisionDownloader:
         return VisionDownloader(
@@ -46,6 +49,7 @@ class VisionResource(ConfigurableResource):
             concurrency=self.download_concurrency,
             retries=self.download_retries,
             backoff_seconds=self.backoff_seconds,
+            timeout=self.timeout_seconds,
             cache_max_bytes=int(self.cache_max_gb * _GB),
         )
 

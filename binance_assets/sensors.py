@@ -87,7 +87,7 @@ def build_ticker_sensor(market: Market, settings: Settings) -> SensorDefinition:
     )
     def ticker_sensor(context: SensorEvaluationContext, vision: VisionResource) -> SensorResult:
         listing = vision.listing()
-        wanted = [t for t in listing.list_tickers(market) if settings.wants_ticker(t)]
+        wanted = [t for t in listing.list_tickers(market, context.log.warning) if settings.wants_ticker(t)]
         digest = hashlib.sha256("\n".join(wanted).encode()).hexdigest()
         if digest == context.cursor:
             return SensorResult(skip_reason=SkipReason(f"{len(wanted)} tickers, none new"), cursor=digest)

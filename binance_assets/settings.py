@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, unquote, urlparse
 
-from binance_assets.markets import MARKETS
+from binance_assets.markets import MARKETS, TICKER_PATTERN
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -27,7 +27,6 @@ DEFAULT_VISION_URL = "https://data.binance.vision"
 DEFAULT_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TICKER = re.compile(r"^[A-Z0-9_]+$")
 _HH_MM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 DEFAULT_MARKETS = ("spot", "um")
@@ -70,6 +69,7 @@ class Settings:
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "binance-assets")
     cache_max_gb: float = 20.0
     download_concurrency: int = 4
+    http_timeout: float = 60.0
     parallel_tickers: int = 1
     dry_run: bool = False
     log_level: str = "INFO"
@@ -103,6 +103,7 @@ class Settings:
             cache_dir=_path(env, "BINANCE_CACHE_DIR", dagster_home / "vision-cache"),
             cache_max_gb=_number(env, "BINANCE_CACHE_MAX_GB", 20.0, float, minimum=0.0),
             download_concurrency=_aliased(env, "DOWNLOAD_CONCURRENCY", "NUM_PROCESSES", 4, _workers),
+            http_timeout=_number(env, "BINANCE_HTTP_TIMEOUT", 60.0, float, minimum=0.1, maximum=3600.0),
             parallel_tickers=_aliased(env, "BINANCE_PARALLEL_TICKERS", "NUM_PROCESSES", 1, _workers),
             dry_run=_aliased(env, "BINANCE_DRY_RUN", "DRY_RUN_MODE", False, _flag),
             log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
@@ -232,7 +233,7 @@ def _glob(name: str, value: str, part: str) -> str:
 
 def _ticker(name: str, value: str, part: str) -> str:
     ticker = part.upper()
-    if not _TICKER.fullmatch(ticker):
+    if not TICKER_PATTERN.fullmatch(ticker):
         raise _fail(name, value, "comma-separated tickers such as BTCUSDT,ETHUSDT")
     return ticker
 

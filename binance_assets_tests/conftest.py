@@ -3,11 +3,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from dagster import DagsterInstance, instance_for_test
 
-from binance_assets.clickhouse.client import open_client
 from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS
 from binance_assets_tests.vision_server import VisionServer
@@ -57,12 +55,3 @@ def instance(bare_instance: DagsterInstance) -> DagsterInstance:
 def store_url(tmp_path: Path) -> str:
     """A fresh embedded ClickHouse store."""
     return f"chdb://{tmp_path / 'clickhouse'}"
-
-
-def query(store_url: str, sql: str) -> pd.DataFrame:
-    """A query's result as a DataFrame, `day` as datetime.date."""
-    with open_client(store_url) as client:
-        frame = client.query_df(sql)
-    if "day" in frame:
-        frame["day"] = pd.to_datetime(frame["day"]).dt.date
-    return frame

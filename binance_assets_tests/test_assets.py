@@ -8,20 +8,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import AssetKey, DagsterInstance
 
-from binance_assets.assets import build_market_assets
-from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.markets import MARKETS
-from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets.resources import ClickHouseResource
 from binance_assets_tests.archives import expected_bars, expected_day_stats, publish, write_archive
-from binance_assets_tests.conftest import query
+from binance_assets_tests.helpers import materialize_range, query, resources
 from binance_assets_tests.vision_server import VisionServer
 
 UM = MARKETS["um"]
 JAN = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(31)]
 FEB = [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(3)]
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 @pytest.fixture
@@ -31,33 +28,6 @@ def mirror(vision_root: Path) -> dict[str, pd.DataFrame]:
         "BTCUSDT": publish(vision_root, "um", "BTCUSDT", JAN + FEB, monthly=("2024-01",), seed=1),
         "ETHUSDT": publish(vision_root, "um", "ETHUSDT", [*JAN[-2:], *FEB[:2]], seed=2),
     }
-
-
-def resources(server: VisionServer, store_url: str, tmp_path: Path) -> dict[str, object]:
-    store = {"url": store_url, "database": "binance"}
-    return {
-        "clickhouse_io_manager": ClickHouseIOManager(**store),
-        "clickhouse": ClickHouseResource(**store),
-        "vision": VisionResource(
-            vision_url=server.url,
-            listing_url=server.url,
-            cache_dir=str(tmp_path / "cache"),
-            backoff_seconds=0.01,
-        ),
-    }
-
-
-def materialize_range(
-    instance: DagsterInstance, res: dict[str, object], ticker: str, first: str, last: str
-) -> ExecuteInProcessResult:
-    """One run over [first, last] of one ticker, as a backfill chunk; failures returned, not raised."""
-    return materialize(
-        [build_market_assets(UM, 31, retry_policy=None)],
-        instance=instance,
-        resources=res,
-        tags={RANGE_START: f"{first}|{ticker}", RANGE_END: f"{last}|{ticker}"},
-        raise_on_error=False,
-    )
 
 
 def run_range(instance: DagsterInstance, res: dict[str, object], ticker: str, first: str, last: str) -> bool:

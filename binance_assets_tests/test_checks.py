@@ -23,7 +23,7 @@ from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.tables import BARS_SCHEMA, ensure_tables
 from binance_assets.markets import MARKETS
 from binance_assets_tests.archives import drop_ids, publish, trades_csv, write_archive, zip_archive
-from binance_assets_tests.test_assets import RANGE_END, RANGE_START, resources
+from binance_assets_tests.helpers import RANGE_END, RANGE_START, resources
 from binance_assets_tests.vision_server import VisionServer
 
 UM = MARKETS["um"]

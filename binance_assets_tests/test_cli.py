@@ -4,65 +4,33 @@ instance in a temporary DAGSTER_HOME, an embedded ClickHouse store and, for `bac
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterRunStatus, RunsFilter
 
 from binance_assets.cli import main
 from binance_assets.clickhouse.client import open_client
 from binance_assets_tests.archives import expected_bars, expected_klines, publish, write_klines
-from binance_assets_tests.conftest import query
-from binance_assets_tests.vision_server import VisionServer
-
-REPO = Path(__file__).resolve().parents[1]
-DAYS = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(35)]
-"""2024-01-01..2024-02-04: a whole month (with its monthly archive) and the next month's first days."""
-DAEMON = Path(sys.executable).with_name("dagster-daemon")
-TODAY = dt.datetime.now(dt.UTC).date()
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-BACKFILL_TAG = "dagster/backfill"
-_SETTINGS_PREFIXES = ("BINANCE_", "CLICKHOUSE_", "TICKER", "DOWNLOAD_", "LOG_LEVEL", "DAGSTER_")
-_RUN_PY_SETTINGS = (
-    "SOURCE_TO_SYNC",
-    "DATA_TABLE_NAME",
-    "CONTROL_TABLE_NAME",
-    "NUM_PROCESSES",
-    "DRY_RUN_MODE",
+from binance_assets_tests.helpers import (
+    DAYS,
+    RANGE_END,
+    RANGE_START,
+    REPO,
+    SETTINGS_PREFIXES,
+    TODAY,
+    Cli,
+    assert_bars_match,
+    cli_env,
+    error_line,
+    partitions_materialised,
+    query,
 )
-
-
-@dataclass(frozen=True)
-class Cli:
-    """Runs ``python -m binance_assets.cli`` with the test's environment."""
-
-    env: dict[str, str]
-    home: Path
-    store_url: str
-
-    def __call__(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "binance_assets.cli", *args],
-            env={**self.env, **env},
-            cwd=self.home.parent,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-
-    def instance(self) -> DagsterInstance:
-        return DagsterInstance.from_config(str(self.home))
+from binance_assets_tests.vision_server import VisionServer
 
 
 @pytest.fixture
@@ -71,49 +39,7 @@ def cli(tmp_path: Path, vision_server: VisionServer) -> Cli:
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     store_url = f"chdb://{tmp_path / 'clickhouse'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS_PREFIXES + _RUN_PY_SETTINGS)}
-    env.update(
-        DAGSTER_HOME=str(home),
-        BINANCE_VISION_URL=vision_server.url,
-        BINANCE_VISION_LISTING_URL=vision_server.url,
-        CLICKHOUSE_URL=store_url,
-        BINANCE_MARKETS="um",
-    )
-    return Cli(env, home, store_url)
-
-
-def assert_bars_match(store_url: str, trades: dict[str, pd.DataFrame], first: dt.date, last: dt.date) -> None:
-    """hl5s rows of each ticker on [first, last] are exactly the oracle's bars of its trades on those days."""
-    bars = query(
-        store_url,
-        f"SELECT * FROM binance.hl5s WHERE day BETWEEN '{first}' AND '{last}' ORDER BY ticker, ts",
-    )
-    assert set(bars["ticker"]) == set(trades)
-    for ticker, ticker_trades in trades.items():
-        days = pd.to_datetime(ticker_trades["time_us"], unit="us").dt.date
-        want = expected_bars(ticker_trades[(days >= first) & (days <= last)])
-        ours = bars[bars["ticker"] == ticker].reset_index(drop=True)
-        assert len(ours) == len(want) > 0
-        np.testing.assert_array_equal(
-            ours["ts"].map(lambda t: int(t.timestamp())).to_numpy(), want["ts"].to_numpy() // 10**6
-        )
-        for column in ("open", "high", "low", "close", "trade_count"):
-            np.testing.assert_array_equal(ours[column].to_numpy(), want[column].to_numpy(), err_msg=column)
-        for column in ("volume", "quote_volume"):
-            np.testing.assert_allclose(ours[column].to_numpy(), want[column].to_numpy(), rtol=1e-12)
-
-
-def error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The one-line error a failing command ends with; no traceback before it."""
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("binance-assets: error: "), result.stderr
-    return lines[-1]
-
-
-def partitions_materialised(instance: DagsterInstance, name: str, year: str) -> list[str]:
-    records = instance.fetch_materializations(AssetKey(["binance", "um", name]), limit=10_000).records
-    return [r.partition_key for r in records if r.partition_key and r.partition_key.startswith(year)]
+    return Cli(cli_env(home, vision_server, store_url), home, store_url)
 
 
 @pytest.mark.parametrize(
@@ -284,32 +210,6 @@ def test_bad_input_exits_nonzero_with_one_line(
     assert message in error_line(result)
 
 
-@contextmanager
-def running_daemon(cli: Cli, workdir: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`dagster-daemon run` on the repository's workspace.yaml; its whole process group is killed after."""
-    workdir.mkdir()
-    with (workdir / "daemon.log").open("wb") as log:
-        process = subprocess.Popen(
-            [str(DAEMON), "run", "-w", str(REPO / "workspace.yaml")],
-            cwd=workdir,
-            env={**cli.env, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield process
-        finally:
-            # The daemon's code server and run workers share its process group and outlive a SIGTERM.
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(process.pid, sig)
-                except ProcessLookupError:
-                    break
-                with suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=10)
-
-
 SEED_ENV = """\
 # run.py's .env, and where the local mirror is
 SOURCE_TO_SYNC=BINANCE-FUT
@@ -351,7 +251,7 @@ def test_a_seed_env_drives_a_materialisation_and_its_dry_run_writes_nothing(
     workdir = tmp_path / "seed"
     workdir.mkdir()
     (workdir / ".env").write_text(SEED_ENV.format(mirror=vision_root))
-    env = {k: v for k, v in cli.env.items() if not k.startswith(_SETTINGS_PREFIXES)} | {"HOME": str(workdir)}
+    env = {k: v for k, v in cli.env.items() if not k.startswith(SETTINGS_PREFIXES)} | {"HOME": str(workdir)}
     seed = Cli(env, workdir / ".dagster", f"chdb://{workdir / '.dagster' / 'clickhouse'}")
     days = DAYS[29:32]
     trades = {

@@ -43,7 +43,7 @@ from binance_assets_tests.archives import (
     zip_archive,
 )
 from binance_assets_tests.conftest import REAL
-from binance_assets_tests.test_assets import RANGE_END, RANGE_START, resources
+from binance_assets_tests.helpers import RANGE_END, RANGE_START, resources
 from binance_assets_tests.vision_server import VisionServer
 
 UM, CM, SPOT = MARKETS["um"], MARKETS["cm"], MARKETS["spot"]

@@ -34,8 +34,7 @@ from binance_assets.sensors import (
 from binance_assets.settings import Settings
 from binance_assets.vision.listing import ArchiveInfo, VisionListing
 from binance_assets_tests.archives import expected_bars, publish
-from binance_assets_tests.conftest import query
-from binance_assets_tests.test_assets import resources
+from binance_assets_tests.helpers import query, resources
 from binance_assets_tests.vision_server import VisionServer
 
 UM = MARKETS["um"]

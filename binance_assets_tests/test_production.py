@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import tomllib
@@ -40,10 +39,7 @@ from binance_assets.clickhouse.tables import (
 from binance_assets.definitions import build_resources
 from binance_assets.settings import DAGSTER_INSTANCE_VARIABLES, Settings, SettingsError
 from binance_assets_tests.archives import expected_bars, publish
-from binance_assets_tests.conftest import query
-from binance_assets_tests.postgres import PostgresServer, PostgresUnavailable, find_bin_dir, postgres_server
-from binance_assets_tests.test_cli import (
-    _SETTINGS_PREFIXES,
+from binance_assets_tests.helpers import (
     BACKFILL_TAG,
     DAYS,
     RANGE_END,
@@ -52,9 +48,12 @@ from binance_assets_tests.test_cli import (
     TODAY,
     Cli,
     assert_bars_match,
+    cli_env,
     partitions_materialised,
+    query,
     running_daemon,
 )
+from binance_assets_tests.postgres import PostgresServer, PostgresUnavailable, find_bin_dir, postgres_server
 from binance_assets_tests.vision_server import VisionServer
 
 DEPLOY = REPO / "deploy"
@@ -270,14 +269,7 @@ def instance_cli(
     home = tmp_path / "dagster_home"
     home.mkdir()
     store_url = f"chdb://{tmp_path / 'clickhouse'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS_PREFIXES)}
-    env.update(
-        DAGSTER_HOME=str(home),
-        BINANCE_VISION_URL=vision_server.url,
-        BINANCE_VISION_LISTING_URL=vision_server.url,
-        CLICKHOUSE_URL=store_url,
-        BINANCE_MARKETS="um",
-    )
+    env = cli_env(home, vision_server, store_url)
     if request.param == "sqlite":
         shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     else:

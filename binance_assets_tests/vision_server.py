@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import socket
+import struct
 import sys
 import threading
 import time
@@ -36,6 +38,7 @@ class _Fault:
     status: int | None = None
     code: str | None = None
     truncate: bool = False
+    reset: bool = False
     seconds: float = 0.0
 
     def take(self, request: str) -> bool:
@@ -114,6 +117,10 @@ class VisionServer:
     def truncate(self, pattern: str, times: int | None = 1) -> None:
         """Send the full Content-Length but only half the body, then close the connection."""
         self._add(_Fault(pattern, times, truncate=True))
+
+    def reset(self, pattern: str, times: int | None = 1) -> None:
+        """Send the headers and half the body, then reset the connection (TCP RST, not a clean close)."""
+        self._add(_Fault(pattern, times, reset=True))
 
     def slow(self, pattern: str, seconds: float, times: int | None = 1) -> None:
         """Wait ``seconds`` before answering normally."""
@@ -247,6 +254,9 @@ class _Handler(BaseHTTPRequestHandler):
             if data is None:
                 self._send_error(404, "NoSuchKey")
                 return
+            if fault is not None and fault.reset:
+                self._send_then_reset(data)
+                return
             self._send(data, "binary/octet-stream", truncate=fault is not None and fault.truncate)
         finally:
             vision._end()
@@ -263,6 +273,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(body[: len(body) // 2] if truncate else body)
+
+    def _send_then_reset(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "binary/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        # SO_LINGER on with a zero timeout: close() sends RST instead of FIN
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
 
     def _send_error(self, status: int, code: str) -> None:
         body = (

@@ -9,11 +9,13 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
+from binance_assets.locks import file_lock
 from binance_assets.markets import Market
 from binance_assets.settings import Settings
 from binance_assets.vision.listing import ArchiveInfo, VisionListing
@@ -88,8 +90,22 @@ def open_instance(settings: Settings, *, capture_logs: bool = True) -> DagsterIn
         raise CliError(
             f"DAGSTER_HOME={home!r} is invalid: expected the absolute path of an existing directory", code=2
         )
-    return DagsterInstance.from_ref(
-        InstanceRef.from_dir(path, overrides=None if capture_logs else _NO_CAPTURE)
+    ref = InstanceRef.from_dir(path, overrides=None if capture_logs else _NO_CAPTURE)
+    lock_file = Path(path) / INSTANCE_LOCK
+    with file_lock(lock_file, INSTANCE_LOCK_SECONDS, lambda: _instance_busy(lock_file)):
+        return DagsterInstance.from_ref(ref)
+
+
+INSTANCE_LOCK = ".binance-assets-instance.lock"
+"""Opening an instance creates its storage on first use: Dagster's SQLite schema creation races when
+several processes open a fresh DAGSTER_HOME at once (alembic "more than one head" or a UNIQUE constraint
+on alembic_version), so every command opens the instance under this lock in DAGSTER_HOME."""
+INSTANCE_LOCK_SECONDS = 120.0
+
+
+def _instance_busy(lock_file: Path) -> CliError:
+    return CliError(
+        f"the Dagster instance is busy: could not lock {lock_file} within {INSTANCE_LOCK_SECONDS:g} s"
     )
 
 
@@ -108,7 +124,7 @@ Listed = Mapping[str, Sequence[ArchiveInfo]]
 
 def list_archives(request: Request, settings: Settings) -> Listed:
     """List each ticker's archives on Vision; fail on a ticker that has none."""
-    listing = VisionListing(settings.listing_url)
+    listing = VisionListing(settings.listing_url, timeout=settings.http_timeout)
     listed = {ticker: listing.list_trades_archives(request.market, ticker) for ticker in request.tickers}
     for ticker, archives in listed.items():
         if not archives:

@@ -27,14 +27,11 @@ from binance_assets.cli.common import PROG, CliError, one_line
 from binance_assets.cli.runs import cmd_backfill, cmd_discover, cmd_materialize
 from binance_assets.cli.store import cmd_init, cmd_sql, cmd_status
 from binance_assets.interrupts import restore_interrupts
-from binance_assets.markets import MARKETS, Market
+from binance_assets.markets import MARKETS, TICKER_PATTERN, Market
 from binance_assets.settings import Settings, SettingsError, SettingsWarning, load_settings
 from binance_assets.vision.errors import VisionError
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-_TICKER = re.compile(r"^[A-Z0-9_]+$")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,7 +55,7 @@ def _day(value: str) -> dt.date:
 
 
 def _ticker(value: str) -> str:
-    if not _TICKER.fullmatch(value):
+    if not TICKER_PATTERN.fullmatch(value):
         raise argparse.ArgumentTypeError(
             f"invalid ticker {value!r}: expected an uppercase symbol such as BTCUSDT"
         )

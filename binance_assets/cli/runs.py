@@ -58,9 +58,9 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         [enabled_market(args.market, settings)] if args.market else [MARKETS[k] for k in settings.markets]
     )
     instance = open_instance(settings)
-    listing = VisionListing(settings.listing_url)
+    listing = VisionListing(settings.listing_url, timeout=settings.http_timeout)
     for market in markets:
-        listed = listing.list_tickers(market)
+        listed = listing.list_tickers(market, lambda line: say(f"{PROG}: warning: {line}", progress=True))
         wanted = [t for t in listed if settings.wants_ticker(t)]
         new = set(register_tickers(instance, market, wanted))
         print(f"{market.key}: {len(listed)} tickers listed, {len(wanted)} wanted, {len(new)} new")
@@ -172,10 +172,11 @@ def _metadata_totals(metadata: Mapping[str, MetadataValue]) -> Totals:
 
 
 def _failure(result: ExecuteInProcessResult) -> str:
-    """The first step failure's own message (its innermost cause: the error raised, not Dagster's wrapper)."""
+    """The first step failure's own message: our Failure's description, else the innermost cause (the error
+    raised, not Dagster's wrapper)."""
     for event in result.get_step_failure_events():
         error = event.step_failure_data.error
-        while error is not None and error.cause is not None:
+        while error is not None and error.cause is not None and error.cls_name != "Failure":
             error = error.cause
         if error is not None:
             return one_line(re.sub(rf"^[\w.]*\b{re.escape(error.cls_name)}: ", "", error.message))

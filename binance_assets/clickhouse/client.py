@@ -12,7 +12,6 @@ chDB (4.4, ClickHouse 26.9) hosts one engine per process and one process per sto
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
@@ -24,7 +23,8 @@ from urllib.parse import unquote, urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-_POLL_SECONDS = 0.05
+from binance_assets.locks import file_lock
+
 _EMBEDDED_LOCK = threading.Lock()
 """One chDB engine per process: threads use embedded stores one at a time."""
 
@@ -127,23 +127,8 @@ def _embedded_store_lock(store: Path, timeout: float) -> Iterator[None]:
     if not _EMBEDDED_LOCK.acquire(timeout=max(timeout, 0)):
         raise StoreBusyError(lock_file, timeout)
     try:
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        with lock_file.open("a") as handle:
-            _flock(handle.fileno(), deadline, lock_file, timeout)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        remaining = max(deadline - time.monotonic(), 0)
+        with file_lock(lock_file, remaining, lambda: StoreBusyError(lock_file, timeout)):
+            yield
     finally:
         _EMBEDDED_LOCK.release()
-
-
-def _flock(fd: int, deadline: float, lock_file: Path, timeout: float) -> None:
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise StoreBusyError(lock_file, timeout) from None
-            time.sleep(_POLL_SECONDS)

@@ -78,22 +78,23 @@ def read_archive(
     dataset: Dataset,
     *,
     contract_size: float | None = None,
+    name: str | None = None,
     chunk_size: int = CHUNK_SIZE,
 ) -> Iterator[pa.RecordBatch]:
     """Stream the rows of one Vision zip of `dataset` as record batches in `dataset.schema`.
 
     Rows keep file order: sorting and de-duplication are the aggregator's job, since monthly files
-    interleave days. Raises ArchiveFormatError naming the archive (and the line) for a corrupt zip,
-    unexpected columns, an unparsable row, an empty field or a row the dataset rejects.
+    interleave days. Raises ArchiveFormatError naming the archive (as `name`, by default the file's
+    name: the cache names files by their sha256) and the line for a corrupt zip, unexpected columns,
+    an unparsable row, an empty field or a row the dataset rejects.
     """
     conversion = dataset.conversion(market, contract_size)  # eager: a missing argument fails here
-    return _stream(Path(path), dataset.columns(market), conversion, chunk_size)
+    return _stream(Path(path), name or Path(path).name, dataset.columns(market), conversion, chunk_size)
 
 
 def _stream(
-    path: Path, columns: tuple[str, ...], conversion: Conversion, chunk_size: int
+    path: Path, name: str, columns: tuple[str, ...], conversion: Conversion, chunk_size: int
 ) -> Iterator[pa.RecordBatch]:
-    name = path.name
     with open(path, "rb") as file:
         try:
             info = csv_member(zipfile.ZipFile(file), name)

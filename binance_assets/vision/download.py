@@ -8,6 +8,7 @@ file, and a cached one is reused without downloading it again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import itertools
@@ -269,9 +270,10 @@ class VisionDownloader:
             return LocalArchive(key, target, sha256, target.stat().st_size, 0, time.monotonic() - started)
         except FileNotFoundError:
             pass
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, part = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
+        part = ""
         try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, part = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
             digest = hashlib.sha256()
             size = 0
             with os.fdopen(fd, "wb") as out:
@@ -285,7 +287,12 @@ class VisionDownloader:
             if actual != sha256:
                 raise ChecksumMismatch(key, sha256, actual)
             os.replace(part, target)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or exc.filename:
+                raise
+            raise OSError(exc.errno, f"{exc.strerror} (archive cache {self.cache_dir})", str(target)) from exc
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(part)
+            if part:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part)
         return LocalArchive(key, target, sha256, size, size, time.monotonic() - started)

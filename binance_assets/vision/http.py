@@ -119,12 +119,15 @@ def get(
 
 
 def iter_body(response: requests.Response, url: str, chunk_bytes: int) -> Iterator[bytes]:
-    """Stream a response body, raising a retryable :class:`VisionHTTPError` if it ends early."""
+    """Stream a response body, raising a retryable :class:`VisionHTTPError` if it ends early, and a
+    classified one if the body is an S3 ``<Error>`` document (a 200 that carries an error)."""
     expected = response.headers.get("Content-Length")
     received = 0
     with response:
         try:
             for chunk in response.iter_content(chunk_bytes):
+                if received == 0 and _s3_error_code(chunk) is not None:
+                    raise _failure(url, response.status_code, chunk)  # an S3 <Error> served with 200
                 received += len(chunk)
                 yield chunk
         except _TRANSIENT_REQUEST_ERRORS as exc:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import logging
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -20,12 +22,13 @@ from urllib.parse import urlencode
 
 import requests
 
-from binance_assets.markets import Market
+from binance_assets.markets import TICKER_PATTERN, Market
 from binance_assets.vision import http
 from binance_assets.vision.errors import VisionError, VisionHTTPError
 
 Freq = Literal["daily", "monthly"]
 FREQS: tuple[Freq, ...] = ("daily", "monthly")
+log = logging.getLogger(__name__)
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _PERIOD = {"daily": re.compile(r"\d{4}-\d{2}-\d{2}"), "monthly": re.compile(r"\d{4}-\d{2}")}
 
@@ -148,13 +151,19 @@ class VisionListing:
         """The ``.zip`` objects directly under folder ``prefix`` (``.CHECKSUM`` files left out)."""
         return [o for o in self.list_prefix(prefix).objects if o.key.endswith(".zip")]
 
-    def list_tickers(self, market: Market) -> list[str]:
-        """Tickers with a daily or a monthly trades folder, sorted; delisted ones included."""
-        tickers: set[str] = set()
+    def list_tickers(self, market: Market, warn: Callable[[str], object] = log.warning) -> list[str]:
+        """Tickers with a daily or a monthly trades folder, sorted; delisted ones included.
+
+        A folder whose name is no ticker (markets.TICKER_PATTERN: say ``BAD|NAME``, whose ``|`` would split
+        a partition key) is skipped, with one ``warn`` line per name.
+        """
+        names: set[str] = set()
         for freq in FREQS:
             base = market.trades_prefix(freq)
-            tickers.update(p[len(base) : -1] for p in self.list_prefix(base).prefixes)
-        return sorted(tickers)
+            names.update(p[len(base) : -1] for p in self.list_prefix(base).prefixes)
+        for name in sorted(n for n in names if not TICKER_PATTERN.fullmatch(n)):
+            warn(f"{market.key}: skipping listed folder {name!r}: not a ticker (expected A-Z, 0-9 and _)")
+        return sorted(n for n in names if TICKER_PATTERN.fullmatch(n))
 
     def list_trades_archives(self, market: Market, ticker: str, freq: str | None = None) -> list[ArchiveInfo]:
         """Trades archives of ``ticker`` (daily and monthly when ``freq`` is None), sorted by period.

@@ -57,6 +57,8 @@ def _conversion(market: Market, contract_size: float | None) -> Conversion:
 TRADES = Dataset("trades", TRADES_SCHEMA, attrgetter("csv_columns"), _conversion)
 
 
-def read_trades(path: Path, market: Market, *, chunk_size: int = CHUNK_SIZE) -> Iterator[pa.RecordBatch]:
+def read_trades(
+    path: Path, market: Market, *, name: str | None = None, chunk_size: int = CHUNK_SIZE
+) -> Iterator[pa.RecordBatch]:
     """`read_archive` of a trades zip."""
-    return read_archive(path, market, TRADES, chunk_size=chunk_size)
+    return read_archive(path, market, TRADES, name=name, chunk_size=chunk_size)

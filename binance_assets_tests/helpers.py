@@ -1,0 +1,176 @@
+"""What several test modules share: the resources and runs of the assets, the CLI as a user runs it, the
+real daemon, and the oracle comparison of stored bars. Test modules import from here, never from each
+other; fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, RetryPolicy, materialize
+
+from binance_assets.assets import build_market_assets
+from binance_assets.clickhouse.client import open_client
+from binance_assets.clickhouse.io_manager import ClickHouseIOManager
+from binance_assets.markets import MARKETS
+from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets_tests.archives import expected_bars
+from binance_assets_tests.vision_server import VisionServer
+
+REPO = Path(__file__).resolve().parents[1]
+DAEMON = Path(sys.executable).with_name("dagster-daemon")
+TODAY = dt.datetime.now(dt.UTC).date()
+DAYS = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(35)]
+"""2024-01-01..2024-02-04: a whole month (with its monthly archive) and the next month's first days."""
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+BACKFILL_TAG = "dagster/backfill"
+SETTINGS_PREFIXES = ("BINANCE_", "CLICKHOUSE_", "TICKER", "DOWNLOAD_", "LOG_LEVEL", "DAGSTER_")
+RUN_PY_SETTINGS = ("SOURCE_TO_SYNC", "DATA_TABLE_NAME", "CONTROL_TABLE_NAME", "NUM_PROCESSES", "DRY_RUN_MODE")
+
+
+def query(store_url: str, sql: str) -> pd.DataFrame:
+    """A query's result as a DataFrame, `day` as datetime.date."""
+    with open_client(store_url) as client:
+        frame = client.query_df(sql)
+    if "day" in frame:
+        frame["day"] = pd.to_datetime(frame["day"]).dt.date
+    return frame
+
+
+def resources(server: VisionServer, store_url: str, tmp_path: Path, **vision: object) -> dict[str, object]:
+    """The assets' resources on the fake Vision server and an embedded store; fast download retries."""
+    store = {"url": store_url, "database": "binance"}
+    options: dict[str, object] = {"backoff_seconds": 0.01, "cache_dir": str(tmp_path / "cache"), **vision}
+    return {
+        "clickhouse_io_manager": ClickHouseIOManager(**store),
+        "clickhouse": ClickHouseResource(**store),
+        "vision": VisionResource(vision_url=server.url, listing_url=server.url, **options),
+    }
+
+
+def materialize_range(
+    instance: DagsterInstance,
+    res: dict[str, object],
+    ticker: str,
+    first: str,
+    last: str,
+    retry_policy: RetryPolicy | None = None,
+) -> ExecuteInProcessResult:
+    """One UM run over [first, last] of one ticker, as a backfill chunk; failures returned, not raised."""
+    return materialize(
+        [build_market_assets(MARKETS["um"], 31, retry_policy=retry_policy)],
+        instance=instance,
+        resources=res,
+        tags={RANGE_START: f"{first}|{ticker}", RANGE_END: f"{last}|{ticker}"},
+        raise_on_error=False,
+    )
+
+
+@dataclass(frozen=True)
+class Cli:
+    """Runs ``python -m binance_assets.cli`` with the test's environment."""
+
+    env: dict[str, str]
+    home: Path
+    store_url: str
+
+    def __call__(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "binance_assets.cli", *args],
+            env={**self.env, **env},
+            cwd=self.home.parent,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    def instance(self) -> DagsterInstance:
+        return DagsterInstance.from_config(str(self.home))
+
+
+def cli_env(home: Path, server: VisionServer, store_url: str) -> dict[str, str]:
+    """This process's environment without any setting of ours, pointed at the fake Vision and the store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIXES + RUN_PY_SETTINGS)}
+    env.update(
+        DAGSTER_HOME=str(home),
+        BINANCE_VISION_URL=server.url,
+        BINANCE_VISION_LISTING_URL=server.url,
+        CLICKHOUSE_URL=store_url,
+        BINANCE_MARKETS="um",
+    )
+    return env
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one-line error a failing command ends with; no traceback before it."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("binance-assets: error: "), result.stderr
+    return lines[-1]
+
+
+@contextmanager
+def daemon(env: dict[str, str], workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`dagster-daemon run` on the repository's workspace.yaml, logging to ``workdir/daemon.log``; its whole
+    process group is killed after."""
+    workdir.mkdir(exist_ok=True)
+    with (workdir / "daemon.log").open("ab") as log:
+        process = subprocess.Popen(
+            [str(DAEMON), "run", "-w", str(REPO / "workspace.yaml")],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            # The daemon's code server and run workers share its process group and outlive a SIGTERM.
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(process.pid, sig)
+                except ProcessLookupError:
+                    break
+                with suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=10)
+
+
+def running_daemon(cli: Cli, workdir: Path, **env: str) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """The daemon with the CLI's environment (and ``env``)."""
+    return daemon({**cli.env, **env}, workdir)
+
+
+def assert_bars_match(store_url: str, trades: dict[str, pd.DataFrame], first: dt.date, last: dt.date) -> None:
+    """hl5s rows of each ticker on [first, last] are exactly the oracle's bars of its trades on those days."""
+    bars = query(
+        store_url,
+        f"SELECT * FROM binance.hl5s WHERE day BETWEEN '{first}' AND '{last}' ORDER BY ticker, ts",
+    )
+    assert set(bars["ticker"]) == set(trades)
+    for ticker, ticker_trades in trades.items():
+        days = pd.to_datetime(ticker_trades["time_us"], unit="us").dt.date
+        want = expected_bars(ticker_trades[(days >= first) & (days <= last)])
+        ours = bars[bars["ticker"] == ticker].reset_index(drop=True)
+        assert len(ours) == len(want) > 0
+        np.testing.assert_array_equal(
+            ours["ts"].map(lambda t: int(t.timestamp())).to_numpy(), want["ts"].to_numpy() // 10**6
+        )
+        for column in ("open", "high", "low", "close", "trade_count"):
+            np.testing.assert_array_equal(ours[column].to_numpy(), want[column].to_numpy(), err_msg=column)
+        for column in ("volume", "quote_volume"):
+            np.testing.assert_allclose(ours[column].to_numpy(), want[column].to_numpy(), rtol=1e-12)
+
+
+def partitions_materialised(instance: DagsterInstance, name: str, year: str) -> list[str]:
+    records = instance.fetch_materializations(AssetKey(["binance", "um", name]), limit=10_000).records
+    return [r.partition_key for r in records if r.partition_key and r.partition_key.startswith(year)]
