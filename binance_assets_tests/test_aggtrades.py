@@ -31,7 +31,7 @@ from binance_assets_tests.archives import (
     trades_csv,
     zip_archive,
 )
-from binance_assets_tests.test_bars import assert_aggregation_matches
+from binance_assets_tests.test_bars import assert_aggregation_matches, assert_volumes
 
 MIDNIGHT = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
 TRADES_LAYOUT = {"cm_header": "cm", "cm_noheader": "cm"}
@@ -98,10 +98,7 @@ def assert_same_aggregation(got: Aggregation, want: Aggregation, quote_atol_per_
         a, b = getattr(got, name), getattr(want, name)
         assert a.num_rows == b.num_rows, name
         assert a.select(exact).equals(b.select(exact)), name
-        for column in ("volume", "quote_volume", "taker_buy_volume"):
-            x, y = a[column].to_numpy(), b[column].to_numpy()
-            atol = quote_atol_per_trade * b["trade_count"].to_numpy() if column == "quote_volume" else 0.0
-            assert (np.abs(x - y) <= 1e-9 * np.abs(y) + atol).all(), f"{name} {column}"
+        assert_volumes(a.to_pandas(), b.to_pandas(), quote_atol_per_trade)
 
 
 @pytest.mark.parametrize("layout", sorted(AGG_LAYOUTS))
