@@ -22,7 +22,10 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
@@ -43,20 +46,31 @@ STAGES: dict[str, str] = {
 def build_archive(workdir: Path, trades: int) -> Path:
     """Write (once) the UM `BTCUSDT-trades-2024-01-01.zip` of `trades` trades under `workdir`."""
     from binance_assets.markets import get_market
-    from binance_assets_tests.archives import make_trades, trades_csv, write_archive, zip_archive
+    from binance_assets_tests.archives import trades_csv, write_archive, zip_archive
 
     key = get_market("um").trades_key(TICKER, DAY.isoformat())
-    root = workdir / f"um-{trades}"
+    root = cache_root(workdir, trades)
     path = root / key
     if path.with_name(path.name + ".CHECKSUM").exists():  # written last: the zip is complete
         return path
     started = time.perf_counter()
-    start = dt.datetime.combine(DAY, dt.time(), tzinfo=dt.UTC)
-    frame = make_trades(trades, start, 86_400, price=42_000.0, time_unit="ms")
-    text = trades_csv(frame, "um_header")
+    text = trades_csv(synthetic_day(trades), "um_header")
     written = write_archive(root, key, zip_archive(text, path.with_suffix(".csv").name))
     print(f"generated {written} in {time.perf_counter() - started:.1f} s (csv {len(text) / 1e6:.1f} MB)")
     return written
+
+
+def cache_root(workdir: Path, trades: int) -> Path:
+    """The mirror (laid out like the bucket) holding the benchmark's archives of `trades` trades."""
+    return workdir / f"um-{trades}"
+
+
+def synthetic_day(trades: int) -> pd.DataFrame:
+    """The benchmark's trades: `trades` UM trades over DAY at about 42,000 USDT, whole milliseconds."""
+    from binance_assets_tests.archives import make_trades
+
+    start = dt.datetime.combine(DAY, dt.time(), tzinfo=dt.UTC)
+    return make_trades(trades, start, 86_400, price=42_000.0, time_unit="ms")
 
 
 def _deflate_stream(path: Path) -> tuple[int, int, int]:
@@ -150,11 +164,12 @@ LOADERS: dict[str, Callable[[], Callable[[Path], object]]] = {
 }
 
 
-def child(stage: str, path: Path, passes: int) -> None:
-    """Run the stage `passes` times in this process; print one JSON line with the first (cold: thread
-    pools, first-touch memory) and the fastest (warm: what every archive after a run's first costs)."""
+def child(load: Callable[[], Callable[[Path], object]], path: Path, passes: int) -> None:
+    """Run the loaded work `passes` times in this process; print one JSON line with the first (cold:
+    thread pools, first-touch memory) and the fastest (warm: what every archive after a run's first
+    costs)."""
     try:
-        work = LOADERS[stage]()
+        work = load()
     except Exception as error:  # reported, so the other stages still print
         print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
         return
@@ -174,12 +189,13 @@ def _peak_rss_mb() -> float:
     return int(kilobytes) / 1024
 
 
-def measure(stage: str, path: Path, repeat: int, passes: int) -> dict[str, Any]:
-    """Best seconds and highest peak RSS over `repeat` fresh subprocesses, or {"error": ...}."""
+def measure(stage: str, path: Path, repeat: int, passes: int, script: str = __file__) -> dict[str, Any]:
+    """Best seconds and highest peak RSS over `repeat` fresh subprocesses running `script --child stage`,
+    or {"error": ...}."""
     runs = []
     for _ in range(repeat):
         done = subprocess.run(
-            [sys.executable, __file__, "--child", stage, "--zip", str(path), "--passes", str(passes)],
+            [sys.executable, script, "--child", stage, "--zip", str(path), "--passes", str(passes)],
             capture_output=True,
             text=True,
             check=False,
@@ -195,19 +211,27 @@ def measure(stage: str, path: Path, repeat: int, passes: int) -> dict[str, Any]:
     return {**best, "cold": min(run["cold"] for run in runs), "rss_mb": max(run["rss_mb"] for run in runs)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_or_run_child(
+    doc: str, loaders: dict[str, Callable[[], Callable[[Path], object]]]
+) -> argparse.Namespace | None:
+    """The benchmark's arguments; None when this process was a `--child` measurement, now done."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trades", type=int, default=3_000_000)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "binance-assets-bench")
     parser.add_argument("--repeat", type=int, default=3, help="fresh processes per stage")
     parser.add_argument("--passes", type=int, default=3, help="runs per process (the first is cold)")
-    parser.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=loaders, help=argparse.SUPPRESS)
     parser.add_argument("--zip", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.zip, args.passes)
+        child(loaders[args.child], args.zip, args.passes)
+        return None
+    return args
+
+
+def main() -> None:
+    args = parse_or_run_child(__doc__ or "", LOADERS)
+    if args is None:
         return
 
     path = build_archive(args.workdir, args.trades)

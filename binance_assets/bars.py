@@ -1,9 +1,14 @@
 """Trades batches -> 5-second right-labelled bars and per-UTC-day stats (pure, vectorised, streaming).
 
+Input rows are TRADES_SCHEMA, optionally with a ``last_id`` column (AGG_TRADES_SCHEMA): such a row is an
+aggregate trade standing for the trades ``id..last_id`` at one price and time, so it adds
+last_id - id + 1 to the trade counts and ``last_id`` to the id range (docs/vision-format.md section 8).
+
 A bar stamped ``ts`` covers trades with time in [ts - 5 s, ts); empty intervals make no bar, and a bar
 belongs to the UTC day of its trades (the bar stamped 00:00:00 of D+1 is day D's last). Open and close
-follow (time, id) order; a repeated trade id counts once (its first occurrence in file order); rows are
-bucketed by their own timestamp, so interleaved monthly files aggregate correctly.
+follow (time, id) order; a repeated row id counts once (its first occurrence in file order; aggregates
+are keyed by their first trade id); rows are bucketed by their own timestamp, so interleaved monthly
+files aggregate correctly. missing_trade_ids is the day's id span less its trade count.
 
 Each batch is reduced to partial bars at once (NumPy ``reduceat`` over bar runs); partial bars are
 merged with the same reductions, so memory is bounded by the number of bars (17,280 a day), never by
@@ -135,8 +140,10 @@ def _reduce(
     qty: np.ndarray,
     quote: np.ndarray,
     taker_qty: np.ndarray,
+    counts: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
-    """Partial bars from trades sorted by (key, time, id)."""
+    """Partial bars from rows sorted by (key, time, id); `counts` is the trades each row stands for
+    (aggregate trades), None when each row is one trade."""
     starts = _runs(key)
     ends = np.concatenate((starts[1:], [len(key)])) - 1
     return {
@@ -152,7 +159,11 @@ def _reduce(
         "volume": np.add.reduceat(qty, starts),
         "quote_volume": np.add.reduceat(quote, starts),
         "taker_buy_volume": np.add.reduceat(taker_qty, starts),
-        "trade_count": np.diff(np.concatenate((starts, [len(key)]))),
+        "trade_count": (
+            np.diff(np.concatenate((starts, [len(key)])))
+            if counts is None
+            else np.add.reduceat(counts, starts)
+        ),
     }
 
 
@@ -231,7 +242,8 @@ class _SeenIds:
 
 
 class BarAggregator:
-    """Feed trade batches in TRADES_SCHEMA with :meth:`add`; :meth:`finish` returns bars and day stats."""
+    """Feed batches in TRADES_SCHEMA (or AGG_TRADES_SCHEMA) with :meth:`add`; :meth:`finish` returns bars
+    and day stats."""
 
     def __init__(self) -> None:
         self._bars = _PartialBars()
@@ -242,30 +254,32 @@ class BarAggregator:
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows == 0:
             return
-        ids = batch.column("id").to_numpy()
-        time = batch.column("time_us").to_numpy()
-        price = batch.column("price").to_numpy()
-        qty = batch.column("qty").to_numpy()
-        quote = batch.column("quote_qty").to_numpy()
-        maker = batch.column("is_buyer_maker").to_numpy(zero_copy_only=False)
-        keep = self._seen.first_seen(ids)
+        names = ("id", "time_us", "price", "qty", "quote_qty", "is_buyer_maker")
+        if "last_id" in batch.schema.names:
+            names += ("last_id",)
+        columns = [batch.column(name).to_numpy(zero_copy_only=False) for name in names]
+        keep = self._seen.first_seen(columns[0])
         if keep is not None:
-            dropped_days, dropped = np.unique(time[~keep] // DAY_US, return_counts=True)
+            dropped_days, dropped = np.unique(columns[1][~keep] // DAY_US, return_counts=True)
             self._day_parts.append({"day": dropped_days, "duplicate_rows": dropped})
-            ids, time, price, qty, quote, maker = (a[keep] for a in (ids, time, price, qty, quote, maker))
-            if len(ids) == 0:
+            columns = [a[keep] for a in columns]
+            if len(columns[0]) == 0:
                 return
-        if not _is_sorted(time, ids):
-            order = np.lexsort((ids, time))
-            ids, time, price, qty, quote, maker = (a[order] for a in (ids, time, price, qty, quote, maker))
-        self._bars.add(_reduce(time // BAR_US, time, ids, price, qty, quote, np.where(maker, 0.0, qty)))
+        if not _is_sorted(columns[1], columns[0]):
+            order = np.lexsort((columns[0], columns[1]))
+            columns = [a[order] for a in columns]
+        ids, time, price, qty, quote, maker = columns[:6]
+        last = columns[6] if len(columns) > 6 else ids
+        counts = None if last is ids else last - ids + 1
+        taker_qty = np.where(maker, 0.0, qty)
+        self._bars.add(_reduce(time // BAR_US, time, ids, price, qty, quote, taker_qty, counts))
         day = time // DAY_US
         starts = _runs(day)
         self._day_parts.append(
             {
                 "day": day[starts],
                 "first_trade_id": np.minimum.reduceat(ids, starts),
-                "last_trade_id": np.maximum.reduceat(ids, starts),
+                "last_trade_id": np.maximum.reduceat(last, starts),
                 "nonpositive_rows": np.add.reduceat(((price <= 0) | (qty <= 0)).astype(np.int64), starts),
             }
         )
@@ -308,7 +322,8 @@ class BarAggregator:
                 "bar_count": np.diff(np.concatenate((bar_starts, [len(bar_day)]))).astype(np.uint32),
                 "first_trade_id": first_id,
                 "last_trade_id": last_id,
-                "missing_trade_ids": ((last_id - first_id + 1) - trade_count).astype(np.uint64),
+                # aggregates overlapping in id (no archive seen so) would count more trades than the span
+                "missing_trade_ids": np.maximum((last_id - first_id + 1) - trade_count, 0).astype(np.uint64),
                 "duplicate_rows": duplicates.astype(np.uint64),
                 "nonpositive_rows": nonpositive.astype(np.uint64),
                 "first_time": per_day(bars["open_time"], np.minimum),
@@ -348,7 +363,7 @@ def _bars_table(bars: dict[str, np.ndarray]) -> pa.Table:
 
 
 def aggregate_trades(batches: Iterable[pa.RecordBatch | pa.Table]) -> Aggregation:
-    """Aggregate a stream of trade batches (TRADES_SCHEMA) into bars and day stats."""
+    """Aggregate a stream of trade batches (TRADES_SCHEMA or AGG_TRADES_SCHEMA) into bars and day stats."""
     aggregator = BarAggregator()
     for batch in batches:
         aggregator.add(batch)

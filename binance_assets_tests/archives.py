@@ -1,6 +1,7 @@
-"""Synthetic Binance Vision trades archives in every real layout, and an independent bars oracle.
+"""Synthetic Binance Vision trades and aggTrades archives in every real layout, and an independent bars
+oracle.
 
-Layouts follow vision/FORMAT.md section 3. The oracle (`expected_bars`, `expected_day_stats`,
+Layouts follow docs/vision-format.md sections 3 and 8. The oracle (`expected_bars`, `expected_day_stats`,
 `expected_1m`) is written the obvious way with pandas groupby, so it shares no algorithm with
 `binance_assets.bars`. Everything here is pure numpy/pandas/zipfile.
 """
@@ -80,14 +81,31 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 
+_AGG_HEADER = "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"
+AGG_LAYOUTS: dict[str, Layout] = {
+    "spot_ms": LAYOUTS["spot_ms"],
+    "spot_us": LAYOUTS["spot_us"],
+    "um_header": replace(_UM_HEADER, header=_AGG_HEADER),
+    "um_noheader": LAYOUTS["um_noheader"],
+    "cm_header": replace(LAYOUTS["cm"], header=_AGG_HEADER),
+    "cm_noheader": replace(LAYOUTS["cm"], header=None),
+}
+"""aggTrades layouts: the trades layout of the same market and era with the aggTrades header (spot has
+none); `third_column` is unused."""
+
+
 def to_us(when: dt.datetime) -> int:
     """UTC microseconds since the epoch of an aware datetime."""
     return (when - _EPOCH) // dt.timedelta(microseconds=1)
 
 
-def cm_base_qty(price: np.ndarray | pd.Series, qty: np.ndarray | pd.Series) -> np.ndarray:
-    """COIN-M base_qty of a trade of `qty` 100-USD contracts: qty*100/price, 8 decimals."""
-    return np.round(np.asarray(qty, dtype=np.float64) * 100.0 / np.asarray(price, dtype=np.float64), 8)
+def cm_base_qty(
+    price: np.ndarray | pd.Series, qty: np.ndarray | pd.Series, contract_size: float = 100.0
+) -> np.ndarray:
+    """COIN-M base_qty of a trade of `qty` contracts of `contract_size` USD (100: BTCUSD_*):
+    qty*contract_size/price, rounded to 8 decimals as the trades archive writes it."""
+    qty = np.asarray(qty, dtype=np.float64)
+    return np.round(qty * contract_size / np.asarray(price, dtype=np.float64), 8)
 
 
 def make_trades(
@@ -216,42 +234,95 @@ def trades_csv(df: pd.DataFrame, layout: str) -> bytes:
     """The CSV text of trades `df` in one of `LAYOUTS` (spot_ms, spot_us, um_header, um_noheader, cm).
 
     The third numeric column is `df["quote_qty"]` / `df["base_qty"]` when present (so tests can plant
-    the corrupt quote_qty rows of FORMAT.md section 5), else price*qty / `cm_base_qty`. Vectorised:
-    3M rows take a few seconds.
+    the corrupt quote_qty rows of docs/vision-format.md section 5), else price*qty / `cm_base_qty`.
+    Vectorised: 3M rows take a few seconds.
     """
     spec = LAYOUTS[layout]
-    time_us = df["time_us"].to_numpy(np.int64)
-    if spec.time_unit == "ms" and (time_us % 1000).any():
-        raise ValueError(f"layout {layout} writes ms: time_us must be whole ms (make_trades(time_unit='ms'))")
     qty = df["qty"].to_numpy(np.float64)
-    if spec.integer_qty and (qty != np.round(qty)).any():
-        raise ValueError(f"layout {layout} writes whole contracts: qty must be integral")
     if spec.third_column in df:
         third = df[spec.third_column].to_numpy(np.float64)
     elif spec.third_column == "base_qty":
         third = cm_base_qty(df["price"], qty)
     else:
         third = df["price"].to_numpy(np.float64) * qty
-    file_time = time_us // 1000 if spec.time_unit == "ms" else time_us
-    ids = df["id"].to_numpy(np.int64)
-    prices = df["price"].to_numpy(np.float64)
-    is_buyer_maker = df["is_buyer_maker"].to_numpy(bool)
+    kinds = ("integer", "decimal", "qty", "decimal", "time", "side")
+    values = (df["id"], df["price"], qty, third, df["time_us"], df["is_buyer_maker"])
+    return _csv_text(spec, layout, list(zip(kinds, values, strict=True)))
 
+
+def agg_trades(trades: pd.DataFrame, first_agg_id: int = 1) -> pd.DataFrame:
+    """Binance's aggregate trades of `trades` (id order): consecutive trades with contiguous ids and the
+    same time, price and side merge into one row with their qty summed and their first/last trade id;
+    aggregate ids count up from `first_agg_id`. Columns: agg_trade_id, price, qty, first_trade_id,
+    last_trade_id, time_us, is_buyer_maker."""
+    ids = trades["id"].to_numpy(np.int64)
+    time_us = trades["time_us"].to_numpy(np.int64)
+    price = trades["price"].to_numpy(np.float64)
+    side = trades["is_buyer_maker"].to_numpy(bool)
+    if len(ids) and (np.diff(ids) <= 0).any():
+        raise ValueError("agg_trades needs trades in increasing id order (aggregate first, then shuffle)")
+    new = np.ones(len(ids), bool)
+    new[1:] = (ids[1:] != ids[:-1] + 1) | (time_us[1:] != time_us[:-1]) | (price[1:] != price[:-1])
+    new[1:] |= side[1:] != side[:-1]
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(ids)) - 1
+    return pd.DataFrame(
+        {
+            "agg_trade_id": np.arange(first_agg_id, first_agg_id + len(starts), dtype=np.int64),
+            "price": price[starts],
+            "qty": np.add.reduceat(trades["qty"].to_numpy(np.float64), starts) if len(ids) else [],
+            "first_trade_id": ids[starts],
+            "last_trade_id": ids[ends],
+            "time_us": time_us[starts],
+            "is_buyer_maker": side[starts],
+        }
+    )
+
+
+def agg_trades_csv(aggs: pd.DataFrame, layout: str) -> bytes:
+    """The CSV text of aggregate trades `aggs` (as `agg_trades` makes them) in one of `AGG_LAYOUTS`."""
+    kinds = ("integer", "decimal", "qty", "integer", "integer", "time", "side")
+    names = ("agg_trade_id", "price", "qty", "first_trade_id", "last_trade_id", "time_us", "is_buyer_maker")
+    return _csv_text(
+        AGG_LAYOUTS[layout], layout, [(kind, aggs[name]) for kind, name in zip(kinds, names, strict=True)]
+    )
+
+
+def _csv_text(spec: Layout, layout: str, columns: list[tuple[str, pd.Series | np.ndarray]]) -> bytes:
+    """The header (if any) and the rows of `columns` ((kind, values) in file order), written
+    `_CHUNK_ROWS` at a time, plus spot's trailing isBestMatch (always True). Kinds: integer, decimal,
+    qty (whole contracts for COIN-M), time (microseconds, written in the layout's unit), side (a bool)."""
+    arrays = [(kind, _file_values(kind, np.asarray(values), spec, layout)) for kind, values in columns]
+    n = len(arrays[0][1])
     parts = [] if spec.header is None else [spec.header.encode() + b"\n"]
-    for lo in range(0, len(df), _CHUNK_ROWS):
-        rows = slice(lo, lo + _CHUNK_ROWS)
-        columns = [
-            _integer_field(ids[rows]),
-            _decimal_field(prices[rows], spec.padded),
-            _integer_field(qty[rows]) if spec.integer_qty else _decimal_field(qty[rows], spec.padded),
-            _decimal_field(third[rows], spec.padded),
-            _integer_field(file_time[rows]),
-            _bool_field(is_buyer_maker[rows], spec.true, spec.false),
-        ]
+    for lo in range(0, n, _CHUNK_ROWS):
+        rows = slice(lo, min(lo + _CHUNK_ROWS, n))
+        fields = [_field(kind, values[rows], spec) for kind, values in arrays]
         if spec.best_match:
-            columns.append(_bool_field(np.ones(len(ids[rows]), dtype=bool), spec.true, spec.false))
-        parts.append(_csv_rows(columns))
+            fields.append(_field("side", np.ones(rows.stop - rows.start, dtype=bool), spec))
+        parts.append(_csv_rows(fields))
     return b"".join(parts)
+
+
+def _file_values(kind: str, values: np.ndarray, spec: Layout, layout: str) -> np.ndarray:
+    """`values` as the layout writes them, after checking that it can hold them exactly."""
+    if kind == "time":
+        if spec.time_unit == "ms" and (values % 1000).any():
+            raise ValueError(
+                f"layout {layout} writes ms: time_us must be whole ms (make_trades(time_unit='ms'))"
+            )
+        return values // 1000 if spec.time_unit == "ms" else values
+    if kind == "qty" and spec.integer_qty and (values != np.round(values)).any():
+        raise ValueError(f"layout {layout} writes whole contracts: qty must be integral")
+    return values
+
+
+def _field(kind: str, values: np.ndarray, spec: Layout) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "side":
+        return _bool_field(values, spec.true, spec.false)
+    if kind in ("integer", "time") or (kind == "qty" and spec.integer_qty):
+        return _integer_field(values)
+    return _decimal_field(values, spec.padded)
 
 
 def zip_archive(
@@ -410,8 +481,8 @@ def expected_klines(df: pd.DataFrame, days: list[dt.date], quote_col: str | None
     """Binance's 1m klines of trades `df` on `days`: all 1440 minutes of each day, `open_time` in ms.
 
     Built on `expected_1m`; a minute without trades has count 0, zero volumes and OHLC at the previous
-    close (FORMAT.md section 4). For COIN-M pass quote_col="base_qty": its kline `quote_volume` column is
-    the base-asset volume.
+    close (docs/vision-format.md section 4). For COIN-M pass quote_col="base_qty": its kline
+    `quote_volume` column is the base-asset volume.
     """
     starts = np.array([to_us(dt.datetime.combine(d, dt.time(), tzinfo=dt.UTC)) // 1000 for d in sorted(days)])
     minutes = (starts[:, None] + np.arange(1440) * 60_000).ravel()

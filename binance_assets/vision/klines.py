@@ -1,6 +1,6 @@
 """Read a Binance klines zip (1m candles, daily or monthly) into one Arrow table.
 
-vision/FORMAT.md section 4: 12 columns ``open_time, open, high, low, close, volume, close_time,
+docs/vision-format.md section 4: 12 columns ``open_time, open, high, low, close, volume, close_time,
 quote_volume, count, taker_buy_volume, taker_buy_quote_volume, ignore``; a header line in newer futures
 files only (detected per file: line 1 is a header iff its first field is not an integer); times in
 milliseconds, except spot from 2025-01-01 in microseconds (detected per row by magnitude).
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from binance_assets.vision.trades import MS_TO_US_BELOW
+from binance_assets.vision.archive import MS_TO_US_BELOW
 
 KLINE_COLUMNS = (
     "open_time", "open", "high", "low", "close", "volume", "close_time",
@@ -60,7 +60,7 @@ def read_klines(path: Path) -> pa.Table:
     """The klines of one zip in KLINES_SCHEMA, file order, times in UTC microseconds.
 
     Raises KlinesFormatError for a corrupt zip (CRC included: some monthly kline zips are corrupt,
-    FORMAT.md section 1), unexpected columns or an unparsable row.
+    docs/vision-format.md section 1), unexpected columns or an unparsable row.
     """
     name = Path(path).name
     try:
