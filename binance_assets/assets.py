@@ -38,6 +38,7 @@ from dagster import (
 )
 
 from binance_assets.checks import (
+    LIMIT,
     CheckOutcome,
     RunSlice,
     bars_well_formed,
@@ -48,11 +49,12 @@ from binance_assets.checks import (
 )
 from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA
 from binance_assets.failures import permanent_failure
-from binance_assets.klines_check import kline_sources, load_klines, matches_binance_klines
+from binance_assets.fallback import Fallback
+from binance_assets.klines_check import day_counts, kline_sources, load_klines, matches_binance_klines
 from binance_assets.ledger import write_ledger
-from binance_assets.markets import Market
+from binance_assets.markets import DatasetName, Market
 from binance_assets.pipeline import LoadStats, load_days
-from binance_assets.plan import TickerPlan, plan_ticker
+from binance_assets.plan import TickerPlan, plan_tickers
 from binance_assets.resources import ClickHouseResource, VisionResource
 
 BARS = "hl5s_bars"
@@ -132,12 +134,17 @@ def build_market_assets(
     *,
     kline_check: bool = True,
     freshness_deadline: str = "12:00",
+    dataset: DatasetName = "trades",
+    fallback: DatasetName | None = "aggTrades",
 ) -> AssetsDefinition:
     """The market's multi_asset: hl5s_bars and daily_liquidity of every (date, ticker) partition.
 
     ``kline_check`` (BINANCE_KLINE_CHECK) adds `matches_binance_klines`; ``freshness_deadline``
-    (BINANCE_FRESHNESS_DEADLINE) is daily_liquidity's freshness policy.
+    (BINANCE_FRESHNESS_DEADLINE) is daily_liquidity's freshness policy; ``dataset`` (BINANCE_DATASET) is
+    the archives read and ``fallback`` (BINANCE_FALLBACK, effective only when it differs) the dataset a
+    missing, broken or partial day is built from (fallback.py).
     """
+    fallback = fallback if fallback != dataset else None
     bars_key, liquidity_key = asset_key(market, BARS), asset_key(market, LIQUIDITY)
     checks = [
         AssetCheckSpec(WELL_FORMED, asset=bars_key, description=bars_well_formed.__doc__),
@@ -145,6 +152,7 @@ def build_market_assets(
         AssetCheckSpec(IDS_CONTINUOUS, asset=liquidity_key, description=trade_ids_continuous.__doc__),
         AssetCheckSpec(DAY_COVERAGE, asset=bars_key, description=day_coverage.__doc__),
         AssetCheckSpec(SANE_TRADES, asset=liquidity_key, description=sane_trades.__doc__),
+        AssetCheckSpec(FROM_FALLBACK, asset=liquidity_key, description=FROM_FALLBACK_DESCRIPTION),
     ]
     if kline_check:
         checks.append(
@@ -179,11 +187,22 @@ def build_market_assets(
         context: AssetExecutionContext, vision: VisionResource, clickhouse: ClickHouseResource
     ) -> Iterator[Output[Any] | AssetCheckResult]:
         days_by_ticker = run_days_by_ticker(context.partition_keys)
+        listing = vision.listing()
         with failing_fast():
-            plans = _plan(context, market, vision, days_by_ticker)
+            plans = _plan(context, market, vision, days_by_ticker, dataset, fallback)
+        klines = None
+        if kline_check or fallback:  # before the writes: the fallback compares day counts with them
+            klines = load_klines(vision.downloader(), kline_sources(market, plans))
         stats = LoadStats()
         liquidity_rows: list[dict[str, Any]] = []
-        loads = load_days(market, plans, vision.downloader(), stats)
+        rebuild = None
+        if fallback and klines is not None:
+            rebuild = Fallback(
+                fallback,
+                lambda ticker: listing.list_trades_archives(market, ticker, dataset=fallback),
+                day_counts(klines),
+            )
+        loads = load_days(market, plans, vision.downloader(), stats, fallback=rebuild)
 
         def bars_per_day() -> Iterator[pa.Table]:
             with failing_fast():
@@ -209,8 +228,8 @@ def build_market_assets(
             market.key, tuple(days_by_ticker), tuple(sorted({d for v in days_by_ticker.values() for d in v}))
         )
         yield from _checks(market, clickhouse, run, stats)
-        if kline_check:
-            klines = load_klines(vision.downloader(), kline_sources(market, plans))
+        yield _fallback_check(liquidity_key, stats)
+        if kline_check and klines is not None:
             with clickhouse.get_client() as client:
                 outcome = matches_binance_klines(
                     client, clickhouse.database, clickhouse.bars_table, market.key, klines
@@ -225,16 +244,19 @@ def _plan(
     market: Market,
     vision: VisionResource,
     days_by_ticker: dict[str, list[dt.date]],
+    dataset: DatasetName,
+    fallback: DatasetName | None,
 ) -> list[TickerPlan]:
     """Plan every ticker of the run from its listing; fail (retryably) before any write if a day is late."""
     listing = vision.listing()
-    today = dt.datetime.now(dt.UTC).date()
-    plans = [
-        plan_ticker(
-            ticker, days, listing.list_trades_archives(market, ticker), today, vision.publish_grace_days
-        )
-        for ticker, days in days_by_ticker.items()
-    ]
+    plans = plan_tickers(
+        lambda ticker, name: listing.list_trades_archives(market, ticker, dataset=name),
+        days_by_ticker,
+        dt.datetime.now(dt.UTC).date(),
+        vision.publish_grace_days,
+        dataset,
+        fallback,
+    )
     late = {p.ticker: p.unpublished for p in plans if p.unpublished}
     if late:
         described = "; ".join(f"{t}: {', '.join(d.isoformat() for d in days)}" for t, days in late.items())
@@ -250,6 +272,7 @@ def _plan(
         context.log.info(
             f"{market.key} {plan.ticker}: {len(plan.days)} days from {len(plan.serves) - monthly} daily and "
             f"{monthly} monthly archives ({plan.download_bytes / 1e6:.1f} MB), {len(plan.no_archive)} without"
+            + (f", {len(plan.fallbacks)} from {fallback}" if plan.fallbacks else "")
         )
     return plans
 
@@ -263,6 +286,7 @@ def _day_metadata(row: dict[str, Any], archive_keys: dict[str, str]) -> dict[str
         "bar_count": int(row["bar_count"]),
         "missing_trade_ids": int(row["missing_trade_ids"]),
         "source": row["source"],
+        "dataset": row["dataset"],
         "archive": archive_keys.get(row["archive_sha256"], "none"),
         "archive_sha256": row["archive_sha256"] or "none",
     }
@@ -282,6 +306,10 @@ def _metadata(
         "run_days_from_daily": sources.count("daily"),
         "run_days_from_monthly": sources.count("monthly"),
         "run_days_without_archive": sources.count("none"),
+        "run_days_from_fallback": len(stats.fallbacks),
+        "fallback_days": MetadataValue.json(
+            [{**row, "day": row["day"].isoformat()} for row in stats.fallbacks]
+        ),
         "archives": MetadataValue.md(_archives_table(stats.archives)) if stats.archives else "none",
         "bytes_downloaded": stats.downloaded_bytes,
         "seconds_download": round(stats.download_seconds, 3),
@@ -295,6 +323,22 @@ def _archives_table(archives: list[dict[str, Any]]) -> str:
     lines = ["| key | freq | bytes | sha256 |", "|---|---|---|---|"]
     lines += [f"| {a['key']} | {a['freq']} | {a['size']} | `{a['sha256']}` |" for a in archives]
     return "\n".join(lines)
+
+
+FROM_FALLBACK = "built_from_fallback"
+FROM_FALLBACK_DESCRIPTION = (
+    "Ticker-days built from the fallback dataset (aggTrades) rather than their trades archive, and why: "
+    "no trades archive, a broken one (every row is_buyer_maker=true) or a partial one (fewer trades than "
+    "Binance's klines). The rows are right; the trades archive is not."
+)
+
+
+def _fallback_check(key: AssetKey, stats: LoadStats) -> AssetCheckResult:
+    """WARN naming each day of the run built from the fallback dataset, and why."""
+    failures = [{**row, "day": row["day"].isoformat()} for row in stats.fallbacks]
+    totals = {"days_from_fallback": len(failures)}
+    outcome = CheckOutcome(passed=not failures, failures=failures[:LIMIT], totals=totals)
+    return _check_result(key, FROM_FALLBACK, outcome, AssetCheckSeverity.WARN)
 
 
 def _checks(

@@ -66,6 +66,8 @@ def build_definitions(settings: Settings) -> Definitions:
                 settings.max_days_per_run,
                 kline_check=settings.kline_check,
                 freshness_deadline=settings.freshness_deadline,
+                dataset=settings.dataset,
+                fallback=settings.fallback_dataset,
             )
             for market in markets
         ],

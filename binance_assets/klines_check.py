@@ -95,6 +95,21 @@ def load_klines(downloader: VisionDownloader, sources: Sequence[KlineSource]) ->
     return loaded
 
 
+def day_counts(loaded: LoadedKlines) -> dict[tuple[str, dt.date], int]:
+    """Trades per (ticker, day) as Binance's klines count them: what a complete trades archive holds."""
+    counts: dict[tuple[str, dt.date], int] = {}
+    for ticker, tables in loaded.klines.items():
+        for table in tables:
+            sums = (
+                pa.table({"day": minute_day(table), "count": table["count"]})
+                .group_by("day")
+                .aggregate([("count", "sum")])
+            )
+            for day, count in zip(sums["day"].to_pylist(), sums["count_sum"].to_pylist(), strict=True):
+                counts[(ticker, day)] = counts.get((ticker, day), 0) + int(count)
+    return counts
+
+
 def _read(downloader: VisionDownloader, source: KlineSource) -> pa.Table | Exception:
     try:
         klines = read_klines(downloader.fetch(source.key).path)

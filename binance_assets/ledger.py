@@ -1,4 +1,5 @@
-"""The archive ledger: one row per trades archive the pipeline loaded, and what changed on Vision since.
+"""The archive ledger: one row per trades or aggTrades archive the pipeline loaded, and what changed on
+Vision since.
 
 A ledger row records the archive as listed (size, ETag, LastModified) and as read (sha256 verified
 against its .CHECKSUM, rows, trade-id and time range). `daily_liquidity.archive_sha256` links each
@@ -18,6 +19,8 @@ import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
 from binance_assets.clickhouse.tables import ARCHIVES_SCHEMA, INSERT_SETTINGS, qualified
+from binance_assets.fallback import BUSY_DAY_TRADES
+from binance_assets.markets import DatasetName
 from binance_assets.vision.download import LocalArchive
 from binance_assets.vision.listing import ArchiveInfo
 
@@ -57,6 +60,7 @@ def ledger_row(
         "first_time": extreme("first_time", "min", _EPOCH),
         "last_time": extreme("last_time", "max", _EPOCH),
         "loaded_at": loaded_at,
+        "dataset": archive.dataset,
     }
 
 
@@ -82,6 +86,7 @@ class LedgerEntry:
     last_modified: dt.datetime
     sha256: str
     days: tuple[dt.date, ...]
+    dataset: DatasetName = "trades"
 
 
 def ledger_sql(database: str, archives_table: str, liquidity_table: str) -> str:
@@ -89,16 +94,16 @@ def ledger_sql(database: str, archives_table: str, liquidity_table: str) -> str:
     where = "market = {market:String} AND ticker IN {tickers:Array(String)}"
     return f"""
         SELECT a.ticker, a.key, a.freq, a.size, a.etag, a.last_modified, a.sha256,
-               arraySort(groupArrayIf(l.day, l.archive_sha256 != '')) AS days
+               arraySort(groupArrayIf(l.day, l.archive_sha256 != '')) AS days, a.dataset
         FROM (
-            SELECT ticker, key, freq, size, etag, last_modified, sha256
+            SELECT ticker, key, freq, size, etag, last_modified, sha256, dataset
             FROM {qualified(database, archives_table)} FINAL WHERE {where}
         ) AS a
         LEFT JOIN (
             SELECT ticker, archive_sha256, day
             FROM {qualified(database, liquidity_table)} FINAL WHERE {where} AND source != 'none'
         ) AS l ON l.ticker = a.ticker AND l.archive_sha256 = a.sha256
-        GROUP BY a.ticker, a.key, a.freq, a.size, a.etag, a.last_modified, a.sha256
+        GROUP BY a.ticker, a.key, a.freq, a.size, a.etag, a.last_modified, a.sha256, a.dataset
         ORDER BY a.ticker, a.key
     """
 
@@ -119,9 +124,33 @@ def read_ledger(
         parameters={"market": market, "tickers": list(tickers)},
     )
     return [
-        LedgerEntry(ticker, key, freq, int(size), etag, _utc(modified), sha256, tuple(days))
-        for ticker, key, freq, size, etag, modified, sha256, days in result.result_rows
+        LedgerEntry(ticker, key, freq, int(size), etag, _utc(modified), sha256, tuple(days), dataset)
+        for ticker, key, freq, size, etag, modified, sha256, days, dataset in result.result_rows
     ]
+
+
+def broken_days_sql(database: str, liquidity_table: str) -> str:
+    """Ticker-days loaded from a trades archive that shows itself broken (fallback.py): busy, and not one
+    taker buy."""
+    return f"""
+        SELECT ticker, arraySort(groupArray(day)) AS days
+        FROM {qualified(database, liquidity_table)} FINAL
+        WHERE market = {{market:String}} AND ticker IN {{tickers:Array(String)}} AND dataset = 'trades'
+          AND trade_count >= {BUSY_DAY_TRADES} AND taker_buy_volume = 0
+        GROUP BY ticker ORDER BY ticker
+    """
+
+
+def read_broken_days(
+    client: Client, database: str, liquidity_table: str, market: str, tickers: Sequence[str]
+) -> dict[str, list[dt.date]]:
+    """Per ticker, the days loaded from a broken trades archive: to build again from the fallback."""
+    if not tickers:
+        return {}
+    result = client.query(
+        broken_days_sql(database, liquidity_table), parameters={"market": market, "tickers": list(tickers)}
+    )
+    return {ticker: list(days) for ticker, days in result.result_rows}
 
 
 @dataclass(frozen=True)

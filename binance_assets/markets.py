@@ -13,6 +13,7 @@ from typing import Literal
 
 DatasetName = Literal["trades", "aggTrades"]
 """A Vision dataset we read: its folder name and the infix of its file names."""
+DATASETS: tuple[DatasetName, ...] = ("trades", "aggTrades")
 
 TICKER_PATTERN = re.compile(r"^[A-Z0-9_]+$")
 """What a ticker may be (BTCUSDT, BTCUSD_PERP, BTCUSDT_210326): nothing that could break a partition key

@@ -6,9 +6,10 @@ Pure: takes the ticker's Vision listing and returns a plan; knows nothing of Dag
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
+from binance_assets.markets import DatasetName
 from binance_assets.vision.listing import ArchiveInfo
 
 DEFAULT_PUBLISH_GRACE_DAYS = 7
@@ -26,6 +27,8 @@ class TickerPlan:
     """Days with no archive to come (before listing, after delisting, or a hole): zero rows."""
     unpublished: tuple[dt.date, ...] = ()
     """Recent days after the newest archive: Binance has not published them yet (retry later)."""
+    fallbacks: dict[dt.date, str] = field(default_factory=dict)
+    """Days served by an archive of the fallback dataset (aggTrades), and why."""
 
     @property
     def download_bytes(self) -> int:
@@ -42,14 +45,69 @@ def plan_ticker(
     listed: Sequence[ArchiveInfo],
     today: dt.date,
     grace_days: int = DEFAULT_PUBLISH_GRACE_DAYS,
+    fallback: Sequence[ArchiveInfo] = (),
 ) -> TickerPlan:
-    """Plan the requested days of one ticker from its listed trades archives.
+    """Plan the requested days of one ticker from its listed archives of the primary dataset.
 
     A month's monthly archive is used when the request covers every day of that month on which the
     ticker has data (so one download replaces up to 31); otherwise each day's daily archive, falling
-    back to the monthly one for a day whose daily archive is missing.
+    back to the monthly one for a day whose daily archive is missing. A day with no archive to come
+    (not one merely late) is served by the ``fallback`` dataset's daily or monthly archive if listed.
     """
-    requested = tuple(sorted(set(days)))
+    plan = _plan_primary(ticker, tuple(sorted(set(days))), listed, today, grace_days)
+    daily = {a.first_day: a for a in fallback if a.freq == "daily"}
+    monthly = {a.period: a for a in fallback if a.freq == "monthly"}
+    serves = {archive: list(served) for archive, served in plan.serves.items()}
+    no_archive, fallbacks = [], {}
+    for day in plan.no_archive:
+        source = daily.get(day) or monthly.get(_month(day))
+        if source is None:
+            no_archive.append(day)
+        else:
+            serves.setdefault(source, []).append(day)
+            fallbacks[day] = f"no {_other(source.dataset)} archive"
+    if not fallbacks:
+        return plan
+    ordered = dict(sorted(((a, tuple(d)) for a, d in serves.items()), key=lambda item: item[1][0]))
+    return replace(plan, serves=ordered, no_archive=tuple(no_archive), fallbacks=fallbacks)
+
+
+ArchiveLister = Callable[[str, DatasetName], Sequence[ArchiveInfo]]
+"""A ticker's listed archives of one dataset."""
+
+
+def plan_tickers(
+    listing: ArchiveLister,
+    days_by_ticker: Mapping[str, Sequence[dt.date]],
+    today: dt.date,
+    grace_days: int,
+    dataset: DatasetName = "trades",
+    fallback: DatasetName | None = None,
+) -> list[TickerPlan]:
+    """Plan each ticker from its archives of ``dataset``; days with no archive to come are served by the
+    ``fallback`` dataset where it has them (its archives listed only for tickers with such days)."""
+    plans = []
+    for ticker, days in days_by_ticker.items():
+        plan = plan_ticker(ticker, days, listing(ticker, dataset), today, grace_days)
+        if fallback and plan.no_archive:
+            plan = plan_ticker(
+                ticker, days, listing(ticker, dataset), today, grace_days, listing(ticker, fallback)
+            )
+        plans.append(plan)
+    return plans
+
+
+def _other(dataset: str) -> str:
+    return "trades" if dataset == "aggTrades" else "aggTrades"
+
+
+def _plan_primary(
+    ticker: str,
+    requested: tuple[dt.date, ...],
+    listed: Sequence[ArchiveInfo],
+    today: dt.date,
+    grace_days: int,
+) -> TickerPlan:
     daily = {a.first_day: a for a in listed if a.freq == "daily"}
     monthly = {a.period: a for a in listed if a.freq == "monthly"}
     if not listed:

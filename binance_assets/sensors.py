@@ -23,7 +23,7 @@ from dagster import (
 
 from binance_assets.assets import BARS, LIQUIDITY, asset_key, tickers_partitions
 from binance_assets.clickhouse.tables import qualified
-from binance_assets.ledger import Republished, read_ledger, republished
+from binance_assets.ledger import Republished, read_broken_days, read_ledger, republished
 from binance_assets.markets import Market
 from binance_assets.plan import run_ranges
 from binance_assets.resources import ClickHouseResource, VisionResource
@@ -96,7 +96,8 @@ def build_ticker_sensor(market: Market, settings: Settings) -> SensorDefinition:
         requests: list[RunRequest] = []
         if settings.auto_backfill:
             for ticker in new:
-                days = {d for archive in listing.list_trades_archives(market, ticker) for d in archive.days()}
+                listed = listing.list_trades_archives(market, ticker, dataset=settings.dataset)
+                days = {d for archive in listed for d in archive.days()}
                 days = {d for d in days if d < _today()}
                 requests += history_requests(market, ticker, days, settings.max_days_per_run, "new-ticker")
         context.log.info(f"{market.key}: {len(wanted)} tickers wanted, {len(new)} new: {', '.join(new[:20])}")
@@ -194,7 +195,9 @@ def daily_requests(
 def build_republished_sensor(market: Market, settings: Settings) -> SensorDefinition:
     """``<market>_republished_archives_sensor``: re-list the archives of a few registered tickers per
     tick (rotating, cursor = last ticker checked) and compare size / ETag / LastModified with the
-    archive ledger; a changed archive re-materialises exactly the ticker-days it fed."""
+    archive ledger; a changed archive re-materialises exactly the ticker-days it fed. With a fallback
+    dataset, days loaded from a broken trades archive (fallback.py) are materialised again too, once a
+    day: the run builds them from aggTrades."""
     partitions = tickers_partitions(market)
 
     @sensor(
@@ -212,21 +215,31 @@ def build_republished_sensor(market: Market, settings: Settings) -> SensorDefini
         if not tickers:
             return SkipReason("no ticker registered yet")
         batch = rotate(tickers, context.cursor, REPUBLISHED_TICKERS_PER_TICK)
-        listing = vision.listing()
-        listed = [archive for ticker in batch for archive in listing.list_trades_archives(market, ticker)]
+        db, liquidity = clickhouse.database, clickhouse.liquidity_table
         with clickhouse.get_client() as client:
-            ledger = read_ledger(
-                client,
-                clickhouse.database,
-                clickhouse.archives_table,
-                clickhouse.liquidity_table,
-                market.key,
-                batch,
+            ledger = read_ledger(client, db, clickhouse.archives_table, liquidity, market.key, batch)
+            broken = (
+                read_broken_days(client, db, liquidity, market.key, batch)
+                if settings.fallback_dataset
+                else {}
             )
+        listing = vision.listing()
+        datasets = {(entry.ticker, entry.dataset) for entry in ledger}
+        listed = [
+            archive
+            for ticker, dataset in sorted(datasets)
+            for archive in listing.list_trades_archives(market, ticker, dataset=dataset)
+        ]
         changes = republished(listed, ledger)
         for change in changes:
             context.log.info(f"{market.key} {change.listed.key} republished: {'; '.join(change.changes)}")
-        requests = republished_requests(market, changes, settings.max_days_per_run, _today())
+        today = _today()
+        requests = republished_requests(market, changes, settings.max_days_per_run, today)
+        for ticker, days in broken.items():
+            context.log.info(f"{market.key} {ticker}: {len(days)} days loaded from a broken trades archive")
+            for first, last in run_ranges(days, settings.max_days_per_run):
+                run_key = f"broken:{ticker}:{today}:{first}:{last}"
+                requests.append(range_run_request(market, ticker, first, last, "broken_trades", run_key))
         return SensorResult(run_requests=requests, cursor=batch[-1])
 
     return republished_sensor

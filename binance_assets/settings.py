@@ -15,12 +15,12 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import quote, unquote, urlparse
 
 from dotenv import load_dotenv
 
-from binance_assets.markets import MARKETS, TICKER_PATTERN
+from binance_assets.markets import DATASETS, MARKETS, TICKER_PATTERN, DatasetName
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -82,6 +82,8 @@ class Settings:
     publish_grace_days: int = 7
     kline_check: bool = True
     freshness_deadline: str = "12:00"
+    dataset: DatasetName = "trades"
+    fallback: DatasetName | None = "aggTrades"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +118,8 @@ class Settings:
             publish_grace_days=_number(env, "BINANCE_PUBLISH_GRACE_DAYS", 7, int, minimum=1, maximum=90),
             kline_check=_bool(env, "BINANCE_KLINE_CHECK", True),
             freshness_deadline=_hh_mm(env, "BINANCE_FRESHNESS_DEADLINE", "12:00"),
+            dataset=_dataset(env, "BINANCE_DATASET", "trades", DATASETS),
+            fallback=_dataset(env, "BINANCE_FALLBACK", "aggTrades", (*DATASETS[1:], "none")),
         )
 
     def __post_init__(self) -> None:
@@ -125,6 +129,11 @@ class Settings:
                 self.clickhouse_cluster,
                 "no cluster with an embedded store: set CLICKHOUSE_URL=http(s)://... to one of its servers",
             )
+
+    @property
+    def fallback_dataset(self) -> DatasetName | None:
+        """The dataset a day falls back on (BINANCE_FALLBACK), None when it is the primary one too."""
+        return self.fallback if self.fallback != self.dataset else None
 
     def wants_ticker(self, ticker: str) -> bool:
         """TICKERS, when set, is the exact list; otherwise a ticker must match one TICKER_FILTER glob."""
@@ -358,6 +367,15 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     if value.upper() not in choices:
         raise _fail(name, value, f"one of {', '.join(choices)}")
     return value.upper()
+
+
+def _dataset(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> DatasetName | None:
+    """One of ``choices``, any case; "none" is None."""
+    value = _raw(env, name) or default
+    chosen = next((choice for choice in choices if choice.lower() == value.lower()), None)
+    if chosen is None:
+        raise _fail(name, value, f"one of {', '.join(choices)}")
+    return None if chosen == "none" else cast(DatasetName, chosen)
 
 
 def _bool(env: Mapping[str, str], name: str, default: D) -> bool | D:

@@ -131,7 +131,7 @@ def test_materialize_failure_exits_1_with_the_step_message(cli: Cli, vision_root
 
 CHECKS = (
     "bars_well_formed", "liquidity_matches_bars", "trade_ids_continuous", "day_coverage", "sane_trades",
-    "matches_binance_klines",
+    "built_from_fallback", "matches_binance_klines",
 )  # fmt: skip
 
 

@@ -246,12 +246,13 @@ def test_status_reports_each_tickers_span_and_exactly_its_gaps(
             d,
             0 if (m, t, d) in none else 100,
             "none" if (m, t, d) in none else "daily",
+            "aggTrades" if (m, t, d) == ("um", "ETHUSDT", jan[9]) else "trades",
             loaded_at + dt.timedelta(hours=d.day),
         )
         for m, t, d in ticker_days
     ]
     rows.append(
-        ("um", "ETHUSDT", jan[0], 999, "daily", loaded_at - dt.timedelta(days=1))
+        ("um", "ETHUSDT", jan[0], 999, "daily", "trades", loaded_at - dt.timedelta(days=1))
     )  # replaced by the later load
     with open_client(store_url) as client:
         ensure_tables(client, "binance", "hl5s", "daily_liquidity")
@@ -259,19 +260,19 @@ def test_status_reports_each_tickers_span_and_exactly_its_gaps(
             "daily_liquidity",
             rows,
             database="binance",
-            column_names=["market", "ticker", "day", "trade_count", "source", "loaded_at"],
+            column_names=["market", "ticker", "day", "trade_count", "source", "dataset", "loaded_at"],
         )
 
     code, out, _ = run(capsys, "status", "--market", "um")
     assert code == 0
     header = [
-        "market", "ticker", "first_day", "last_day", "days_loaded", "without_archive", "data_from", "data_to",
-        "days_missing", "missing", "trades", "last_loaded",
+        "market", "ticker", "first_day", "last_day", "days_loaded", "without_archive", "from_aggtrades",
+        "data_from", "data_to", "days_missing", "missing", "trades", "last_loaded",
     ]  # fmt: skip
     expected = [
-        ["um", "BTCUSDT", jan[0], jan[2], 3, 1, jan[0], jan[1], 0, "", 200, dt.datetime(2024, 2, 1, 15)],
+        ["um", "BTCUSDT", jan[0], jan[2], 3, 1, 0, jan[0], jan[1], 0, "", 200, dt.datetime(2024, 2, 1, 15)],
         [
-            "um", "ETHUSDT", jan[0], jan[9], 7, 2, jan[2], jan[9], 3, "2024-01-04, 2024-01-07..2024-01-08",
+            "um", "ETHUSDT", jan[0], jan[9], 7, 2, 1, jan[2], jan[9], 3, "2024-01-04, 2024-01-07..2024-01-08",
             500, dt.datetime(2024, 2, 1, 22),
         ],
     ]  # fmt: skip

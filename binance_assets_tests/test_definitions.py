@@ -29,9 +29,10 @@ def test_definitions_for_every_configured_market(tmp_path: Path) -> None:
         "trade_ids_continuous",
         "day_coverage",
         "sane_trades",
+        "built_from_fallback",
         "matches_binance_klines",
     }
-    assert len(checks) == 18
+    assert len(checks) == 21
     definitions.get_repository_def().load_all_definitions()
 
 

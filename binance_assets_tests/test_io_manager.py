@@ -63,6 +63,7 @@ def liquidity(days: Sequence[Day]) -> pa.Table:
         "loaded_at": [dt.datetime(2024, 6, 1, tzinfo=dt.UTC)] * n,
         "duplicate_rows": [0] * n,
         "nonpositive_rows": [0] * n,
+        "dataset": ["trades"] * n,
     }
     return pa.Table.from_pydict(columns, schema=LIQUIDITY_SCHEMA)
 

@@ -423,6 +423,8 @@ def test_ensure_tables_on_a_cluster_runs_every_statement_on_cluster(tmp_path: Pa
     assert [s.split(" ADD COLUMN ")[0] for s in statements[7:]] == [
         "ALTER TABLE `binance`.`daily_liquidity_local` ON CLUSTER `prod`",
         "ALTER TABLE `binance`.`daily_liquidity` ON CLUSTER `prod`",
+        "ALTER TABLE `binance`.`archives_local` ON CLUSTER `prod`",
+        "ALTER TABLE `binance`.`archives` ON CLUSTER `prod`",
     ]
     assert all(" ON CLUSTER `prod`" in s for s in statements)
     formatted = parse(statements, tmp_path)

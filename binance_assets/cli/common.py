@@ -126,13 +126,16 @@ Listed = Mapping[str, Sequence[ArchiveInfo]]
 
 
 def list_archives(request: Request, settings: Settings) -> Listed:
-    """List each ticker's archives on Vision; fail on a ticker that has none."""
+    """List each ticker's archives of BINANCE_DATASET on Vision; fail on a ticker that has none."""
     listing = VisionListing(settings.listing_url, timeout=settings.http_timeout)
-    listed = {ticker: listing.list_trades_archives(request.market, ticker) for ticker in request.tickers}
+    market, dataset = request.market, settings.dataset
+    listed = {
+        ticker: listing.list_trades_archives(market, ticker, dataset=dataset) for ticker in request.tickers
+    }
     for ticker, archives in listed.items():
         if not archives:
             raise CliError(
-                f"{ticker} has no trades archives on Binance Vision under {request.market.vision_path}/"
+                f"{ticker} has no {dataset} archives on Binance Vision under {market.vision_path}/"
             )
     return listed
 

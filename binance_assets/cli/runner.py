@@ -30,17 +30,22 @@ class Totals:
     bars: int = 0
     downloaded: int = 0
     """Bytes."""
+    fallbacks: tuple[str, ...] = ()
+    """``TICKER YYYY-MM-DD: why`` of each ticker-day built from the fallback dataset (aggTrades)."""
 
     def __add__(self, other: Totals) -> Totals:
         return Totals(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def summary(self, verb: str, market: Market, seconds: float) -> str:
-        return (
+        """One line of counts, then one line per ticker-day built from the fallback dataset."""
+        fallback = f", {len(self.fallbacks):,} built from aggTrades" if self.fallbacks else ""
+        lines = [
             f"{verb} {market.key}: {count_of(self.tickers, 'ticker')}; ticker-days: {self.done:,} done "
-            f"({self.without_archive:,} without archive), {self.failed:,} failed, {self.skipped:,} skipped; "
-            f"{self.trades:,} trades, {self.bars:,} bars, {size_of(self.downloaded)} downloaded; "
-            f"{seconds:.1f} s"
-        )
+            f"({self.without_archive:,} without archive{fallback}), {self.failed:,} failed, "
+            f"{self.skipped:,} skipped; {self.trades:,} trades, {self.bars:,} bars, "
+            f"{size_of(self.downloaded)} downloaded; {seconds:.1f} s"
+        ]
+        return "\n".join(lines + [f"  from aggTrades: {market.key} {day}" for day in self.fallbacks])
 
 
 RunRange = Callable[[str, dt.date, dt.date], Totals]

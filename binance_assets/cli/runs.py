@@ -84,6 +84,8 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
             retry_policy=None if args.no_retries else DEFAULT_RETRY,
             kline_check=settings.kline_check,
             freshness_deadline=settings.freshness_deadline,
+            dataset=settings.dataset,
+            fallback=settings.fallback_dataset,
         ),
         resources=build_resources(settings),
         instance=prepare_instance(request, settings, capture_logs=ticker_workers(request, settings) == 1),
@@ -162,12 +164,14 @@ def _metadata_totals(metadata: Mapping[str, MetadataValue]) -> Totals:
     def value(name: str) -> int:
         return int(metadata[name].value)
 
+    fallbacks = metadata["fallback_days"].value if "fallback_days" in metadata else []
     return Totals(
         done=value("run_ticker_days"),
         without_archive=value("run_days_without_archive"),
         trades=value("run_trade_count"),
         bars=value("run_bar_count"),
         downloaded=value("bytes_downloaded"),
+        fallbacks=tuple(f"{row['ticker']} {row['day']}: {row['reason']}" for row in fallbacks),
     )
 
 

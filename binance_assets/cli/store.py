@@ -109,7 +109,7 @@ def _foreign_columns(client: Client, database: str, table: str, spec: TableSpec)
 STATUS_SQL = """
 WITH arraySort(groupArray(day)) AS days
 SELECT market, ticker, min(day) AS first_day, max(day) AS last_day, count() AS days_loaded,
-  countIf(source = 'none') AS without_archive,
+  countIf(source = 'none') AS without_archive, countIf(dataset = 'aggTrades') AS from_aggtrades,
   if(without_archive = days_loaded, NULL, minIf(day, source != 'none')) AS data_from,
   if(without_archive = days_loaded, NULL, maxIf(day, source != 'none')) AS data_to,
   dateDiff('day', first_day, last_day) + 1 - days_loaded AS days_missing,
@@ -125,8 +125,8 @@ GROUP BY market, ticker
 ORDER BY market, ticker
 """
 """One query for a whole market: per ticker, its loaded span, how many of its loaded days had no archive
-(zero rows, `source = 'none'`: before listing, after delisting, a hole) and the span of the days with
-data, the days missing inside the loaded span (as ranges)."""
+(zero rows, `source = 'none'`: before listing, after delisting, a hole) and how many were built from
+aggTrades, the span of the days with data, the days missing inside the loaded span (as ranges)."""
 
 
 def status_sql(

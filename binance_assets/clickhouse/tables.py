@@ -68,6 +68,12 @@ class Column(NamedTuple):
     name: str
     type: str
     description: str
+    default: str = ""
+    """A DEFAULT expression: what rows written before the column existed read."""
+
+    def definition(self) -> str:
+        default = f" DEFAULT {self.default}" if self.default else ""
+        return f"{quote(self.name)} {self.type}{default} COMMENT {format_query_value(self.description)}"
 
 
 _KEY_COLUMNS = (
@@ -104,23 +110,30 @@ LIQUIDITY_COLUMNS: tuple[Column, ...] = (
     Column("loaded_at", "DateTime('UTC')", "When the row was written (ReplacingMergeTree version)"),
     Column("duplicate_rows", "UInt64", "Rows repeating a trade id already read (dropped: counted once)"),
     Column("nonpositive_rows", "UInt64", "Trades with price or qty <= 0 (kept in the counts)"),
+    Column(
+        "dataset",
+        "LowCardinality(String)",
+        "The dataset the day was built from: trades or aggTrades",
+        "'trades'",
+    ),
 )
 
 ARCHIVES_COLUMNS: tuple[Column, ...] = (
     Column("market", "LowCardinality(String)", "Market key: spot, um or cm"),
     Column("ticker", "LowCardinality(String)", "Symbol, e.g. BTCUSDT"),
-    Column("key", "String", "Object key of the trades archive on Binance Vision"),
+    Column("key", "String", "Object key of the trades or aggTrades archive on Binance Vision"),
     Column("freq", "LowCardinality(String)", "daily or monthly"),
     Column("size", "UInt64", "Size in bytes, as listed when loaded"),
     Column("etag", "String", "ETag as listed when loaded (S3: MD5 of a single-part upload)"),
     Column("last_modified", "DateTime64(6, 'UTC')", "LastModified as listed when loaded"),
     Column("sha256", "String", "sha256 of the archive, verified against its .CHECKSUM"),
-    Column("rows", "UInt64", "Trade rows read (duplicate ids included)"),
+    Column("rows", "UInt64", "Rows read: trades, or aggregate trades (duplicate ids included)"),
     Column("first_trade_id", "Int64", "Lowest trade id in the archive"),
     Column("last_trade_id", "Int64", "Highest trade id in the archive"),
     Column("first_time", "DateTime64(6, 'UTC')", "Time of the earliest trade"),
     Column("last_time", "DateTime64(6, 'UTC')", "Time of the latest trade"),
     Column("loaded_at", "DateTime('UTC')", "When the archive was loaded (ReplacingMergeTree version)"),
+    Column("dataset", "LowCardinality(String)", "The archive's dataset: trades or aggTrades", "'trades'"),
 )
 
 
@@ -140,9 +153,7 @@ class TableSpec:
     def ddl(self, database: str, table: str, cluster: str = "") -> str:
         """CREATE TABLE of one server's table: this spec's engine, or on a cluster its Replicated* variant
         ON CLUSTER (its Keeper path and replica name from the servers' default_replica_path/_name)."""
-        columns = ",\n".join(
-            f"  {quote(c.name)} {c.type} COMMENT {format_query_value(c.description)}" for c in self.columns
-        )
+        columns = ",\n".join(f"  {c.definition()}" for c in self.columns)
         engine = f"Replicated{self.engine}" if cluster else self.engine
         return (
             f"CREATE TABLE IF NOT EXISTS {qualified(database, table)}{on_cluster(cluster)} (\n{columns}\n) "
@@ -164,10 +175,7 @@ class TableSpec:
 
     def add_missing_columns(self, database: str, table: str, cluster: str = "") -> str:
         """ALTER adding the columns a table created by an older version lacks (a no-op if none is)."""
-        clauses = ", ".join(
-            f"ADD COLUMN IF NOT EXISTS {quote(c.name)} {c.type} COMMENT {format_query_value(c.description)}"
-            for c in self.columns
-        )
+        clauses = ", ".join(f"ADD COLUMN IF NOT EXISTS {c.definition()}" for c in self.columns)
         return f"ALTER TABLE {qualified(database, table)}{on_cluster(cluster)} {clauses}"
 
 
@@ -248,9 +256,9 @@ def ensure_tables(
     *,
     cluster: str = "",
 ) -> None:
-    """Create the database and the three tables if missing (and add columns newer versions added to
-    daily_liquidity); once per process per (url, database, tables, cluster). With a cluster every
-    statement runs ON CLUSTER (TableSpec.create_statements)."""
+    """Create the database and the three tables if missing (and add the columns newer versions added to
+    daily_liquidity and the ledger); once per process per (url, database, tables, cluster). With a
+    cluster every statement runs ON CLUSTER (TableSpec.create_statements)."""
     key = (client.uri, database, bars_table, liquidity_table, archives_table, cluster)
     if key in _ensured:
         return
@@ -259,8 +267,9 @@ def ensure_tables(
     for spec, table in ((BARS, bars_table), (LIQUIDITY, liquidity_table), (ARCHIVES, archives_table)):
         for statement in spec.create_statements(database, table, cluster):
             client.command(statement)
-    for table in stored_tables(liquidity_table, cluster):
-        client.command(LIQUIDITY.add_missing_columns(database, table, cluster))
+    for spec, name in ((LIQUIDITY, liquidity_table), (ARCHIVES, archives_table)):
+        for table in stored_tables(name, cluster):
+            client.command(spec.add_missing_columns(database, table, cluster))
     _ensured.add(key)
 
 

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from binance_assets.markets import TICKER_PATTERN, Market
+from binance_assets.markets import TICKER_PATTERN, DatasetName, Market
 from binance_assets.vision import http
 from binance_assets.vision.errors import VisionError, VisionHTTPError
 
@@ -54,12 +54,13 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class ArchiveInfo(ObjectInfo):
-    """A trades archive: one day (daily) or one calendar month (monthly) of one ticker."""
+    """A trades or aggTrades archive: one day (daily) or one calendar month (monthly) of one ticker."""
 
     ticker: str
     freq: Freq
     period: str
     """``YYYY-MM-DD`` for daily archives, ``YYYY-MM`` for monthly ones."""
+    dataset: DatasetName = "trades"
 
     @property
     def first_day(self) -> dt.date:
@@ -165,11 +166,14 @@ class VisionListing:
             warn(f"{market.key}: skipping listed folder {name!r}: not a ticker (expected A-Z, 0-9 and _)")
         return sorted(n for n in names if TICKER_PATTERN.fullmatch(n))
 
-    def list_trades_archives(self, market: Market, ticker: str, freq: str | None = None) -> list[ArchiveInfo]:
-        """Trades archives of ``ticker`` (daily and monthly when ``freq`` is None), sorted by period.
+    def list_trades_archives(
+        self, market: Market, ticker: str, freq: str | None = None, *, dataset: DatasetName = "trades"
+    ) -> list[ArchiveInfo]:
+        """The trades (or aggTrades) archives of ``ticker``, daily and monthly when ``freq`` is None,
+        sorted by period.
 
-        Only ``<ticker>-trades-<period>.zip`` with a valid date counts; oddities such as the unpadded
-        ``2020-8`` of FORMAT.md section 1 are skipped.
+        Only ``<ticker>-<dataset>-<period>.zip`` with a valid date counts; oddities such as the unpadded
+        ``2020-8`` of docs/vision-format.md section 1 are skipped.
         """
         if freq is not None and freq not in FREQS:
             raise ValueError(f"freq must be one of {FREQS} or None, got {freq!r}")
@@ -177,8 +181,8 @@ class VisionListing:
         archives = [
             archive
             for f in freqs
-            for obj in self.list_archives(market.trades_prefix(f, ticker))
-            if (archive := _trades_archive(obj, ticker, f)) is not None
+            for obj in self.list_archives(market.archive_prefix(dataset, f, ticker))
+            if (archive := _archive(obj, ticker, f, dataset)) is not None
         ]
         return sorted(archives, key=attrgetter("period"))
 
@@ -260,13 +264,13 @@ def _holds_files(path: str) -> bool:
     return any(files for _, _, files in os.walk(path))
 
 
-def _trades_archive(obj: ObjectInfo, ticker: str, freq: Freq) -> ArchiveInfo | None:
+def _archive(obj: ObjectInfo, ticker: str, freq: Freq, dataset: DatasetName) -> ArchiveInfo | None:
     name = obj.key.rsplit("/", 1)[-1]
-    head, tail = f"{ticker}-trades-", ".zip"
+    head, tail = f"{ticker}-{dataset}-", ".zip"
     period = name[len(head) : -len(tail)]
     if not (name.startswith(head) and name.endswith(tail) and _PERIOD[freq].fullmatch(period)):
         return None
-    archive = ArchiveInfo(obj.key, obj.size, obj.last_modified, obj.etag, ticker, freq, period)
+    archive = ArchiveInfo(obj.key, obj.size, obj.last_modified, obj.etag, ticker, freq, period, dataset)
     try:
         archive.first_day  # noqa: B018 - rejects impossible dates such as 2024-13
     except ValueError:
