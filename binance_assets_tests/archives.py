@@ -531,7 +531,8 @@ def write_klines(root: Path, market: str, ticker: str, period: str, klines: pd.D
 
 
 _PUBLISHED_LAYOUT = {"spot": "spot_ms", "um": "um_header", "cm": "cm"}
-"""The layout `publish` writes each market's archives in."""
+_PUBLISHED_AGG_LAYOUT = {"spot": "spot_ms", "um": "um_header", "cm": "cm_header"}
+"""The layouts `publish` writes each market's trades and aggTrades archives in."""
 
 
 def publish(
@@ -546,9 +547,12 @@ def publish(
     seed: int = 0,
     klines: bool = False,
     spread: int = 1,
+    datasets: tuple[str, ...] = ("trades",),
 ) -> pd.DataFrame:
     """Write a ticker's trades for `days` into a mirror `root` laid out like the bucket; return the trades.
 
+    `datasets` says which archives each period gets: trades, aggTrades (`agg_trades` of the same trades),
+    or both.
     Each day gets `trades_per_day` trades with ids continuing across days. Daily archives are written
     when `daily`, and a monthly archive for each `YYYY-MM` in `monthly` (holding that month's days).
     With `klines`, each archive gets Binance's 1m klines of the same period, from the same trades
@@ -582,9 +586,13 @@ def publish(
     periods = [(d.isoformat(), day_of == d.isoformat()) for d in days if daily]
     periods += [(month, month_of == month) for month in monthly]
     for period, rows in periods:
-        name = f"{ticker}-trades-{period}"
-        data = zip_archive(trades_csv(trades[rows], layout), f"{name}.csv")
-        write_archive(root, MARKETS[market].trades_key(ticker, period), data)
+        for dataset in datasets:
+            if dataset == "trades":
+                text = trades_csv(trades[rows], layout)
+            else:
+                text = agg_trades_csv(agg_trades(trades[rows]), _PUBLISHED_AGG_LAYOUT[market])
+            key = MARKETS[market].archive_key(dataset, ticker, period)
+            write_archive(root, key, zip_archive(text, f"{ticker}-{dataset}-{period}.csv"))
         if klines:
             served = sorted(d for d in days if d.isoformat().startswith(period))
             quote_col = "base_qty" if market == "cm" else None

@@ -1,0 +1,257 @@
+"""aggTrades as the second source, end to end (fallback.py, BINANCE_DATASET, BINANCE_FALLBACK): a day
+without a trades archive, a partial one and a broken one (every row is_buyer_maker=true, #476 / #492)
+are built from aggTrades, exactly; the table, the ledger, the checks, the CLI summary, the daemon and
+the republished sensor say so."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, SensorResult, build_sensor_context
+
+from binance_assets.markets import MARKETS
+from binance_assets.sensors import build_republished_sensor
+from binance_assets.settings import Settings
+from binance_assets_tests.archives import publish, trades_csv, write_archive, zip_archive
+from binance_assets_tests.helpers import (
+    RANGE_END,
+    RANGE_START,
+    REPO,
+    Cli,
+    assert_bars_match,
+    cli_env,
+    materialize_range,
+    query,
+    resources,
+    running_daemon,
+)
+from binance_assets_tests.vision_server import VisionServer
+
+UM = MARKETS["um"]
+MISSING, PARTIAL, BROKEN, HEALTHY = (dt.date(2024, 1, 30) + dt.timedelta(days=i) for i in range(4))
+DAYS = [MISSING, PARTIAL, BROKEN, HEALTHY]
+FIRST, LAST = str(DAYS[0]), str(DAYS[-1])
+LIQUIDITY_KEY = AssetKey(["binance", "um", "daily_liquidity"])
+
+
+def day_rows(trades: pd.DataFrame, day: dt.date) -> pd.Series:
+    return pd.to_datetime(trades["time_us"], unit="us").dt.date == day
+
+
+def spoil_trades(root: Path, trades: pd.DataFrame) -> None:
+    """The three ways a trades archive fails its day; the aggTrades and klines archives stay whole."""
+    missing = root / UM.trades_key("ETHUSDT", MISSING.isoformat())
+    missing.unlink()
+    missing.with_name(missing.name + ".CHECKSUM").unlink()
+    partial = trades[day_rows(trades, PARTIAL)]
+    write_archive(
+        root, UM.trades_key("ETHUSDT", PARTIAL.isoformat()), _zipped(partial.head(len(partial) // 3))
+    )
+    broken = trades[day_rows(trades, BROKEN)].assign(is_buyer_maker=True)
+    write_archive(root, UM.trades_key("ETHUSDT", BROKEN.isoformat()), _zipped(broken))
+
+
+def _zipped(trades: pd.DataFrame) -> bytes:
+    return zip_archive(trades_csv(trades, "um_header"), "trades.csv")
+
+
+@pytest.fixture
+def trades(vision_server: VisionServer) -> pd.DataFrame:
+    root = vision_server.root
+    published = publish(
+        root, "um", "ETHUSDT", DAYS, trades_per_day=3000, spread=24, seed=4, klines=True,
+        datasets=("trades", "aggTrades"),
+    )  # fmt: skip
+    spoil_trades(root, published)
+    return published
+
+
+def check(result: ExecuteInProcessResult, name: str) -> tuple[bool, dict[str, object]]:
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation.passed, {k: v.value for k, v in evaluation.metadata.items()}
+
+
+def test_missing_partial_and_broken_days_are_rebuilt_from_aggtrades(
+    vision_server: VisionServer,
+    trades: pd.DataFrame,
+    instance: DagsterInstance,
+    store_url: str,
+    tmp_path: Path,
+) -> None:
+    result = materialize_range(
+        instance, resources(vision_server, store_url, tmp_path), "ETHUSDT", FIRST, LAST
+    )
+    assert result.success
+    assert_bars_match(store_url, {"ETHUSDT": trades}, DAYS[0], DAYS[-1])
+    assert check(result, "matches_binance_klines")[0]
+
+    liquidity = query(
+        store_url, "SELECT day, source, dataset FROM binance.daily_liquidity FINAL ORDER BY day"
+    )
+    assert liquidity.values.tolist() == [
+        [MISSING, "daily", "aggTrades"],
+        [PARTIAL, "daily", "aggTrades"],
+        [BROKEN, "daily", "aggTrades"],
+        [HEALTHY, "daily", "trades"],
+    ]
+    ledger = query(
+        store_url,
+        "SELECT dataset, count() AS n FROM binance.archives FINAL GROUP BY dataset ORDER BY dataset",
+    )
+    assert ledger.values.tolist() == [["aggTrades", 3], ["trades", 3]]  # the spoilt trades archives were read
+
+    passed, metadata = check(result, "built_from_fallback")
+    assert not passed and metadata["days_from_fallback"] == 3
+    reasons = {row["day"]: row["reason"] for row in metadata["failing_ticker_days"]}
+    assert reasons[str(MISSING)] == "no trades archive"
+    partial_count = int(day_rows(trades, PARTIAL).sum())
+    assert reasons[str(PARTIAL)] == (
+        f"partial trades archive: {partial_count // 3:,} trades against {partial_count:,} in Binance's klines"
+    )
+    assert "is_buyer_maker=true" in reasons[str(BROKEN)]
+    materialization = next(
+        m for m in result.asset_materializations_for_node("um_trades_to_bars")
+        if m.asset_key == LIQUIDITY_KEY and m.partition == f"{BROKEN}|ETHUSDT"
+    )  # fmt: skip
+    assert materialization.metadata["dataset"].value == "aggTrades"
+    assert materialization.metadata["run_days_from_fallback"].value == 3
+
+
+def test_without_fallback_the_trades_archives_are_taken_as_they_are(
+    vision_server: VisionServer,
+    trades: pd.DataFrame,
+    instance: DagsterInstance,
+    store_url: str,
+    tmp_path: Path,
+) -> None:
+    from dagster import materialize
+
+    from binance_assets.assets import build_market_assets
+
+    result = materialize(
+        [build_market_assets(UM, 31, retry_policy=None, fallback=None)],
+        instance=instance,
+        resources=resources(vision_server, store_url, tmp_path),
+        tags={RANGE_START: f"{FIRST}|ETHUSDT", RANGE_END: f"{LAST}|ETHUSDT"},
+        raise_on_error=False,
+    )
+    assert result.success and check(result, "built_from_fallback")[0]
+    assert not check(result, "matches_binance_klines")[0]  # the partial and broken days differ
+    liquidity = query(
+        store_url, "SELECT day, source, dataset FROM binance.daily_liquidity FINAL ORDER BY day"
+    )
+    assert liquidity["dataset"].tolist() == ["trades"] * 4 and liquidity["source"].iloc[0] == "none"
+
+
+def test_aggtrades_as_the_primary_dataset_gives_the_same_bars(
+    vision_server: VisionServer, instance: DagsterInstance, store_url: str, tmp_path: Path
+) -> None:
+    from dagster import materialize
+
+    from binance_assets.assets import build_market_assets
+
+    trades = publish(
+        vision_server.root, "um", "BTCUSDT", DAYS, monthly=(), trades_per_day=2000, seed=8, klines=True,
+        datasets=("aggTrades",),
+    )  # fmt: skip
+    result = materialize(
+        [build_market_assets(UM, 31, retry_policy=None, dataset="aggTrades")],
+        instance=instance,
+        resources=resources(vision_server, store_url, tmp_path),
+        tags={RANGE_START: f"{FIRST}|BTCUSDT", RANGE_END: f"{LAST}|BTCUSDT"},
+        raise_on_error=False,
+    )
+    assert result.success and check(result, "matches_binance_klines")[0]
+    assert check(result, "built_from_fallback")[0]  # the primary dataset is no fallback
+    assert_bars_match(store_url, {"BTCUSDT": trades}, DAYS[0], DAYS[-1])
+    stored = query(
+        store_url, "SELECT dataset, trade_count, missing_trade_ids FROM binance.daily_liquidity FINAL"
+    )
+    assert set(stored["dataset"]) == {"aggTrades"} and (stored["missing_trade_ids"] == 0).all()
+    assert stored["trade_count"].sum() == len(trades)
+
+
+def test_days_loaded_from_a_broken_archive_are_requested_again(
+    vision_server: VisionServer,
+    trades: pd.DataFrame,
+    instance: DagsterInstance,
+    store_url: str,
+    tmp_path: Path,
+) -> None:
+    from dagster import materialize
+
+    from binance_assets.assets import build_market_assets
+
+    res = resources(vision_server, store_url, tmp_path)
+    loaded = materialize(
+        [build_market_assets(UM, 31, retry_policy=None, fallback=None)],
+        instance=instance,
+        resources=res,
+        tags={RANGE_START: f"{FIRST}|ETHUSDT", RANGE_END: f"{LAST}|ETHUSDT"},
+        raise_on_error=False,
+    )
+    assert loaded.success
+    sensor = build_republished_sensor(UM, Settings())
+    context = build_sensor_context(
+        instance=instance, resources={"vision": res["vision"], "clickhouse": res["clickhouse"]}
+    )
+    result = sensor(context)
+    assert isinstance(result, SensorResult)
+    requested = [
+        (r.tags[RANGE_START], r.tags[RANGE_END], r.tags["binance/reason"]) for r in result.run_requests
+    ]
+    assert requested == [(f"{BROKEN}|ETHUSDT", f"{BROKEN}|ETHUSDT", "broken_trades")]
+
+    assert materialize_range(instance, res, "ETHUSDT", str(BROKEN), str(BROKEN)).success
+    again = sensor(
+        build_sensor_context(
+            instance=instance, resources={"vision": res["vision"], "clickhouse": res["clickhouse"]}
+        )
+    )
+    assert isinstance(again, SensorResult) and again.run_requests == []
+
+
+def fallback_cli(tmp_path: Path, vision_server: VisionServer) -> Cli:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    store_url = f"chdb://{tmp_path / 'clickhouse'}"
+    return Cli(cli_env(home, vision_server, store_url), home, store_url)
+
+
+def summary_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("  from aggTrades: ")]
+
+
+def test_materialize_lists_the_days_built_from_aggtrades(
+    vision_server: VisionServer, trades: pd.DataFrame, tmp_path: Path
+) -> None:
+    cli = fallback_cli(tmp_path, vision_server)
+    result = cli("materialize", "--market", "um", "--ticker", "ETHUSDT", "--start", FIRST, "--end", LAST)
+    assert result.returncode == 0, result.stderr
+    assert "(0 without archive, 3 built from aggTrades)" in result.stdout
+    lines = summary_lines(result.stdout)
+    assert [line.split(":")[1].strip() for line in lines] == [f"um ETHUSDT {day}" for day in DAYS[:3]]
+    assert_bars_match(cli.store_url, {"ETHUSDT": trades}, DAYS[0], DAYS[-1])
+
+
+@pytest.mark.slow
+def test_the_daemon_rebuilds_missing_partial_and_broken_days(
+    vision_server: VisionServer, trades: pd.DataFrame, tmp_path: Path
+) -> None:
+    cli = fallback_cli(tmp_path, vision_server)
+    with running_daemon(cli, tmp_path / "daemon"):
+        result = cli(
+            "backfill", "--market", "um", "--ticker", "ETHUSDT", "--start", FIRST, "--end", LAST, "--wait"
+        )
+    assert result.returncode == 0, result.stderr
+    assert len(summary_lines(result.stdout)) == 3
+    assert_bars_match(cli.store_url, {"ETHUSDT": trades}, DAYS[0], DAYS[-1])
+    datasets = query(cli.store_url, "SELECT dataset FROM binance.daily_liquidity FINAL ORDER BY day")[
+        "dataset"
+    ]
+    assert datasets.tolist() == ["aggTrades", "aggTrades", "aggTrades", "trades"]
