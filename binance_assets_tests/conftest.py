@@ -64,6 +64,16 @@ def store_url(tmp_path: Path) -> str:
     return f"chdb://{tmp_path / 'clickhouse'}"
 
 
+@pytest.fixture
+def cli(tmp_path: Path, vision_server: VisionServer) -> Cli:
+    """The CLI on a fresh laptop instance (dagster.yaml) and embedded store, on the fake Vision server."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    store_url = f"chdb://{tmp_path / 'clickhouse'}"
+    return Cli(cli_env(home, vision_server, store_url), home, store_url)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL server (binance_assets_tests/postgres.py), skipped where none can be had."""

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -64,10 +65,12 @@ def materialize_range(
     first: str,
     last: str,
     retry_policy: RetryPolicy | None = None,
+    **options: Any,
 ) -> ExecuteInProcessResult:
-    """One UM run over [first, last] of one ticker, as a backfill chunk; failures returned, not raised."""
+    """One UM run over [first, last] of one ticker, as a backfill chunk; failures returned, not raised.
+    ``options`` go to build_market_assets (dataset, fallback, kline_check)."""
     return materialize(
-        [build_market_assets(MARKETS["um"], 31, retry_policy=retry_policy)],
+        [build_market_assets(MARKETS["um"], 31, retry_policy=retry_policy, **options)],
         instance=instance,
         resources=res,
         tags={RANGE_START: f"{first}|{ticker}", RANGE_END: f"{last}|{ticker}"},

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,26 +19,14 @@ from binance_assets_tests.helpers import (
     DAYS,
     RANGE_END,
     RANGE_START,
-    REPO,
     SETTINGS_PREFIXES,
     TODAY,
     Cli,
     assert_bars_match,
-    cli_env,
     error_line,
     partitions_materialised,
     query,
 )
-from binance_assets_tests.vision_server import VisionServer
-
-
-@pytest.fixture
-def cli(tmp_path: Path, vision_server: VisionServer) -> Cli:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    store_url = f"chdb://{tmp_path / 'clickhouse'}"
-    return Cli(cli_env(home, vision_server, store_url), home, store_url)
 
 
 @pytest.mark.parametrize(

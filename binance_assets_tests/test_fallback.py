@@ -6,7 +6,6 @@ the republished sensor say so."""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -20,10 +19,8 @@ from binance_assets_tests.archives import publish, trades_csv, write_archive, zi
 from binance_assets_tests.helpers import (
     RANGE_END,
     RANGE_START,
-    REPO,
     Cli,
     assert_bars_match,
-    cli_env,
     materialize_range,
     query,
     resources,
@@ -70,21 +67,20 @@ def trades(vision_server: VisionServer) -> pd.DataFrame:
     return published
 
 
+@pytest.fixture
+def res(vision_server: VisionServer, store_url: str, tmp_path: Path) -> dict[str, object]:
+    return resources(vision_server, store_url, tmp_path)
+
+
 def check(result: ExecuteInProcessResult, name: str) -> tuple[bool, dict[str, object]]:
     (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
     return evaluation.passed, {k: v.value for k, v in evaluation.metadata.items()}
 
 
 def test_missing_partial_and_broken_days_are_rebuilt_from_aggtrades(
-    vision_server: VisionServer,
-    trades: pd.DataFrame,
-    instance: DagsterInstance,
-    store_url: str,
-    tmp_path: Path,
+    trades: pd.DataFrame, instance: DagsterInstance, store_url: str, res: dict[str, object]
 ) -> None:
-    result = materialize_range(
-        instance, resources(vision_server, store_url, tmp_path), "ETHUSDT", FIRST, LAST
-    )
+    result = materialize_range(instance, res, "ETHUSDT", FIRST, LAST)
     assert result.success
     assert_bars_match(store_url, {"ETHUSDT": trades}, DAYS[0], DAYS[-1])
     assert check(result, "matches_binance_klines")[0]
@@ -122,23 +118,9 @@ def test_missing_partial_and_broken_days_are_rebuilt_from_aggtrades(
 
 
 def test_without_fallback_the_trades_archives_are_taken_as_they_are(
-    vision_server: VisionServer,
-    trades: pd.DataFrame,
-    instance: DagsterInstance,
-    store_url: str,
-    tmp_path: Path,
+    trades: pd.DataFrame, instance: DagsterInstance, store_url: str, res: dict[str, object]
 ) -> None:
-    from dagster import materialize
-
-    from binance_assets.assets import build_market_assets
-
-    result = materialize(
-        [build_market_assets(UM, 31, retry_policy=None, fallback=None)],
-        instance=instance,
-        resources=resources(vision_server, store_url, tmp_path),
-        tags={RANGE_START: f"{FIRST}|ETHUSDT", RANGE_END: f"{LAST}|ETHUSDT"},
-        raise_on_error=False,
-    )
+    result = materialize_range(instance, res, "ETHUSDT", FIRST, LAST, fallback=None)
     assert result.success and check(result, "built_from_fallback")[0]
     assert not check(result, "matches_binance_klines")[0]  # the partial and broken days differ
     liquidity = query(
@@ -148,23 +130,13 @@ def test_without_fallback_the_trades_archives_are_taken_as_they_are(
 
 
 def test_aggtrades_as_the_primary_dataset_gives_the_same_bars(
-    vision_server: VisionServer, instance: DagsterInstance, store_url: str, tmp_path: Path
+    vision_server: VisionServer, instance: DagsterInstance, store_url: str, res: dict[str, object]
 ) -> None:
-    from dagster import materialize
-
-    from binance_assets.assets import build_market_assets
-
     trades = publish(
         vision_server.root, "um", "BTCUSDT", DAYS, monthly=(), trades_per_day=2000, seed=8, klines=True,
         datasets=("aggTrades",),
     )  # fmt: skip
-    result = materialize(
-        [build_market_assets(UM, 31, retry_policy=None, dataset="aggTrades")],
-        instance=instance,
-        resources=resources(vision_server, store_url, tmp_path),
-        tags={RANGE_START: f"{FIRST}|BTCUSDT", RANGE_END: f"{LAST}|BTCUSDT"},
-        raise_on_error=False,
-    )
+    result = materialize_range(instance, res, "BTCUSDT", FIRST, LAST, dataset="aggTrades")
     assert result.success and check(result, "matches_binance_klines")[0]
     assert check(result, "built_from_fallback")[0]  # the primary dataset is no fallback
     assert_bars_match(store_url, {"BTCUSDT": trades}, DAYS[0], DAYS[-1])
@@ -176,24 +148,9 @@ def test_aggtrades_as_the_primary_dataset_gives_the_same_bars(
 
 
 def test_days_loaded_from_a_broken_archive_are_requested_again(
-    vision_server: VisionServer,
-    trades: pd.DataFrame,
-    instance: DagsterInstance,
-    store_url: str,
-    tmp_path: Path,
+    trades: pd.DataFrame, instance: DagsterInstance, store_url: str, res: dict[str, object]
 ) -> None:
-    from dagster import materialize
-
-    from binance_assets.assets import build_market_assets
-
-    res = resources(vision_server, store_url, tmp_path)
-    loaded = materialize(
-        [build_market_assets(UM, 31, retry_policy=None, fallback=None)],
-        instance=instance,
-        resources=res,
-        tags={RANGE_START: f"{FIRST}|ETHUSDT", RANGE_END: f"{LAST}|ETHUSDT"},
-        raise_on_error=False,
-    )
+    loaded = materialize_range(instance, res, "ETHUSDT", FIRST, LAST, fallback=None)
     assert loaded.success
     sensor = build_republished_sensor(UM, Settings())
     context = build_sensor_context(
@@ -215,22 +172,11 @@ def test_days_loaded_from_a_broken_archive_are_requested_again(
     assert isinstance(again, SensorResult) and again.run_requests == []
 
 
-def fallback_cli(tmp_path: Path, vision_server: VisionServer) -> Cli:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    store_url = f"chdb://{tmp_path / 'clickhouse'}"
-    return Cli(cli_env(home, vision_server, store_url), home, store_url)
-
-
 def summary_lines(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if line.startswith("  from aggTrades: ")]
 
 
-def test_materialize_lists_the_days_built_from_aggtrades(
-    vision_server: VisionServer, trades: pd.DataFrame, tmp_path: Path
-) -> None:
-    cli = fallback_cli(tmp_path, vision_server)
+def test_materialize_lists_the_days_built_from_aggtrades(cli: Cli, trades: pd.DataFrame) -> None:
     result = cli("materialize", "--market", "um", "--ticker", "ETHUSDT", "--start", FIRST, "--end", LAST)
     assert result.returncode == 0, result.stderr
     assert "(0 without archive, 3 built from aggTrades)" in result.stdout
@@ -241,9 +187,8 @@ def test_materialize_lists_the_days_built_from_aggtrades(
 
 @pytest.mark.slow
 def test_the_daemon_rebuilds_missing_partial_and_broken_days(
-    vision_server: VisionServer, trades: pd.DataFrame, tmp_path: Path
+    cli: Cli, trades: pd.DataFrame, tmp_path: Path
 ) -> None:
-    cli = fallback_cli(tmp_path, vision_server)
     with running_daemon(cli, tmp_path / "daemon"):
         result = cli(
             "backfill", "--market", "um", "--ticker", "ETHUSDT", "--start", FIRST, "--end", LAST, "--wait"
