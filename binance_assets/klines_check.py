@@ -1,6 +1,6 @@
 """`matches_binance_klines`: the run's stored 5 s bars, aggregated to 1m, against Binance's own 1m klines.
 
-Binance computes its klines from the same trades (vision/FORMAT.md section 4: count, OHLC, volume,
+Binance computes its klines from the same trades (docs/vision-format.md section 4: count, OHLC, volume,
 sum(price * qty) and taker-buy volume agree on every minute), so a disagreement means our rows, or the
 trades archive they came from, are wrong. The klines come from the archive of the same period as the
 trades: the day's daily file, or the month's file where the run read the monthly trades archive.

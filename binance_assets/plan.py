@@ -13,7 +13,7 @@ from binance_assets.markets import DatasetName
 from binance_assets.vision.listing import ArchiveInfo
 
 DEFAULT_PUBLISH_GRACE_DAYS = 7
-"""Binance publishes a day's archive hours to (rarely) a week late (FORMAT.md section 5)."""
+"""Binance publishes a day's archive hours to (rarely) a week late (docs/vision-format.md section 5)."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 re-materialise the days of archives Binance republished.
 
 All request only ticker-days that have (or will have) archives, in runs of consecutive days cut by
-`plan.run_ranges`, so a whole market stays thousands of runs (DESIGN.md "Dagster at full-market scale").
+`plan.run_ranges`, so a whole market stays thousands of runs (docs/design.md "Dagster at full-market scale").
 """
 
 import bisect
@@ -32,7 +32,7 @@ from binance_assets.settings import Settings
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 RETRY_AFTER = dt.timedelta(hours=6)
-"""A ticker-day still missing is requested again at most this often (late archives, see FORMAT.md)."""
+"""A ticker-day still missing is requested again at most this often (late archives, see docs/vision-format.md section 5)."""
 ARCHIVE_TAG = "binance/archive"
 REPUBLISHED_TICK_SECONDS = 600
 REPUBLISHED_TICKERS_PER_TICK = 10

@@ -35,7 +35,7 @@ def vision_server(vision_root: Path) -> Iterator[VisionServer]:
 restore_interrupts()  # so the CLI and daemon processes the tests start can stop their children
 
 REAL = Path(__file__).parent / "real"
-"""Real Binance Vision files (copied from shared/vision/real; see real/PROVENANCE.md)."""
+"""Real Binance Vision files (see real/PROVENANCE.md)."""
 
 TICKERS = ("BTCUSDT", "ETHUSDT", "BTCUSD_PERP")
 """Registered in every market by the `instance` fixture."""

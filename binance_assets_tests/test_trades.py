@@ -176,7 +176,7 @@ def test_two_csv_members_are_ambiguous(tmp_path: Path) -> None:
 
 
 def test_real_kline_zips_are_real_zips() -> None:
-    """The 2020 spot 1m kline files: 1440 rows each, count sums as FORMAT.md section 7 states."""
+    """The 2020 spot 1m kline files: 1440 rows each, count sums as docs/vision-format.md section 7 states."""
     counts = {}
     for day, expected in (("01", 194_010), ("02", 302_667), ("03", 519_854)):
         with zipfile.ZipFile(REAL / f"BTCUSDT-1m-2020-01-{day}.zip") as archive:

@@ -2,7 +2,7 @@
 
 One threaded HTTP server on 127.0.0.1 serves a directory tree two ways on the same port:
 ``GET /<key>`` returns the object, ``GET /?prefix=&delimiter=&marker=&max-keys=`` returns an S3
-ListObjects v1 listing shaped like the live bucket's (vision/FORMAT.md section 2). Faults are switched
+ListObjects v1 listing shaped like the live bucket's (docs/vision-format.md section 2). Faults are switched
 on by a pattern matched against each request's path+query, listings and objects alike: the pattern
 must occur in it, or end it when the pattern ends in ``$`` (``f"{key}$"`` spoils a zip, not its
 ``.CHECKSUM``).

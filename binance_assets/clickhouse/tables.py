@@ -1,4 +1,4 @@
-"""DDL, Arrow schemas and SQL builders of the tables: hl5s, daily_liquidity (DESIGN.md "Bars and day stats")
+"""DDL, Arrow schemas and SQL builders of the tables: hl5s, daily_liquidity (docs/design.md "Tables")
 and the archive ledger.
 
 The column lists below are the one source of the DDL, the canonical Arrow insert schemas and the

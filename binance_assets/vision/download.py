@@ -1,6 +1,6 @@
 """Downloading Vision archives into a local cache keyed by (key, sha256), verified against ``.CHECKSUM``.
 
-Archives get republished under the same key (FORMAT.md section 1), so every fetch reads the key's
+Archives get republished under the same key (docs/vision-format.md section 1), so every fetch reads the key's
 ``.CHECKSUM`` first and the cache is addressed by the digest it names: a republished archive is a new
 file, and a cached one is reused without downloading it again.
 """

@@ -1,6 +1,6 @@
 """Listing Binance Vision: S3 ListObjects v1 over http(s), or a ``file://`` mirror laid out like the bucket.
 
-The protocol and its traps are in ``vision/FORMAT.md`` section 2: pages of at most 1000 entries counting
+The protocol and its traps are in ``docs/vision-format.md`` section 2: pages of at most 1000 entries counting
 keys and common prefixes together, ``NextMarker`` only when a delimiter was sent, the root ``<Prefix>``
 echoing the request, an empty-name folder (``.../BTCUSDT//``), ``.CHECKSUM`` files beside the zips.
 """
