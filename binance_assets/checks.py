@@ -3,7 +3,8 @@
 Each check returns the offending ticker-days (at most ``LIMIT`` of them) plus totals, so a check result
 can show exactly which day is wrong. `bars_well_formed` and `liquidity_matches_bars` test our own
 writes (severity ERROR); `trade_ids_continuous`, `day_coverage` and `sane_trades` flag archives that
-look partial or odd (severity WARN: Binance's data is like that at times, see docs/vision-format.md section 5).
+look partial or odd (severity WARN: Binance's data is like that at times, see docs/vision-format.md
+section 5).
 """
 
 from __future__ import annotations

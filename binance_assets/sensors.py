@@ -32,7 +32,8 @@ from binance_assets.settings import Settings
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 RETRY_AFTER = dt.timedelta(hours=6)
-"""A ticker-day still missing is requested again at most this often (late archives, see docs/vision-format.md section 5)."""
+"""A ticker-day still missing is requested again at most this often (late archives:
+docs/vision-format.md section 5)."""
 ARCHIVE_TAG = "binance/archive"
 REPUBLISHED_TICK_SECONDS = 600
 REPUBLISHED_TICKERS_PER_TICK = 10

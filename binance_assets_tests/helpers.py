@@ -17,14 +17,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, RetryPolicy, materialize
 
 from binance_assets.assets import build_market_assets
+from binance_assets.bars import BARS_SCHEMA, DAYS_SCHEMA, Aggregation
 from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.markets import MARKETS
 from binance_assets.resources import ClickHouseResource, VisionResource
-from binance_assets_tests.archives import expected_bars
+from binance_assets_tests.archives import expected_bars, expected_day_stats
 from binance_assets_tests.vision_server import VisionServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,3 +179,42 @@ def assert_bars_match(store_url: str, trades: dict[str, pd.DataFrame], first: dt
 def partitions_materialised(instance: DagsterInstance, name: str, year: str) -> list[str]:
     records = instance.fetch_materializations(AssetKey(["binance", "um", name]), limit=10_000).records
     return [r.partition_key for r in records if r.partition_key and r.partition_key.startswith(year)]
+
+
+def assert_aggregation_matches(
+    result: Aggregation, trades: pd.DataFrame, quote_col: str | None = None, quote_atol_per_trade: float = 0.0
+) -> None:
+    """Bars and day stats of `result` equal the oracle's for `trades`: timestamps, counts, ids and OHLC
+    exactly, volumes within 1e-9 relative; quote volumes also within `quote_atol_per_trade` per trade."""
+    bars = result.bars.to_pandas()
+    want = expected_bars(trades, quote_col)
+    assert result.bars.schema == BARS_SCHEMA
+    assert len(bars) == len(want)
+    assert list(bars["day"]) == list(want["day"])
+    ts_us = result.bars["ts"].cast(pa.int64()).to_numpy() * 1_000_000
+    np.testing.assert_array_equal(ts_us, want["ts"].to_numpy())
+    for column in ("open", "high", "low", "close"):
+        np.testing.assert_array_equal(bars[column].to_numpy(), want[column].to_numpy(), err_msg=column)
+    np.testing.assert_array_equal(bars["trade_count"].to_numpy(), want["trade_count"].to_numpy())
+    assert_volumes(bars, want, quote_atol_per_trade)
+
+    days = result.days.to_pandas()
+    stats = expected_day_stats(trades, quote_col)
+    assert result.days.schema == DAYS_SCHEMA
+    assert list(days["day"]) == list(stats["day"])
+    for column in ("trade_count", "bar_count", "first_trade_id", "last_trade_id", "missing_trade_ids"):
+        np.testing.assert_array_equal(days[column].to_numpy(), stats[column].to_numpy(), err_msg=column)
+    assert_volumes(days, stats, quote_atol_per_trade)
+    first_us = days["first_time"].astype("int64").to_numpy()
+    np.testing.assert_array_equal(first_us, stats["first_time_us"].to_numpy())
+    np.testing.assert_array_equal(
+        days["last_time"].astype("int64").to_numpy(), stats["last_time_us"].to_numpy()
+    )
+
+
+def assert_volumes(got: pd.DataFrame, want: pd.DataFrame, quote_atol_per_trade: float = 0.0) -> None:
+    for column in ("volume", "quote_volume", "taker_buy_volume"):
+        atol = quote_atol_per_trade * want["trade_count"].to_numpy() if column == "quote_volume" else 0.0
+        error = np.abs(got[column].to_numpy() - want[column].to_numpy())
+        limit = 1e-9 * np.abs(want[column].to_numpy()) + atol
+        assert (error <= limit).all(), f"{column}: worst excess {np.max(error - limit):.3g}"

@@ -31,7 +31,7 @@ from binance_assets_tests.archives import (
     trades_csv,
     zip_archive,
 )
-from binance_assets_tests.test_bars import assert_aggregation_matches, assert_volumes
+from binance_assets_tests.helpers import assert_aggregation_matches, assert_volumes
 
 MIDNIGHT = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
 TRADES_LAYOUT = {"cm_header": "cm", "cm_noheader": "cm"}

@@ -65,7 +65,8 @@ FEB = [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(29)]
 def test_real_kline_zips_parse(
     day: str, count: int, ohlc: tuple[float, ...] | None, volume: float | None
 ) -> None:
-    """The real spot BTCUSDT 2020-01-0X files: no header, ms times; docs/vision-format.md section 7's figures."""
+    """The real spot BTCUSDT 2020-01-0X files: no header, ms times; the figures of
+    docs/vision-format.md section 7."""
     klines = read_klines(REAL / f"BTCUSDT-1m-2020-01-{day}.zip")
     assert klines.schema == KLINES_SCHEMA and klines.num_rows == 1440
     midnight_us = int(dt.datetime(2020, 1, int(day), tzinfo=dt.UTC).timestamp()) * 10**6

@@ -1,7 +1,8 @@
 """ClickHouseIOManager: each output replaces its run's partition slices; inputs read them back.
 
 Shape of dagster's `DbIOManager` (context -> slices, then one connection, ensure tables, delete the
-slice, a type handler writes, metadata), with our storage rules (docs/design.md "Writes, failures and recovery"):
+slice, a type handler writes, metadata), with our storage rules (docs/design.md "Writes, failures and
+recovery"):
 - asset keys `[..., <market>, "hl5s_bars" | "daily_liquidity"]`, multi-partitioned by a daily `date`
   dimension and a `ticker` dimension, declared with `partition_expr` {"date": "day", "ticker": "ticker"};
 - a run's partition keys become one slice (market, ticker, days) per ticker;

@@ -37,7 +37,8 @@ def _version() -> str:
 
 USER_AGENT = f"binance-assets/{_version()}"
 
-# S3 codes worth another try. A public bucket answers AccessDenied during Vision outages (docs/vision-format.md section 2).
+# S3 codes worth another try. A public bucket answers AccessDenied during Vision outages
+# (docs/vision-format.md section 2).
 _TRANSIENT_S3_CODES = frozenset(
     {"AccessDenied", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 )
