@@ -126,7 +126,10 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
 @contextmanager
 def daemon(env: dict[str, str], workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`dagster-daemon run` on the repository's workspace.yaml, logging to ``workdir/daemon.log``; its whole
-    process group is killed after."""
+    process group is killed after. The instance is created first: the daemon and its code server open it
+    outside the CLI's lock, and Dagster's SQLite schema creation races between processes."""
+    if "DAGSTER_HOME" in env:
+        DagsterInstance.from_config(env["DAGSTER_HOME"]).dispose()
     workdir.mkdir(exist_ok=True)
     with (workdir / "daemon.log").open("ab") as log:
         process = subprocess.Popen(

@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,15 @@ def open_instance(settings: Settings, *, capture_logs: bool = True) -> DagsterIn
     ref = InstanceRef.from_dir(path, overrides=None if capture_logs else _NO_CAPTURE)
     lock_file = Path(path) / INSTANCE_LOCK
     with file_lock(lock_file, INSTANCE_LOCK_SECONDS, lambda: _instance_busy(lock_file)):
-        return DagsterInstance.from_ref(ref)
+        attempt = 1
+        while True:
+            try:
+                return DagsterInstance.from_ref(ref)
+            except Exception as error:  # a daemon or code server outside our lock creating it too
+                if attempt >= SCHEMA_RACE_ATTEMPTS or type(error).__name__ not in _SCHEMA_RACE_ERRORS:
+                    raise
+                time.sleep(0.5 * attempt)
+                attempt += 1
 
 
 INSTANCE_LOCK = ".binance-assets-instance.lock"
@@ -104,6 +113,10 @@ INSTANCE_LOCK = ".binance-assets-instance.lock"
 several processes open a fresh DAGSTER_HOME at once (alembic "more than one head" or a UNIQUE constraint
 on alembic_version), so every command opens the instance under this lock in DAGSTER_HOME."""
 INSTANCE_LOCK_SECONDS = 120.0
+SCHEMA_RACE_ATTEMPTS = 5
+_SCHEMA_RACE_ERRORS = frozenset({"CommandError", "IntegrityError", "OperationalError"})
+"""What Dagster's SQLite storage raises while another process (a daemon, `dagster dev`, outside our lock)
+creates the same schema: the next attempt finds it made."""
 
 
 def _instance_busy(lock_file: Path) -> CliError:
