@@ -6,6 +6,7 @@ the republished sensor say so."""
 from __future__ import annotations
 
 import datetime as dt
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, SensorResult, build_sensor_context
 
 from binance_assets.markets import MARKETS
-from binance_assets.sensors import build_republished_sensor
+from binance_assets.sensors import ARCHIVE_TAG, build_republished_sensor
 from binance_assets.settings import Settings
 from binance_assets_tests.archives import publish, trades_csv, write_archive, zip_archive
 from binance_assets_tests.helpers import (
@@ -145,6 +146,30 @@ def test_aggtrades_as_the_primary_dataset_gives_the_same_bars(
     )
     assert set(stored["dataset"]) == {"aggTrades"} and (stored["missing_trade_ids"] == 0).all()
     assert stored["trade_count"].sum() == len(trades)
+
+
+def test_a_republished_aggtrades_archive_reruns_its_day(
+    vision_server: VisionServer, instance: DagsterInstance, res: dict[str, object]
+) -> None:
+    """With aggTrades as the primary dataset the ledger holds aggTrades archives, and the
+    republished-archives sensor lists the aggTrades folders to compare them."""
+    publish(vision_server.root, "um", "BTCUSDT", DAYS, trades_per_day=500, seed=8, datasets=("aggTrades",))
+    assert materialize_range(instance, res, "BTCUSDT", FIRST, LAST, dataset="aggTrades").success
+    sensor = build_republished_sensor(UM, Settings(dataset="aggTrades"))
+    resources_ = {"vision": res["vision"], "clickhouse": res["clickhouse"]}
+    assert sensor(build_sensor_context(instance=instance, resources=resources_)).run_requests == []
+
+    key = UM.archive_key("aggTrades", "BTCUSDT", HEALTHY.isoformat())
+    with zipfile.ZipFile(vision_server.root / key) as archive:
+        (member,) = archive.infolist()
+        rows = archive.read(member)
+    # republished: the same rows in another zip (a second, non-CSV member)
+    write_archive(vision_server.root, key, zip_archive(rows, member.filename, extra_members={"NOTE": b"v2"}))
+    result = sensor(build_sensor_context(instance=instance, resources=resources_))
+    assert isinstance(result, SensorResult)
+    assert [(r.tags[RANGE_START], r.tags[ARCHIVE_TAG]) for r in result.run_requests] == [
+        (f"{HEALTHY}|BTCUSDT", key)
+    ]
 
 
 def test_days_loaded_from_a_broken_archive_are_requested_again(
