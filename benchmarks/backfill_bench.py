@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+from daemon_runs import pure_path
 
 FIRST_DAY = dt.date(2024, 1, 1)
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -41,11 +39,8 @@ def main() -> None:
     from binance_assets.assets import build_market_assets
     from binance_assets.definitions import build_resources
     from binance_assets.markets import get_market
-    from binance_assets.pipeline import LoadStats, load_days
-    from binance_assets.plan import plan_ticker, run_ranges
+    from binance_assets.plan import run_ranges
     from binance_assets.settings import Settings
-    from binance_assets.vision.download import VisionDownloader
-    from binance_assets.vision.listing import VisionListing
     from binance_assets_tests.archives import publish
 
     market = get_market("um")
@@ -72,13 +67,7 @@ def main() -> None:
             )
 
         def pure() -> None:
-            settings = settings_in("pure")
-            listing = VisionListing(settings.listing_url)
-            today = dt.datetime.now(dt.UTC).date()
-            plans = [plan_ticker(t, days, listing.list_trades_archives(market, t), today) for t in tickers]
-            downloader = VisionDownloader(settings.vision_url, settings.cache_dir)
-            for _ in load_days(market, plans, downloader, LoadStats()):
-                pass
+            pure_path(mirror, Path(tmp) / "pure-cache", "um", tickers, days)
 
         def through_dagster(
             name: str, ranges: Callable[[str], list[tuple[dt.date, dt.date]]]
