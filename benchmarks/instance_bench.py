@@ -21,28 +21,29 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from dagster import AssetKey, DagsterInstance
+from daemon_runs import (
+    ROOT,
+    backfill_runs,
+    count_materialisations,
+    dagster_home,
+    mirror_env,
+    peak_rss,
+    stop_sensors,
+    submit_backfill,
+    wait_for_backfills,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 FIRST_DAY = dt.date(2024, 1, 1)
-DAGSTER = Path(sys.executable).with_name("dagster")
-_DROPPED_PREFIXES = ("BINANCE_", "CLICKHOUSE_", "TICKER", "DOWNLOAD_", "LOG_LEVEL", "DAGSTER_")
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,7 @@ def main() -> None:
         for seed, ticker in enumerate(tickers):
             publish(mirror, "um", ticker, days, trades_per_day=args.trades_per_day, seed=seed)
         print(f"{len(tickers)} tickers x {len(days)} days = {ticker_days} ticker-days", flush=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_PREFIXES)}
-        env.update(
-            BINANCE_VISION_URL=f"file://{mirror}",
-            BINANCE_VISION_LISTING_URL=f"file://{mirror}",
-            BINANCE_MARKETS="um",
-        )
+        env = mirror_env(mirror, BINANCE_MARKETS="um")
         durable = stack.enter_context(postgres_server(fsync=True)).create_database("dagster")
         no_fsync = stack.enter_context(postgres_server(fsync=False)).create_database("dagster")
         instances = {
@@ -115,68 +111,24 @@ def measure(
     days: list[dt.date],
     events: int,
 ) -> Figures:
-    from dagster import AssetKey, DagsterInstance, RunsFilter
-    from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
+    from dagster import AssetKey, DagsterInstance
 
-    from binance_assets.definitions import build_definitions
-    from binance_assets.settings import Settings
     from binance_assets_tests.helpers import daemon
 
-    home = workdir / "dagster_home"
-    home.mkdir(parents=True)
-    shutil.copy(instance_yaml, home / "dagster.yaml")
-    env = {**env, "DAGSTER_HOME": str(home), "CLICKHOUSE_URL": f"chdb://{workdir / 'clickhouse'}"}
-    os.environ.update({k: v for k, v in env.items() if k.startswith("DAGSTER_PG_")})  # read by this instance
-
-    ticker_args = [arg for ticker in tickers for arg in ("--ticker", ticker)]
-    submitted = _run(
-        [sys.executable, "-m", "binance_assets.cli", "backfill", "--market", "um", *ticker_args,
-         "--start", str(days[0]), "--end", str(days[-1])], env, workdir,
-    )  # fmt: skip
-    backfill_ids = submitted.split()
-    for sensor in build_definitions(Settings.from_env(env)).sensors:
-        _run([str(DAGSTER), "sensor", "stop", sensor.name, "-w", str(ROOT / "workspace.yaml")], env, workdir)
-
-    with DagsterInstance.from_config(str(home)) as instance:
-        with daemon(env, workdir) as daemon_process, _peak_rss(daemon_process.pid) as peak:
+    env = dagster_home(workdir, instance_yaml, env)
+    backfill_ids = submit_backfill(env, workdir, "um", tickers, days)
+    stop_sensors(env, workdir)
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        with daemon(env, workdir) as daemon_process, peak_rss(daemon_process.pid) as peak:
             started = time.monotonic()
-            while True:
-                statuses = [_backfill_status(instance, b) for b in backfill_ids]
-                if all(s in BULK_ACTION_TERMINAL_STATUSES for s in statuses):
-                    break
-                if daemon_process.poll() is not None:
-                    raise RuntimeError(f"dagster-daemon exited; see {workdir / 'daemon.log'}")
-                time.sleep(0.5)
+            wait_for_backfills(instance, backfill_ids, daemon_process, workdir)
             wall = time.monotonic() - started
-        if any(s != BulkActionStatus.COMPLETED_SUCCESS for s in statuses):
-            raise RuntimeError(f"backfill ended {statuses}; see {workdir / 'daemon.log'}")
-        records = [
-            r
-            for b in backfill_ids
-            for r in instance.get_run_records(RunsFilter(tags={"dagster/backfill": b}))
-        ]
+        records = backfill_runs(instance, backfill_ids)
         span = max(r.end_time or 0 for r in records) - min(r.start_time or 0 for r in records)
         keys = [AssetKey(["binance", "um", name]) for name in ("hl5s_bars", "daily_liquidity")]
-        materialisations = sum(_count_materialisations(instance, key) for key in keys)
+        materialisations = sum(count_materialisations(instance, key) for key in keys)
         event_write = _write_events(instance, events)
-    return Figures(wall, span, len(records), materialisations, peak(), event_write)
-
-
-def _backfill_status(instance: DagsterInstance, backfill_id: str) -> object:
-    backfill = instance.get_backfill(backfill_id)
-    if backfill is None:
-        raise RuntimeError(f"backfill {backfill_id} is not in the instance")
-    return backfill.status
-
-
-def _count_materialisations(instance: DagsterInstance, key: AssetKey) -> int:
-    count, cursor = 0, None
-    while True:
-        page = instance.fetch_materializations(key, limit=1_000, cursor=cursor)
-        count += len(page.records)
-        if not page.has_more:
-            return count
-        cursor = page.cursor
+    return Figures(wall, span, len(records), materialisations, peak().get("run worker", 0.0), event_write)
 
 
 def _write_events(instance: DagsterInstance, events: int) -> float:
@@ -191,42 +143,6 @@ def _write_events(instance: DagsterInstance, events: int) -> float:
             AssetMaterialization(key, partition=f"{day}|BENCHUSDT", metadata={"dagster/row_count": i})
         )
     return time.perf_counter() - started
-
-
-def _run(command: list[str], env: dict[str, str], cwd: Path) -> str:
-    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(command[:4])} ... exited {result.returncode}:\n{result.stderr}")
-    return result.stdout
-
-
-@contextmanager
-def _peak_rss(session: int) -> Iterator[Callable[[], float]]:
-    """Sample (every 0.1 s) the RSS of the run workers in a process session; yield their peak (MB).
-
-    The code server starts each run worker as a multiprocessing child (`spawn_main` in its command line).
-    """
-    peak = [0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.1):
-            for proc in Path("/proc").glob("[0-9]*"):
-                with suppress(OSError, ValueError):
-                    stat = (proc / "stat").read_text()
-                    in_session = int(stat.rsplit(")", 1)[1].split()[3]) == session
-                    if in_session and b"spawn_main" in (proc / "cmdline").read_bytes():
-                        for line in (proc / "status").read_text().splitlines():
-                            if line.startswith("VmRSS:"):  # absent once the process is a zombie
-                                peak[0] = max(peak[0], int(line.split()[1]))
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield lambda: peak[0] / 1024
-    finally:
-        stop.set()
-        thread.join()
 
 
 def report(results: dict[str, Figures], ticker_days: int, events: int) -> None:

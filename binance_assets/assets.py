@@ -8,8 +8,7 @@ archives' (WARN) and against Binance's own klines (ERROR, `klines_check.py`).
 
 import datetime as dt
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -53,6 +52,7 @@ from binance_assets.fallback import Fallback
 from binance_assets.klines_check import day_counts, kline_sources, load_klines, matches_binance_klines
 from binance_assets.ledger import write_ledger
 from binance_assets.markets import DatasetName, Market
+from binance_assets.partition_range import asset_run_days
 from binance_assets.pipeline import LoadStats, load_days
 from binance_assets.plan import TickerPlan, plan_tickers
 from binance_assets.resources import ClickHouseResource, VisionResource
@@ -84,19 +84,6 @@ def market_partitions(market: Market) -> MultiPartitionsDefinition:
             "ticker": tickers_partitions(market),
         }
     )
-
-
-def run_days_by_ticker(partition_keys: Sequence[str]) -> dict[str, list[dt.date]]:
-    days: dict[str, list[dt.date]] = defaultdict(list)
-    for key in partition_keys:
-        dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else _split_key(key)
-        days[dims["ticker"]].append(dt.date.fromisoformat(dims["date"]))
-    return {ticker: sorted(values) for ticker, values in sorted(days.items())}
-
-
-def _split_key(key: str) -> dict[str, str]:
-    date, ticker = key.split("|", 1)
-    return {"date": date, "ticker": ticker}
 
 
 DEFAULT_RETRY = RetryPolicy(max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
@@ -186,7 +173,8 @@ def build_market_assets(
     def trades_to_bars(
         context: AssetExecutionContext, vision: VisionResource, clickhouse: ClickHouseResource
     ) -> Iterator[Output[Any] | AssetCheckResult]:
-        days_by_ticker = run_days_by_ticker(context.partition_keys)
+        days_by_ticker = asset_run_days(context)
+        ticker_days = sum(len(days) for days in days_by_ticker.values())
         listing = vision.listing()
         with failing_fast():
             plans = _plan(context, market, vision, days_by_ticker, dataset, fallback)
@@ -208,10 +196,8 @@ def build_market_assets(
             with failing_fast():
                 for index, load in enumerate(loads, 1):
                     liquidity_rows.append(load.liquidity)
-                    if index % 25 == 0 or index == len(context.partition_keys):
-                        context.log.info(
-                            f"{index}/{len(context.partition_keys)} ticker-days: {stats.trades:,} trades"
-                        )
+                    if index % 25 == 0 or index == ticker_days:
+                        context.log.info(f"{index}/{ticker_days} ticker-days: {stats.trades:,} trades")
                     yield load.bars
 
         started = time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +38,36 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
         main([*command, "--help"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: binance-assets {' '.join(command)}".rstrip())
+
+
+@pytest.mark.parametrize(
+    ("args", "ran", "unwanted"),
+    [
+        (["--help"], "argparse", ("dagster", "pyarrow", "clickhouse_connect", "pandas", "requests")),
+        (["sql", "SELECT 1 AS one"], "binance_assets.cli.store", ("dagster",)),
+        (["init"], "binance_assets.cli.store", ("dagster",)),
+        (["status"], "binance_assets.cli.store", ("dagster",)),
+    ],
+)
+def test_store_commands_import_no_dagster(
+    cli: Cli, args: list[str], ran: str, unwanted: tuple[str, ...]
+) -> None:
+    """`--help` starts in a fraction of a second: the parser imports neither Dagster nor the store's driver;
+    the store commands never import Dagster (about 1 s). `ran`: a module the command must have imported."""
+    script = (
+        "import sys\nfrom binance_assets.cli.main import main\ntry:\n    main(sys.argv[1:])\n"
+        "except SystemExit:\n    pass\nprint('IMPORTED', *sorted(sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=cli.env,
+        cwd=cli.home.parent,
+        capture_output=True,
+        text=True,
+    )
+    imported = set(result.stdout.rsplit("IMPORTED", 1)[-1].split())
+    assert ran in imported, result.stderr
+    assert not {name.split(".")[0] for name in imported} & set(unwanted), result.stdout
 
 
 def test_discover_registers_the_filtered_tickers_once(cli: Cli, vision_root: Path) -> None:

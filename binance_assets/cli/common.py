@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from binance_assets.locks import file_lock
 from binance_assets.markets import Market
 from binance_assets.settings import Settings
-from binance_assets.vision.listing import ArchiveInfo, VisionListing
 
-if TYPE_CHECKING:  # Dagster is imported by the commands that use it, not by `export`, `status`, `sql`
+if TYPE_CHECKING:  # Dagster and the Vision client (requests) are imported by the commands that use them
     from dagster import DagsterInstance
+
+    from binance_assets.vision.listing import ArchiveInfo
 
 PROG = "binance-assets"
 REASON = "cli"
@@ -134,12 +135,14 @@ def register_tickers(instance: DagsterInstance, market: Market, tickers: Sequenc
     return new
 
 
-Listed = Mapping[str, Sequence[ArchiveInfo]]
+Listed = Mapping[str, Sequence["ArchiveInfo"]]
 """Each requested ticker's trades archives, as listed on Vision."""
 
 
 def list_archives(request: Request, settings: Settings) -> Listed:
     """List each ticker's archives of BINANCE_DATASET on Vision; fail on a ticker that has none."""
+    from binance_assets.vision.listing import VisionListing
+
     listing = VisionListing(settings.listing_url, timeout=settings.http_timeout)
     market, dataset = request.market, settings.dataset
     listed = {

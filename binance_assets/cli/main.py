@@ -23,7 +23,6 @@ from typing import NoReturn
 
 from binance_assets.arguments import ArgumentError
 from binance_assets.cli.common import PROG, CliError, one_line
-from binance_assets.cli.store import cmd_init, cmd_sql, cmd_status
 from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS, TICKER_PATTERN, Market
 from binance_assets.settings import Settings, SettingsError, settings_from_environment
@@ -64,7 +63,8 @@ def _ticker(value: str) -> str:
 
 def _lazy(module: str, name: str) -> Handler:
     """A handler imported when its command runs: the Dagster commands' modules import Dagster (about 1 s),
-    which `export`, `init`, `status` and `sql` do not need."""
+    which `export`, `init`, `status` and `sql` do not need, and those import the ClickHouse driver and
+    Arrow (about 0.2 s), which `--help` and a usage error do not need."""
 
     def handler(args: argparse.Namespace, settings: Settings) -> int:
         command: Handler = getattr(importlib.import_module(module), name)
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "CLICKHOUSE_LIQUIDITY_TABLE, CLICKHOUSE_ARCHIVES_TABLE) on CLICKHOUSE_URL where missing; print what "
         "was created and what was found.",
     )
-    init.set_defaults(handler=cmd_init)
+    init.set_defaults(handler=_lazy("binance_assets.cli.store", "cmd_init"))
 
     status = commands.add_parser(
         "status",
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--market", type=_market, help="one market (default: all)")
     status.add_argument("--ticker", type=_ticker, action="append", help="symbol such as BTCUSDT; repeatable")
-    status.set_defaults(handler=cmd_status)
+    status.set_defaults(handler=_lazy("binance_assets.cli.store", "cmd_status"))
 
     sql = commands.add_parser(
         "sql",
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run QUERY on CLICKHOUSE_URL (database CLICKHOUSE_DATABASE); print the result as a table",
     )
     sql.add_argument("query", metavar="QUERY", help='e.g. "SELECT ticker, count() FROM hl5s GROUP BY ticker"')
-    sql.set_defaults(handler=cmd_sql)
+    sql.set_defaults(handler=_lazy("binance_assets.cli.store", "cmd_sql"))
 
     export = commands.add_parser(
         "export",

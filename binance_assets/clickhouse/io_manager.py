@@ -58,6 +58,7 @@ from binance_assets.clickhouse.tables import (
     render_sql,
     select_slice_sql,
 )
+from binance_assets.partition_range import days_of_range
 
 _ROWS_PER_BATCH = 1 << 17
 STREAM_FLUSH_ROWS = 600_000
@@ -383,18 +384,16 @@ def _run_slices(
         raise ValueError(
             f"{key}: ClickHouseIOManager stores assets multi-partitioned by date and ticker only"
         )
-    day_dim, ticker_dim, fmt = _partition_dimensions(key, partitions_def, metadata.get("partition_expr"))
-    days: dict[str, set[dt.date]] = defaultdict(set)
-    for partition_key in context.asset_partition_keys:
-        by_dim = partitions_def.get_partition_key_from_str(partition_key).keys_by_dimension
-        days[by_dim[ticker_dim]].add(dt.datetime.strptime(by_dim[day_dim], fmt).date())
-    return tuple(Slice(market, ticker, frozenset(d)) for ticker, d in sorted(days.items()))
+    day_dim, ticker_dim = _partition_dimensions(key, partitions_def, metadata.get("partition_expr"))
+    key_range = context.asset_partition_key_range
+    days = days_of_range(partitions_def, key_range, day_dim, ticker_dim, lambda: context.asset_partition_keys)
+    return tuple(Slice(market, ticker, frozenset(d)) for ticker, d in days.items())
 
 
 def _partition_dimensions(
     key: str, partitions_def: MultiPartitionsDefinition, expr: object
-) -> tuple[str, str, str]:
-    """(day dimension, ticker dimension, day key format) from `partition_expr`, checked column by column."""
+) -> tuple[str, str]:
+    """(day dimension, ticker dimension) from `partition_expr`, checked column by column."""
     if not isinstance(expr, Mapping):
         raise ValueError(
             f"{key} is partitioned but its output has no 'partition_expr' metadata mapping each dimension "
@@ -412,7 +411,7 @@ def _partition_dimensions(
     day = dims["day"].partitions_def
     if not isinstance(day, TimeWindowPartitionsDefinition):
         raise ValueError(f"{key}: dimension {dims['day'].name!r} (column day) must be daily time partitions")
-    return dims["day"].name, dims["ticker"].name, day.fmt
+    return dims["day"].name, dims["ticker"].name
 
 
 def _rows_of_ticker(rows: pa.Table, ticker: str, tickers: int) -> pa.Table:
