@@ -210,7 +210,9 @@ def sane_trades(client: Client, database: str, liquidity_table: str, run: RunSli
 def _outcome(
     client: Client, sql: str, run: RunSlice, counters: Sequence[str], **parameters: Any
 ) -> CheckOutcome:
-    result = client.query(f"{sql} LIMIT {LIMIT}", parameters={**run.parameters(), **parameters})
+    """The first LIMIT failing rows of ``sql``, and its counters summed over every failing row."""
+    bound = {**run.parameters(), **parameters}
+    result = client.query(f"{sql} LIMIT {LIMIT}", parameters=bound)
     # Days are formatted here, not with toString(day) AS day: ClickHouse substitutes a SELECT alias into
     # WHERE, which would then compare the string with the Date parameters and match nothing.
     failures = [
@@ -220,5 +222,11 @@ def _outcome(
         }
         for row in result.result_rows
     ]
-    totals = {name: int(sum(int(row[name]) for row in failures)) for name in counters}
+    totals = dict.fromkeys(counters, 0)
+    if len(failures) == LIMIT:  # more may follow: sum them all in the store
+        sums = ", ".join(f"toInt64(sum({name}))" for name in counters)
+        (row,) = client.query(f"SELECT {sums} FROM ({sql})", parameters=bound).result_rows
+        totals = {name: int(value) for name, value in zip(counters, row, strict=True)}
+    elif failures:
+        totals = {name: sum(int(row[name]) for row in failures) for name in counters}
     return CheckOutcome(passed=not failures, failures=failures, totals=totals)
