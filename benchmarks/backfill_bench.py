@@ -95,12 +95,12 @@ def main() -> None:
 
     from binance_assets.assets import build_market_assets
     from binance_assets.definitions import build_resources
-    from binance_assets.markets import get_market
+    from binance_assets.markets import MARKETS
     from binance_assets.plan import run_ranges
     from binance_assets.settings import Settings
     from binance_assets_tests.archives import publish
 
-    market = get_market("um")
+    market = MARKETS["um"]
     tickers = [f"T{i:03d}USDT" for i in range(args.tickers)]
     days = [FIRST_DAY + dt.timedelta(days=i) for i in range(args.days)]
     with tempfile.TemporaryDirectory(prefix="backfill-bench-") as tmp, ExitStack() as stack:

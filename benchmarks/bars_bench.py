@@ -45,10 +45,10 @@ STAGES: dict[str, str] = {
 
 def build_archive(workdir: Path, trades: int) -> Path:
     """Write (once) the UM `BTCUSDT-trades-2024-01-01.zip` of `trades` trades under `workdir`."""
-    from binance_assets.markets import get_market
+    from binance_assets.markets import MARKETS
     from binance_assets_tests.archives import trades_csv, write_archive, zip_archive
 
-    key = get_market("um").trades_key(TICKER, DAY.isoformat())
+    key = MARKETS["um"].trades_key(TICKER, DAY.isoformat())
     root = cache_root(workdir, trades)
     path = root / key
     if path.with_name(path.name + ".CHECKSUM").exists():  # written last: the zip is complete
@@ -143,10 +143,10 @@ def _pandas_path() -> Callable[[Path], int]:
 def _our_path() -> Callable[[Path], int]:
     """The lead's API; adapt here if it changes."""
     from binance_assets.bars import aggregate_trades
-    from binance_assets.markets import get_market
+    from binance_assets.markets import MARKETS
     from binance_assets.vision.trades import read_trades
 
-    market = get_market("um")
+    market = MARKETS["um"]
 
     def run(path: Path) -> int:
         return aggregate_trades(read_trades(path, market)).bars.num_rows

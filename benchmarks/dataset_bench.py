@@ -31,10 +31,10 @@ def _dataset(name: str) -> Dataset:
 def _loader(name: str) -> Callable[[], Callable[[Path], int]]:
     def load() -> Callable[[Path], int]:
         from binance_assets.bars import aggregate_trades
-        from binance_assets.markets import get_market
+        from binance_assets.markets import MARKETS
         from binance_assets.vision.archive import read_archive
 
-        market, dataset = get_market("um"), _dataset(name)
+        market, dataset = MARKETS["um"], _dataset(name)
 
         def run(path: Path) -> int:
             return aggregate_trades(read_archive(path, market, dataset)).bars.num_rows
@@ -49,10 +49,10 @@ LOADERS = {name: _loader(name) for name in ("trades", "aggTrades")}
 
 def build_agg_archive(workdir: Path, trades: int) -> Path:
     """Write (once) the aggTrades archive of bars_bench's trades into its mirror; return its path."""
-    from binance_assets.markets import get_market
+    from binance_assets.markets import MARKETS
     from binance_assets_tests.archives import agg_trades, agg_trades_csv, write_archive, zip_archive
 
-    key = get_market("um").archive_key("aggTrades", bars_bench.TICKER, bars_bench.DAY.isoformat())
+    key = MARKETS["um"].archive_key("aggTrades", bars_bench.TICKER, bars_bench.DAY.isoformat())
     root = bars_bench.cache_root(workdir, trades)
     path = root / key
     if not path.with_name(path.name + ".CHECKSUM").exists():  # written last: the zip is complete
@@ -65,11 +65,11 @@ def _counts(path: Path, name: str) -> tuple[int, int]:
     """(rows, trades the rows stand for) of an archive, read once outside the timing."""
     import pyarrow.compute as pc
 
-    from binance_assets.markets import get_market
+    from binance_assets.markets import MARKETS
     from binance_assets.vision.archive import read_archive
 
     rows = trades = 0
-    for batch in read_archive(path, get_market("um"), _dataset(name)):
+    for batch in read_archive(path, MARKETS["um"], _dataset(name)):
         rows += batch.num_rows
         last = batch.column("last_id") if "last_id" in batch.schema.names else batch.column("id")
         trades += pc.sum(pc.add(pc.subtract(last, batch.column("id")), 1)).as_py()

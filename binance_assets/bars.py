@@ -64,11 +64,6 @@ DAYS_SCHEMA = pa.schema(
 )
 
 
-def bar_close_us(time_us: np.ndarray) -> np.ndarray:
-    """Right edge of the 5 s bar holding each trade: a trade in [ts - 5 s, ts) -> ts."""
-    return (time_us // BAR_US + 1) * BAR_US
-
-
 @dataclass(frozen=True)
 class DayResult:
     day: dt.date

@@ -28,7 +28,8 @@ from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
 from binance_assets.vision.download import ArchiveNotFound, VisionDownloader
 from binance_assets.vision.errors import VisionError
-from binance_assets.vision.klines import KlinesFormatError, minute_day, read_klines
+from binance_assets.vision.klines import minute_day, read_klines
+from binance_assets.vision.zip_member import ArchiveFormatError
 
 RELATIVE_TOLERANCE = 1e-7
 ABSOLUTE_TOLERANCE = 1e-8
@@ -113,7 +114,7 @@ def day_counts(loaded: LoadedKlines) -> dict[tuple[str, dt.date], int]:
 def _read(downloader: VisionDownloader, source: KlineSource) -> pa.Table | Exception:
     try:
         klines = read_klines(downloader.fetch(source.key).path)
-    except (VisionError, KlinesFormatError) as error:
+    except (VisionError, ArchiveFormatError) as error:
         return error
     wanted = pa.array(source.days, pa.date32())
     return klines.filter(pc.is_in(minute_day(klines), value_set=wanted))

@@ -106,13 +106,6 @@ MARKETS: dict[str, Market] = {
 }
 
 
-def get_market(key: str) -> Market:
-    try:
-        return MARKETS[key]
-    except KeyError:
-        raise ValueError(f"unknown market {key!r}: expected one of {', '.join(MARKETS)}") from None
-
-
 def cm_contract_size(ticker: str) -> float:
     """USD value of one COIN-M contract: 100 for BTCUSD_* symbols, 10 for every other one (Binance's
     COIN-M contract specifications, docs/vision-format.md section 8)."""

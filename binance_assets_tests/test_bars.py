@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from binance_assets.bars import aggregate_trades, bar_close_us
+from binance_assets.bars import aggregate_trades
 from binance_assets.markets import MARKETS
 from binance_assets.vision.trades import TRADES_SCHEMA, read_trades
 from binance_assets_tests.archives import (
@@ -152,10 +152,6 @@ def test_by_day_splits_bars_and_stats() -> None:
 def test_no_trades_no_bars() -> None:
     result = aggregate_trades([])
     assert result.bars.num_rows == 0 and result.days.num_rows == 0
-
-
-def test_bar_close_us() -> None:
-    assert bar_close_us(np.array([0, 4_999_999, 5_000_000])).tolist() == [5_000_000, 5_000_000, 10_000_000]
 
 
 def test_real_trades_reproduce_binance_kline_exactly(tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ def test_real_kline_archives_verify(vision_root: Path, vision_server: VisionServ
             (folder / name).write_bytes((REAL / name).read_bytes())
     wanted = [SPOT.klines_key("BTCUSDT", f"2020-01-0{day}") for day in (1, 2, 3)]
 
-    archives = downloader(vision_server.url, cache).fetch_many(wanted)
+    archives = list(downloader(vision_server.url, cache).iter_fetch(wanted))
 
     assert [a.key for a in archives] == wanted
     for archive, source in zip(archives, zips, strict=True):
@@ -116,14 +116,6 @@ def test_parse_checksum_rules() -> None:
     ]:
         with pytest.raises(ChecksumFileError, match=expected_message):
             parse_checksum(bad, "X.zip")
-
-
-def test_checksum_reads_only_the_checksum(
-    vision_root: Path, vision_server: VisionServer, cache: Path
-) -> None:
-    put_archive(vision_root, KEY, DATA, checksum_style="no-newline")
-    assert downloader(vision_server.url, cache).checksum(KEY) == hashlib.sha256(DATA).hexdigest()
-    assert vision_server.requests == [f"/{KEY}.CHECKSUM"]
 
 
 def test_wrong_checksum_is_retried_then_raised_leaving_nothing(
@@ -264,7 +256,7 @@ def test_republished_archive_is_fetched_again_and_kept_apart(
     assert client.fetch(KEY).downloaded_bytes == 0
 
 
-def test_fetch_many_keeps_order_and_bounds_concurrency(
+def test_iter_fetch_keeps_order_and_bounds_concurrency(
     vision_root: Path, vision_server: VisionServer, cache: Path
 ) -> None:
     wanted = keys(9)
@@ -272,7 +264,7 @@ def test_fetch_many_keeps_order_and_bounds_concurrency(
         put_archive(vision_root, key, key.encode() * 100)
     vision_server.slow(".zip", seconds=0.1, times=None)
 
-    archives = downloader(vision_server.url, cache, concurrency=3).fetch_many(list(reversed(wanted)))
+    archives = list(downloader(vision_server.url, cache, concurrency=3).iter_fetch(reversed(wanted)))
 
     assert [a.key for a in archives] == list(reversed(wanted))
     assert all(a.path.read_bytes() == a.key.encode() * 100 for a in archives)
@@ -301,7 +293,7 @@ def test_first_error_stops_the_rest(vision_root: Path, vision_server: VisionServ
         put_archive(vision_root, key, key.encode())
 
     with pytest.raises(ArchiveNotFound, match=re.escape(wanted[0])):
-        downloader(vision_server.url, cache, concurrency=1).fetch_many(wanted)
+        list(downloader(vision_server.url, cache, concurrency=1).iter_fetch(wanted))
 
     # One worker, two keys in flight at most: the keys after the second were never requested.
     assert not any(key in request for key in wanted[2:] for request in vision_server.requests)

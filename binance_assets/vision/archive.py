@@ -33,7 +33,8 @@ CHUNK_SIZE = 4 << 20
 3M-trade day (0.30-0.32 s for 2-16 MB) and cost resident memory on monthly archives."""
 _BLOCK_SIZE = 1 << 20
 _ROW_NUMBER = re.compile(r"\s*Row #(\d+):?")
-_INTEGER = re.compile(rb"^-?\d+$")
+INTEGER = re.compile(rb"^-?\d+$")
+"""A CSV field holding an integer: line 1 is a header iff its first field is not one."""
 _CANONICAL = {"quantity": "qty", "transact_time": "time"}
 """Futures aggTrades spell spot's qty and time this way; batches use the spot names."""
 _COLUMN_TYPES = {
@@ -128,7 +129,7 @@ class _Parser:
         """Check line 1 against the columns; True when it is a header (its first field is no integer)."""
         fields = first_line.rstrip(b"\r\n").split(b",")
         expected = self.columns
-        if _INTEGER.match(fields[0].strip()):
+        if INTEGER.match(fields[0].strip()):
             if len(fields) != len(expected):
                 problem = f"{len(fields)} fields, expected {len(expected)} ({','.join(expected)})"
                 raise ArchiveFormatError(self.name, f"unexpected columns: {problem}", line=1)

@@ -182,10 +182,6 @@ class VisionDownloader:
         self.cache_max_bytes = cache_max_bytes
         self._retry = http.RetryPolicy(retries=retries, backoff_seconds=backoff_seconds)
 
-    def checksum(self, key: str) -> str:
-        """The sha256 that ``<key>.CHECKSUM`` names now."""
-        return self._retrying(key, lambda: self._checksum_once(key))
-
     def fetch(self, key: str) -> LocalArchive:
         """The verified archive of ``key``, from the cache when it holds the current version."""
         started = time.monotonic()
@@ -213,10 +209,6 @@ class VisionDownloader:
                 yield archive
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
-
-    def fetch_many(self, keys: Iterable[str]) -> list[LocalArchive]:
-        """:meth:`fetch` every key concurrently; archives in key order, or the first failing key's error."""
-        return list(self.iter_fetch(keys))
 
     def evict(self, keep: Set[Path] = frozenset()) -> list[Path]:
         """Delete least-recently-used archives until the cache holds at most ``cache_max_bytes``.

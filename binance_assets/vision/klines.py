@@ -14,7 +14,6 @@ the previous close.
 
 from __future__ import annotations
 
-import re
 import zipfile
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from binance_assets.vision.archive import MS_TO_US_BELOW
+from binance_assets.vision.archive import INTEGER, MS_TO_US_BELOW
+from binance_assets.vision.zip_member import ArchiveFormatError, csv_member
 
 KLINE_COLUMNS = (
     "open_time", "open", "high", "low", "close", "volume", "close_time",
@@ -44,16 +44,11 @@ KLINES_SCHEMA = pa.schema(
         ("taker_buy_quote_volume", pa.float64()),
     ]
 )
-_INTEGER = re.compile(rb"^-?\d+$")
 _TIMES = {"open_time": "open_time_us", "close_time": "close_time_us"}
 
 
-class KlinesFormatError(ValueError):
+class KlinesFormatError(ArchiveFormatError):
     """The archive is not a readable klines file; the message names the archive."""
-
-    def __init__(self, archive: str, problem: str) -> None:
-        super().__init__(f"{archive}: {problem}")
-        self.archive = archive
 
 
 def read_klines(path: Path) -> pa.Table:
@@ -65,7 +60,7 @@ def read_klines(path: Path) -> pa.Table:
     name = Path(path).name
     try:
         with zipfile.ZipFile(path) as archive:
-            data = archive.read(_csv_member(archive, name))
+            data = archive.read(csv_member(archive, name))
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise KlinesFormatError(name, f"not a readable zip archive ({exc})") from None
     return parse_klines(data, name)
@@ -76,7 +71,7 @@ def parse_klines(data: bytes, name: str = "klines") -> pa.Table:
     if not data.strip():
         return KLINES_SCHEMA.empty_table()
     first = data.split(b"\n", 1)[0].rstrip(b"\r").split(b",")
-    header = not _INTEGER.match(first[0].strip())
+    header = not INTEGER.match(first[0].strip())
     if header and tuple(f.strip().decode("ascii", "replace") for f in first) != KLINE_COLUMNS:
         raise KlinesFormatError(name, f"unexpected header {first!r}; expected {','.join(KLINE_COLUMNS)}")
     if not header and len(first) != len(KLINE_COLUMNS):
@@ -109,12 +104,3 @@ def parse_klines(data: bytes, name: str = "klines") -> pa.Table:
 def minute_day(klines: pa.Table) -> pa.Array:
     """The UTC day (date32) of each kline's open time."""
     return pc.cast(pc.divide(klines["open_time_us"], 86_400_000_000), pa.int32()).cast(pa.date32())
-
-
-def _csv_member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
-    members = [i for i in archive.infolist() if i.filename.lower().endswith(".csv") and not i.is_dir()]
-    top_level = [i for i in members if "/" not in i.filename] or members
-    if len(top_level) != 1:
-        found = ", ".join(i.filename for i in archive.infolist()) or "nothing"
-        raise KlinesFormatError(name, f"expected one CSV member, found {found}")
-    return top_level[0]
