@@ -156,13 +156,13 @@ def pure_path(
 ) -> float:
     """Seconds to list, download (from the mirror) and aggregate every ticker-day with no Dagster and no
     store, in this process: the floor the Dagster paths are compared with."""
-    from binance_assets.markets import get_market
+    from binance_assets.markets import MARKETS
     from binance_assets.pipeline import LoadStats, load_days
     from binance_assets.plan import plan_ticker
     from binance_assets.vision.download import VisionDownloader
     from binance_assets.vision.listing import VisionListing
 
-    market = get_market(market_key)
+    market = MARKETS[market_key]
     started = time.perf_counter()
     listing = VisionListing(f"file://{mirror}")
     today = dt.datetime.now(dt.UTC).date()
