@@ -13,7 +13,7 @@ import errno
 
 from binance_assets.vision.download import ArchiveNotFound, ChecksumFileError, ChecksumMismatch
 from binance_assets.vision.errors import VisionError
-from binance_assets.vision.trades import TradesFormatError
+from binance_assets.vision.zip_member import ArchiveFormatError
 
 _FULL_DISK = {errno.ENOSPC, errno.EDQUOT}
 
@@ -22,7 +22,7 @@ def permanent_failure(exc: BaseException) -> str | None:
     """One line saying why ``exc`` cannot heal by waiting, or None when trying again may help."""
     if isinstance(exc, ChecksumMismatch):
         return f"archive does not match its .CHECKSUM (after every download attempt): {exc}"
-    if isinstance(exc, ChecksumFileError | TradesFormatError):
+    if isinstance(exc, ChecksumFileError | ArchiveFormatError):
         return str(exc)
     if isinstance(exc, ArchiveNotFound):
         return None  # listed, yet 404: the CDN may still serve a cached 404 for a new archive
