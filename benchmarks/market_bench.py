@@ -178,7 +178,8 @@ def main() -> None:
                 )
             print(f"{name}: backfill through the daemon ...", flush=True)
             results[name] = measure(run_dir / name, instance_yaml, {**env, **instance_env}, names, days)
-    report(args, results, ticker_days, trades, pure, tickers)
+    report(results, ticker_days, pure[0])
+    project(args, results, ticker_days, trades, pure, tickers)
 
 
 def measure(
@@ -204,15 +205,8 @@ def measure(
     return Figures(wall, len(records), queued, run_seconds, materialisations, peak())
 
 
-def report(
-    args: argparse.Namespace,
-    results: dict[str, Figures],
-    ticker_days: int,
-    trades: int,
-    pure: tuple[float, float],
-    tickers: list[Ticker],
-) -> None:
-    pure_wall = pure[0]
+def report(results: dict[str, Figures], ticker_days: int, pure_wall: float) -> None:
+    """One column per instance: the figures the issue asks for."""
     rows = [
         ("runs", lambda f: f"{f.runs}"),
         ("materialisation events", lambda f: f"{f.materialisations}"),
@@ -231,7 +225,6 @@ def report(
     print(f"\n{'':44s}" + "".join(f"{n:>12s}" for n in names))
     for label, cell in rows:
         print(f"{label:44s}" + "".join(f"{cell(results[n]):>12s}" for n in names))
-    project(args, results, ticker_days, trades, pure, tickers)
 
 
 def _overhead(figures: Figures, pure_wall: float, ticker_days: int) -> float:

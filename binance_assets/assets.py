@@ -54,8 +54,9 @@ from binance_assets.ledger import write_ledger
 from binance_assets.markets import DatasetName, Market
 from binance_assets.partition_range import asset_run_days
 from binance_assets.pipeline import LoadStats, load_days
-from binance_assets.plan import TickerPlan, plan_tickers
+from binance_assets.plan import ArchiveLister, TickerPlan, plan_tickers
 from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets.vision.listing import ArchiveInfo
 
 BARS = "hl5s_bars"
 LIQUIDITY = "daily_liquidity"
@@ -176,21 +177,24 @@ def build_market_assets(
         days_by_ticker = asset_run_days(context)
         ticker_days = sum(len(days) for days in days_by_ticker.values())
         listing = vision.listing()
+
+        def archives(ticker: str, name: DatasetName) -> list[ArchiveInfo]:
+            return listing.list_trades_archives(market, ticker, dataset=name)
+
         with failing_fast():
-            plans = _plan(context, market, vision, days_by_ticker, dataset, fallback)
+            plans = _plan(
+                context, market, archives, vision.publish_grace_days, days_by_ticker, dataset, fallback
+            )
+        downloader = vision.downloader()
         klines = None
         if kline_check or fallback:  # before the writes: the fallback compares day counts with them
-            klines = load_klines(vision.downloader(), kline_sources(market, plans))
+            klines = load_klines(downloader, kline_sources(market, plans))
         stats = LoadStats()
         liquidity_rows: list[dict[str, Any]] = []
         rebuild = None
         if fallback and klines is not None:
-            rebuild = Fallback(
-                fallback,
-                lambda ticker: listing.list_trades_archives(market, ticker, dataset=fallback),
-                day_counts(klines),
-            )
-        loads = load_days(market, plans, vision.downloader(), stats, fallback=rebuild)
+            rebuild = Fallback(fallback, lambda ticker: archives(ticker, fallback), day_counts(klines))
+        loads = load_days(market, plans, downloader, stats, fallback=rebuild)
 
         def bars_per_day() -> Iterator[pa.Table]:
             with failing_fast():
@@ -228,21 +232,15 @@ def build_market_assets(
 def _plan(
     context: AssetExecutionContext,
     market: Market,
-    vision: VisionResource,
+    archives: ArchiveLister,
+    grace_days: int,
     days_by_ticker: dict[str, list[dt.date]],
     dataset: DatasetName,
     fallback: DatasetName | None,
 ) -> list[TickerPlan]:
     """Plan every ticker of the run from its listing; fail (retryably) before any write if a day is late."""
-    listing = vision.listing()
-    plans = plan_tickers(
-        lambda ticker, name: listing.list_trades_archives(market, ticker, dataset=name),
-        days_by_ticker,
-        dt.datetime.now(dt.UTC).date(),
-        vision.publish_grace_days,
-        dataset,
-        fallback,
-    )
+    today = dt.datetime.now(dt.UTC).date()
+    plans = plan_tickers(archives, days_by_ticker, today, grace_days, dataset, fallback)
     late = {p.ticker: p.unpublished for p in plans if p.unpublished}
     if late:
         described = "; ".join(f"{t}: {', '.join(d.isoformat() for d in days)}" for t, days in late.items())

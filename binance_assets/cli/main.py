@@ -73,6 +73,16 @@ def _lazy(module: str, name: str) -> Handler:
     return handler
 
 
+def _range_arguments(command: argparse.ArgumentParser, ticker_help: str, *, tickers_required: bool) -> None:
+    """--market, --ticker (repeatable), --start and --end: the ticker-days a command works on."""
+    command.add_argument("--market", type=_market, required=True, help="spot, um or cm")
+    command.add_argument(
+        "--ticker", type=_ticker, action="append", required=tickers_required, help=ticker_help
+    )
+    command.add_argument("--start", type=_day, required=True, metavar="YYYY-MM-DD", help="first day")
+    command.add_argument("--end", type=_day, metavar="YYYY-MM-DD", help="last day (default: --start)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand; each sets ``handler``."""
     parser = _Parser(
@@ -104,18 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
             "day from --start to --end (UTC, inclusive), in runs of at most BINANCE_MAX_DAYS_PER_RUN "
             "consecutive days. Tickers are registered first if needed.",
         )
-        command.add_argument(
-            "--market", type=_market, required=True, help="spot, um or cm (see BINANCE_MARKETS)"
-        )
-        command.add_argument(
-            "--ticker",
-            type=_ticker,
-            action="append",
-            required=True,
-            help="symbol such as BTCUSDT; repeatable",
-        )
-        command.add_argument("--start", type=_day, required=True, metavar="YYYY-MM-DD", help="first day")
-        command.add_argument("--end", type=_day, metavar="YYYY-MM-DD", help="last day (default: --start)")
+        _range_arguments(command, "symbol such as BTCUSDT; repeatable", tickers_required=True)
         preview = command.add_mutually_exclusive_group()
         preview.add_argument(
             "--dry-run",
@@ -178,12 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a Hive-partitioned Parquet dataset (zstd) in --out: interval=/market=/ticker=/year=/month=/"
         "<first>_<last>.parquet. Exporting a range again replaces its files.",
     )
-    export.add_argument("--market", type=_market, required=True, help="spot, um or cm")
-    export.add_argument(
-        "--ticker", type=_ticker, action="append", help="symbol such as BTCUSDT; repeatable (default: all)"
-    )
-    export.add_argument("--start", type=_day, required=True, metavar="YYYY-MM-DD", help="first day")
-    export.add_argument("--end", type=_day, metavar="YYYY-MM-DD", help="last day (default: --start)")
+    _range_arguments(export, "symbol such as BTCUSDT; repeatable (default: all)", tickers_required=False)
     export.add_argument("--interval", default="5s", help="bar size, a multiple of 5 s: 5s, 1m, 15m, 1h, 1d")
     export.add_argument("--out", type=Path, required=True, metavar="DIR", help="the dataset's directory")
     export.set_defaults(handler=_lazy("binance_assets.cli.export", "cmd_export"))
