@@ -28,7 +28,8 @@ from binance_assets.vision.listing import ArchiveInfo
 from binance_assets.vision.trades import TRADES
 from binance_assets.vision.zip_member import ArchiveFormatError
 
-DATASETS = {"trades": TRADES, "aggTrades": AGG_TRADES}
+_READERS = {"trades": TRADES, "aggTrades": AGG_TRADES}
+"""The reader of each dataset (markets.DATASETS)."""
 
 _EMPTY_BARS = BARS_SCHEMA.empty_table()
 
@@ -116,7 +117,7 @@ def _read(
     stats.download_seconds += local.seconds
     started = time.monotonic()
     name = PurePosixPath(archive.key).name
-    dataset = DATASETS[archive.dataset]
+    dataset = _READERS[archive.dataset]
     batches = read_archive(local.path, market, dataset, contract_size=market.contract_size(ticker), name=name)
     try:
         aggregation = aggregate_trades(prefetch(batches))
