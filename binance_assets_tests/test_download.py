@@ -366,6 +366,39 @@ def test_eviction_removes_least_recently_used_first(
     assert client.evict() == []  # 2000 bytes: under the limit
 
 
+def test_a_long_fetch_keeps_the_cache_within_its_limit_and_spares_archives_ahead(
+    vision_root: Path, vision_server: VisionServer, cache: Path
+) -> None:
+    """A run of many archives: each is evicted once read, so the cache never holds more than the limit plus
+    the archives downloading ahead (2 x concurrency), and no archive is deleted before it is read."""
+    names = keys(12)
+    for key in names:
+        put_archive(vision_root, key, key.encode().ljust(1000, b"."))
+    client = downloader(vision_server.url, cache, cache_max_bytes=1500, concurrency=1)
+    sizes = []
+    for key, archive in zip(names, client.iter_fetch(names), strict=True):
+        assert archive.path.read_bytes().startswith(key.encode())  # still there when its turn comes
+        sizes.append(sum(path.stat().st_size for path in cache.rglob("*.zip")))
+    assert max(sizes) <= 1500 + 2 * 1000
+    assert sum(path.stat().st_size for path in cache.rglob("*.zip")) <= 1500
+
+
+def test_archives_ahead_hold_at_most_half_the_cache_limit(
+    vision_root: Path, vision_server: VisionServer, cache: Path
+) -> None:
+    """With their listed sizes, big archives (a top ticker's monthly ones) are not downloaded 2 x
+    concurrency ahead: the window shrinks to half the cache limit, at least one archive."""
+    names = keys(12)
+    for key in names:
+        put_archive(vision_root, key, key.encode().ljust(1000, b"."))
+    client = downloader(vision_server.url, cache, cache_max_bytes=2000, concurrency=4)
+    peak = 0
+    for key, archive in zip(names, client.iter_fetch(names, dict.fromkeys(names, 1000)), strict=True):
+        assert archive.path.read_bytes().startswith(key.encode())
+        peak = max(peak, sum(path.stat().st_size for path in cache.rglob("*.zip")))
+    assert peak <= 2000 + 1000 + 1000  # the limit, the archive being read, one ahead (not 8)
+
+
 def test_no_eviction_without_a_limit(vision_root: Path, vision_server: VisionServer, cache: Path) -> None:
     put_archive(vision_root, KEY, DATA)
     client = downloader(vision_server.url, cache)

@@ -11,13 +11,12 @@ import contextlib
 import errno
 import functools
 import hashlib
-import itertools
 import os
 import re
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -188,36 +187,57 @@ class VisionDownloader:
         folder = self._archive_dir(key)
         return self._retrying(key, lambda: self._fetch_once(key, folder, started))
 
-    def iter_fetch(self, keys: Iterable[str]) -> Iterator[LocalArchive]:
+    def iter_fetch(
+        self, keys: Iterable[str], sizes: Mapping[str, int] | None = None
+    ) -> Iterator[LocalArchive]:
         """Fetch ``keys`` concurrently, yielding archives in key order as soon as each is ready.
 
         Downloads run at most ``2 * concurrency`` keys ahead of the consumer, so archive 1 can be
-        processed while the next ones download. On an error (or when the consumer stops early) the
-        downloads not yet started are cancelled and the running ones finish before this returns.
+        processed while the next ones download; with a cache limit and the archives' listed ``sizes``, the
+        archives ahead also hold at most half the limit (or one archive, if bigger). On an error (or when
+        the consumer stops early) the downloads not yet started are cancelled and the running ones finish
+        before this returns.
+
+        Once the consumer asks for the next archive, the previous one is done with: the cache is evicted
+        down to ``cache_max_bytes`` then, sparing the archives ahead, so a long run never holds more disk
+        than the limit plus the archives ahead.
         """
-        pending_keys = iter(keys)
-        pending: deque[Future[LocalArchive]] = deque()
+        sizes = sizes or {}
+        budget = self.cache_max_bytes // 2 if self.cache_max_bytes is not None else None
+        waiting = deque(keys)
+        pending: deque[tuple[str, Future[LocalArchive]]] = deque()
         executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="vision-download")
+
+        def fill() -> None:
+            while waiting and len(pending) < 2 * self.concurrency:
+                ahead = sum(sizes.get(key, 0) for key, _ in pending) + sizes.get(waiting[0], 0)
+                if pending and budget is not None and ahead > budget:
+                    return
+                key = waiting.popleft()
+                pending.append((key, executor.submit(self.fetch, key)))
+
         try:
-            for key in itertools.islice(pending_keys, 2 * self.concurrency):
-                pending.append(executor.submit(self.fetch, key))
+            fill()
             while pending:
-                archive = pending.popleft().result()
-                next_key = next(pending_keys, None)
-                if next_key is not None:
-                    pending.append(executor.submit(self.fetch, next_key))
+                archive = pending.popleft()[1].result()
+                fill()
                 yield archive
+                self.evict(keep_keys=[key for key, _ in pending])
+                fill()
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
 
-    def evict(self, keep: Set[Path] = frozenset()) -> list[Path]:
+    def evict(self, keep: Set[Path] = frozenset(), keep_keys: Iterable[str] = ()) -> list[Path]:
         """Delete least-recently-used archives until the cache holds at most ``cache_max_bytes``.
 
         Recency is the file's mtime, refreshed on every cache hit. Paths in ``keep`` (``LocalArchive.path``
-        of archives still in use) stay even if the cache remains over its limit. Returns the deleted paths.
+        of archives still in use) and every cached version of ``keep_keys`` (archives downloading or
+        downloaded but not yet read) stay even if the cache remains over its limit. Returns the deleted
+        paths.
         """
         if self.cache_max_bytes is None:
             return []
+        folders = {self._archive_dir(key) for key in keep_keys}
         archives = []
         for path in self.cache_dir.rglob("*.zip"):
             with contextlib.suppress(FileNotFoundError):  # evicted or replaced meanwhile
@@ -228,7 +248,7 @@ class VisionDownloader:
         for _, size, path in sorted(archives):
             if total <= self.cache_max_bytes:
                 break
-            if path not in keep:
+            if path not in keep and path.parent not in folders:
                 path.unlink(missing_ok=True)
                 total -= size
                 deleted.append(path)
