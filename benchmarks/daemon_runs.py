@@ -157,7 +157,7 @@ def pure_path(
     """Seconds to list, download (from the mirror) and aggregate every ticker-day with no Dagster and no
     store, in this process: the floor the Dagster paths are compared with."""
     from binance_assets.markets import MARKETS
-    from binance_assets.pipeline import LoadStats, load_days
+    from binance_assets.pipeline import RunLoad
     from binance_assets.plan import plan_ticker
     from binance_assets.vision.download import VisionDownloader
     from binance_assets.vision.listing import VisionListing
@@ -167,6 +167,6 @@ def pure_path(
     listing = VisionListing(f"file://{mirror}")
     today = dt.datetime.now(dt.UTC).date()
     plans = [plan_ticker(t, list(days), listing.list_trades_archives(market, t), today) for t in tickers]
-    for _ in load_days(market, plans, VisionDownloader(f"file://{mirror}", cache), LoadStats()):
+    for _ in RunLoad(market, plans, VisionDownloader(f"file://{mirror}", cache)):
         pass
     return time.perf_counter() - started

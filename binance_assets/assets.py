@@ -1,9 +1,10 @@
 """Per-market assets: one op downloads and resamples a run's ticker-days into hl5s_bars + daily_liquidity.
 
-Thin wiring: the run's partitions become (ticker, days); `plan.py` picks archives, `pipeline.py`
-downloads and aggregates them, the ClickHouse IO manager writes the streamed days, the archives read
-go to the ledger (`ledger.py`), and checks verify the stored rows of the run: ours (ERROR), the
-archives' (WARN) and against Binance's own klines (ERROR, `klines_check.py`).
+Thin wiring, in steps (docs/design.md "Layers and data flow"): the run's partitions become (ticker,
+days); `plan.py` picks archives; a `pipeline.RunLoad` downloads and aggregates them, and the ClickHouse
+IO manager writes its bars stream day by day; then the liquidity rows the drained load made are written;
+the archives read go to the ledger (`ledger.py`); and checks verify the stored rows of the run: ours
+(ERROR), the archives' (WARN) and against Binance's own klines (ERROR, `klines_check.py`).
 """
 
 import datetime as dt
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
+from clickhouse_connect.driver.client import Client
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -46,16 +48,16 @@ from binance_assets.checks import (
     sane_trades,
     trade_ids_continuous,
 )
-from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA
 from binance_assets.failures import permanent_failure
 from binance_assets.fallback import Fallback
 from binance_assets.klines_check import day_counts, kline_sources, load_klines, matches_binance_klines
 from binance_assets.ledger import write_ledger
 from binance_assets.markets import DatasetName, Market
 from binance_assets.partition_range import asset_run_days
-from binance_assets.pipeline import LoadStats, load_days
+from binance_assets.pipeline import RunLoad
 from binance_assets.plan import ArchiveLister, TickerPlan, plan_tickers
 from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets.run_metadata import check_metadata, day_metadata, fallback_days, run_metadata
 from binance_assets.vision.listing import ArchiveInfo
 
 BARS = "hl5s_bars"
@@ -189,36 +191,31 @@ def build_market_assets(
         klines = None
         if kline_check or fallback:  # before the writes: the fallback compares day counts with them
             klines = load_klines(downloader, kline_sources(market, plans))
-        stats = LoadStats()
-        liquidity_rows: list[dict[str, Any]] = []
         rebuild = None
         if fallback and klines is not None:
             rebuild = Fallback(fallback, lambda ticker: archives(ticker, fallback), day_counts(klines))
-        loads = load_days(market, plans, downloader, stats, fallback=rebuild)
+        load = RunLoad(market, plans, downloader, fallback=rebuild)
 
-        def bars_per_day() -> Iterator[pa.Table]:
-            with failing_fast():
-                for index, load in enumerate(loads, 1):
-                    liquidity_rows.append(load.liquidity)
-                    if index % 25 == 0 or index == ticker_days:
-                        context.log.info(f"{index}/{ticker_days} ticker-days: {stats.trades:,} trades")
-                    yield load.bars
-
+        # 1. the bars: the IO manager drains the load's stream, day by day
         started = time.monotonic()
-        yield Output(bars_per_day(), output_name=BARS)
-        liquidity = pa.Table.from_pylist(liquidity_rows, schema=LIQUIDITY_SCHEMA)
-        keys = {archive["sha256"]: archive["key"] for archive in stats.archives}
-        for row in liquidity_rows:  # each partition's own figures, so the UI plots liquidity per day
+        yield Output(_bars_stream(context, load, ticker_days), output_name=BARS)
+        # 2. the liquidity rows the drained load made; each partition also gets its own day's figures
+        with failing_fast():
+            liquidity = load.liquidity
+        for row, figures in day_metadata(load):
             partition = MultiPartitionKey({"date": row["day"].isoformat(), "ticker": row["ticker"]})
-            context.add_asset_metadata(
-                _day_metadata(row, keys), asset_key=liquidity_key, partition_key=partition
-            )
-        yield Output(liquidity, output_name=LIQUIDITY, metadata=_metadata(stats, liquidity, plans, started))
+            context.add_asset_metadata(figures, asset_key=liquidity_key, partition_key=partition)
+        metadata = run_metadata(load, [p.ticker for p in plans], time.monotonic() - started)
+        yield Output(liquidity, output_name=LIQUIDITY, metadata=metadata)
+        # 3. the ledger: the archives read, now that their days are written; 4. the checks of the stored rows
         run = RunSlice(
             market.key, tuple(days_by_ticker), tuple(sorted({d for v in days_by_ticker.values() for d in v}))
         )
-        yield from _checks(market, clickhouse, run, stats)
-        yield _fallback_check(liquidity_key, stats)
+        with clickhouse.get_client() as client:
+            write_ledger(client, clickhouse.database, clickhouse.archives_table, load.ledger_rows)
+            results = _checks(market, clickhouse, client, run)
+        yield from results
+        yield _fallback_check(liquidity_key, load)
         if kline_check and klines is not None:
             with clickhouse.get_client() as client:
                 outcome = matches_binance_klines(
@@ -261,52 +258,13 @@ def _plan(
     return plans
 
 
-def _day_metadata(row: dict[str, Any], archive_keys: dict[str, str]) -> dict[str, Any]:
-    """One ticker-day's figures, on its own partition's materialisation."""
-    return {
-        "trade_count": int(row["trade_count"]),
-        "volume": float(row["volume"]),
-        "quote_volume": float(row["quote_volume"]),
-        "bar_count": int(row["bar_count"]),
-        "missing_trade_ids": int(row["missing_trade_ids"]),
-        "source": row["source"],
-        "dataset": row["dataset"],
-        "archive": archive_keys.get(row["archive_sha256"], "none"),
-        "archive_sha256": row["archive_sha256"] or "none",
-    }
-
-
-def _metadata(
-    stats: LoadStats, liquidity: pa.Table, plans: list[TickerPlan], started: float
-) -> dict[str, Any]:
-    """The run's totals (every partition of the run carries them, beside its own day's figures)."""
-    sources = liquidity.column("source").to_pylist()
-    return {
-        "run_trade_count": stats.trades,
-        "run_bar_count": stats.bars,
-        "run_volume": float(sum(liquidity.column("volume").to_pylist())),
-        "run_quote_volume": float(sum(liquidity.column("quote_volume").to_pylist())),
-        "run_ticker_days": stats.days,
-        "run_days_from_daily": sources.count("daily"),
-        "run_days_from_monthly": sources.count("monthly"),
-        "run_days_without_archive": sources.count("none"),
-        "run_days_from_fallback": len(stats.fallbacks),
-        "fallback_days": MetadataValue.json(
-            [{**row, "day": row["day"].isoformat()} for row in stats.fallbacks]
-        ),
-        "archives": MetadataValue.md(_archives_table(stats.archives)) if stats.archives else "none",
-        "bytes_downloaded": stats.downloaded_bytes,
-        "seconds_download": round(stats.download_seconds, 3),
-        "seconds_aggregate": round(stats.aggregate_seconds, 3),
-        "seconds_total": round(time.monotonic() - started, 3),
-        "tickers": MetadataValue.json(sorted(p.ticker for p in plans)),
-    }
-
-
-def _archives_table(archives: list[dict[str, Any]]) -> str:
-    lines = ["| key | freq | bytes | sha256 |", "|---|---|---|---|"]
-    lines += [f"| {a['key']} | {a['freq']} | {a['size']} | `{a['sha256']}` |" for a in archives]
-    return "\n".join(lines)
+def _bars_stream(context: AssetExecutionContext, load: RunLoad, ticker_days: int) -> Iterator[pa.Table]:
+    """The load's bars, day by day, logging progress every 25 ticker-days."""
+    with failing_fast():
+        for index, bars in enumerate(load, 1):
+            if index % 25 == 0 or index == ticker_days:
+                context.log.info(f"{index}/{ticker_days} ticker-days: {load.figures.trades:,} trades")
+            yield bars
 
 
 FROM_FALLBACK = "built_from_fallback"
@@ -317,42 +275,42 @@ FROM_FALLBACK_DESCRIPTION = (
 )
 
 
-def _fallback_check(key: AssetKey, stats: LoadStats) -> AssetCheckResult:
+def _fallback_check(key: AssetKey, load: RunLoad) -> AssetCheckResult:
     """WARN naming each day of the run built from the fallback dataset, and why."""
-    failures = [{**row, "day": row["day"].isoformat()} for row in stats.fallbacks]
+    failures = fallback_days(load)
     totals = {"days_from_fallback": len(failures)}
     outcome = CheckOutcome(passed=not failures, failures=failures[:LIMIT], totals=totals)
     return _check_result(key, FROM_FALLBACK, outcome, AssetCheckSeverity.WARN)
 
 
 def _checks(
-    market: Market, clickhouse: ClickHouseResource, run: RunSlice, stats: LoadStats
-) -> Iterator[AssetCheckResult]:
-    """Record the run's archives in the ledger (its bars and liquidity are in), then check the rows."""
+    market: Market, clickhouse: ClickHouseResource, client: Client, run: RunSlice
+) -> list[AssetCheckResult]:
+    """The checks of the run's stored rows: ours (ERROR), the archives' (WARN)."""
     db, bars, liquidity = clickhouse.database, clickhouse.bars_table, clickhouse.liquidity_table
-    with clickhouse.get_client() as client:
-        write_ledger(client, db, clickhouse.archives_table, stats.archives)
-        errors = {
-            (BARS, WELL_FORMED): bars_well_formed(client, db, bars, run),
-            (LIQUIDITY, MATCHES_BARS): liquidity_matches_bars(client, db, bars, liquidity, run),
-        }
-        warnings = {
-            (LIQUIDITY, IDS_CONTINUOUS): trade_ids_continuous(client, db, liquidity, run),
-            (BARS, DAY_COVERAGE): day_coverage(client, db, bars, liquidity, run),
-            (LIQUIDITY, SANE_TRADES): sane_trades(client, db, liquidity, run),
-        }
-    for severity, outcomes in ((AssetCheckSeverity.ERROR, errors), (AssetCheckSeverity.WARN, warnings)):
-        for (asset, name), outcome in outcomes.items():
-            yield _check_result(asset_key(market, asset), name, outcome, severity)
+    errors = {
+        (BARS, WELL_FORMED): bars_well_formed(client, db, bars, run),
+        (LIQUIDITY, MATCHES_BARS): liquidity_matches_bars(client, db, bars, liquidity, run),
+    }
+    warnings = {
+        (LIQUIDITY, IDS_CONTINUOUS): trade_ids_continuous(client, db, liquidity, run),
+        (BARS, DAY_COVERAGE): day_coverage(client, db, bars, liquidity, run),
+        (LIQUIDITY, SANE_TRADES): sane_trades(client, db, liquidity, run),
+    }
+    return [
+        _check_result(asset_key(market, asset), name, outcome, severity)
+        for severity, outcomes in ((AssetCheckSeverity.ERROR, errors), (AssetCheckSeverity.WARN, warnings))
+        for (asset, name), outcome in outcomes.items()
+    ]
 
 
 def _check_result(
     key: AssetKey, name: str, outcome: CheckOutcome, severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
 ) -> AssetCheckResult:
-    metadata: dict[str, Any] = {**outcome.totals, "failing_ticker_days": MetadataValue.json(outcome.failures)}
-    if outcome.failures:
-        metadata["first_failure"] = outcome.first_failure
-    metadata.update({detail: MetadataValue.json(value) for detail, value in outcome.details.items()})
     return AssetCheckResult(
-        asset_key=key, check_name=name, passed=outcome.passed, severity=severity, metadata=metadata
+        asset_key=key,
+        check_name=name,
+        passed=outcome.passed,
+        severity=severity,
+        metadata=check_metadata(outcome),
     )

@@ -4,13 +4,15 @@ Transient faults (5xx, timeouts, connection resets, an archive not yet published
 their retries: the downloader's own attempts, then the asset's RetryPolicy and the daemon's run retries.
 A fault that the same bytes would raise again (an archive that no longer matches its ``.CHECKSUM`` after
 the downloader's attempts, a corrupt zip, an unparsable row, an impossible layout, a full disk) fails the
-run at once, with one line naming the archive and the reason: retrying it only costs minutes.
+run at once, with one line naming the archive and the reason: retrying it only costs minutes. So does a
+bars output whose IO manager did not drain the stream (pipeline.UnfinishedLoad): it would again.
 """
 
 from __future__ import annotations
 
 import errno
 
+from binance_assets.pipeline import UnfinishedLoad
 from binance_assets.vision.download import ArchiveNotFound, ChecksumFileError, ChecksumMismatch
 from binance_assets.vision.errors import VisionError
 from binance_assets.vision.zip_member import ArchiveFormatError
@@ -22,7 +24,7 @@ def permanent_failure(exc: BaseException) -> str | None:
     """One line saying why ``exc`` cannot heal by waiting, or None when trying again may help."""
     if isinstance(exc, ChecksumMismatch):
         return f"archive does not match its .CHECKSUM (after every download attempt): {exc}"
-    if isinstance(exc, ChecksumFileError | ArchiveFormatError):
+    if isinstance(exc, ChecksumFileError | ArchiveFormatError | UnfinishedLoad):
         return str(exc)
     if isinstance(exc, ArchiveNotFound):
         return None  # listed, yet 404: the CDN may still serve a cached 404 for a new archive

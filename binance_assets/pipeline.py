@@ -1,7 +1,10 @@
-"""Download, verify and aggregate the planned archives of tickers, one ticker-day at a time.
+"""Download, verify and aggregate the planned archives of a run's tickers, one ticker-day at a time.
 
-Pure (no Dagster): the asset op feeds plans in and streams the per-day results to the IO manager, so
-memory holds one archive's bars at a time while the next archives download.
+Pure (no Dagster). A `RunLoad` is read in two steps (docs/design.md "Layers and data flow"): iterated
+once, it yields each ticker-day's bars, which the asset hands to the IO manager as one stream, so memory
+holds one archive's bars at a time while the next archives download; once that stream is drained, it
+holds what the loads made: the daily_liquidity table, the archive-ledger rows, the days built from the
+fallback dataset and the run's figures.
 """
 
 from __future__ import annotations
@@ -9,13 +12,14 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow as pa
 
-from binance_assets.bars import BARS_SCHEMA, DayResult, aggregate_trades
+from binance_assets.bars import BARS_SCHEMA, DAYS_SCHEMA, DayResult, aggregate_trades
+from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA
 from binance_assets.fallback import Fallback, accepts, suspect_reason
 from binance_assets.ledger import ledger_row
 from binance_assets.markets import Market
@@ -33,6 +37,17 @@ _READERS = {"trades": TRADES, "aggTrades": AGG_TRADES}
 
 _EMPTY_BARS = BARS_SCHEMA.empty_table()
 
+LIQUIDITY_STATS: tuple[str, ...] = tuple(
+    f.name for f in DAYS_SCHEMA if f.name in LIQUIDITY_SCHEMA.names and f.name != "day"
+)
+"""daily_liquidity's columns taken from the day stats of bars.py: those both schemas name."""
+_NO_TRADES = {f.name: pa.scalar(0, f.type).as_py() for f in DAYS_SCHEMA if f.name in LIQUIDITY_STATS}
+"""Their value on a day without trades."""
+
+
+class UnfinishedLoad(RuntimeError):
+    """A run's results were read before its bars stream was drained."""
+
 
 @dataclass(frozen=True)
 class DayLoad:
@@ -45,13 +60,9 @@ class DayLoad:
 
 
 @dataclass
-class LoadStats:
-    """What a load did, for metadata and the run summary."""
+class LoadFigures:
+    """A load's counts and timings so far (current while the stream is read, final once it is drained)."""
 
-    archives: list[dict[str, Any]] = field(default_factory=list)
-    """One archive-ledger row (ledger.ledger_row) per archive loaded, in load order."""
-    fallbacks: list[dict[str, Any]] = field(default_factory=list)
-    """One row per ticker-day built from the fallback dataset: ticker, day, reason, archive."""
     downloaded_bytes: int = 0
     download_seconds: float = 0.0
     aggregate_seconds: float = 0.0
@@ -69,156 +80,169 @@ class _Read:
     by_day: dict[dt.date, DayResult]
 
 
-def load_days(
-    market: Market,
-    plans: Sequence[TickerPlan],
-    downloader: VisionDownloader,
-    stats: LoadStats,
-    loaded_at: dt.datetime | None = None,
-    fallback: Fallback | None = None,
-) -> Iterator[DayLoad]:
-    """Yield every planned ticker-day: days without an archive first (zero rows), then archive by archive.
+class RunLoad:
+    """Every planned ticker-day of a run: days without an archive first (zero rows), then archive by archive.
 
     Archives download concurrently ahead of the one being aggregated; a corrupt or unverifiable archive
     raises before any of its days is yielded, so its days keep whatever rows they had. With a
     ``fallback``, a day whose trades archive is broken or partial (fallback.py) is built from the
     fallback dataset's archive instead, where that archive is listed (and, for a partial day, agrees with
     Binance's klines).
+
+    Read once: iterate it (bars) or `days()` (bars and liquidity row per day) to the end; only then are
+    `liquidity`, `liquidity_rows`, `ledger_rows` and `fallbacks` readable. Before that they raise
+    UnfinishedLoad, so a consumer that does not drain the stream fails instead of writing no liquidity.
     """
-    loaded_at = loaded_at or dt.datetime.now(dt.UTC).replace(microsecond=0)
-    for plan in plans:
-        for day in plan.no_archive:
-            yield _day(market, plan.ticker, day, None, None, loaded_at, stats)
-    work = [(plan, archive, days) for plan in plans for archive, days in plan.serves.items()]
-    fetched = downloader.iter_fetch(archive.key for _, archive, _ in work)
-    for (plan, archive, days), local in zip(work, fetched, strict=True):
-        read = _read(market, plan.ticker, archive, local, loaded_at, stats)
-        replaced = {}
-        if fallback is not None and archive.dataset != fallback.dataset:
-            replaced = _rebuilt(market, plan.ticker, read, days, fallback, downloader, loaded_at, stats)
+
+    def __init__(
+        self,
+        market: Market,
+        plans: Sequence[TickerPlan],
+        downloader: VisionDownloader,
+        *,
+        fallback: Fallback | None = None,
+        loaded_at: dt.datetime | None = None,
+    ) -> None:
+        self.market = market
+        self.plans = tuple(plans)
+        self.downloader = downloader
+        self.fallback = fallback
+        self.loaded_at = loaded_at or dt.datetime.now(dt.UTC).replace(microsecond=0)
+        self.figures = LoadFigures()
+        self._liquidity_rows: list[dict[str, Any]] = []
+        self._ledger_rows: list[dict[str, Any]] = []
+        self._fallbacks: list[dict[str, Any]] = []
+        self._started = False
+        self._drained = False
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        """Each ticker-day's bars (hl5s columns, keyed by market and ticker), one table per day."""
+        return (load.bars for load in self.days())
+
+    def days(self) -> Iterator[DayLoad]:
+        """Each ticker-day's bars and liquidity row."""
+        if self._started:
+            raise RuntimeError(f"{self.market.key}: a RunLoad is read once")
+        self._started = True
+        for plan in self.plans:
+            for day in plan.no_archive:
+                yield self._day(plan.ticker, day, None, None)
+        work = [(plan, archive, days) for plan in self.plans for archive, days in plan.serves.items()]
+        fetched = self.downloader.iter_fetch(archive.key for _, archive, _ in work)
+        for (plan, archive, days), local in zip(work, fetched, strict=True):
+            read = self._read(plan.ticker, archive, local)
+            replaced = {}
+            if self.fallback is not None and archive.dataset != self.fallback.dataset:
+                replaced = self._rebuilt(plan.ticker, read, days, self.fallback)
+            for day in days:
+                if day in plan.fallbacks:
+                    self._fallbacks.append(_fallback_row(plan.ticker, day, plan.fallbacks[day], archive))
+                chosen = replaced.get(day, read)
+                yield self._day(plan.ticker, day, chosen.by_day.get(day), chosen)
+        self.downloader.evict()  # keep the cache within BINANCE_CACHE_MAX_GB, least recently used first
+        self._drained = True
+
+    @property
+    def liquidity(self) -> pa.Table:
+        """The run's daily_liquidity rows, one per ticker-day, in load order."""
+        return pa.Table.from_pylist(
+            self._finished("liquidity", self._liquidity_rows), schema=LIQUIDITY_SCHEMA
+        )
+
+    @property
+    def liquidity_rows(self) -> list[dict[str, Any]]:
+        return self._finished("liquidity_rows", self._liquidity_rows)
+
+    @property
+    def ledger_rows(self) -> list[dict[str, Any]]:
+        """One archive-ledger row (ledger.ledger_row) per archive loaded, in load order."""
+        return self._finished("ledger_rows", self._ledger_rows)
+
+    @property
+    def fallbacks(self) -> list[dict[str, Any]]:
+        """One row per ticker-day built from the fallback dataset: ticker, day, reason, archive."""
+        return self._finished("fallbacks", self._fallbacks)
+
+    def _finished(self, name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not self._drained:
+            raise UnfinishedLoad(
+                f"{self.market.key}: {name} of the run read before its bars stream was drained "
+                f"({self.figures.days} ticker-days yielded); the bars output's IO manager must consume "
+                "the whole stream (the ClickHouse IO manager does)"
+            )
+        return rows
+
+    def _read(self, ticker: str, archive: ArchiveInfo, local: LocalArchive) -> _Read:
+        """Aggregate one verified archive of its dataset and keep its ledger row."""
+        market, figures = self.market, self.figures
+        figures.downloaded_bytes += local.downloaded_bytes
+        figures.download_seconds += local.seconds
+        started = time.monotonic()
+        name = PurePosixPath(archive.key).name
+        dataset = _READERS[archive.dataset]
+        batches = read_archive(
+            local.path, market, dataset, contract_size=market.contract_size(ticker), name=name
+        )
+        try:
+            aggregation = aggregate_trades(prefetch(batches))
+        except ArchiveFormatError:
+            raise
+        except ValueError as exc:  # rows the aggregator cannot take (an impossible id span)
+            raise ArchiveFormatError(name, str(exc)) from None
+        figures.aggregate_seconds += time.monotonic() - started
+        self._ledger_rows.append(
+            ledger_row(market.key, ticker, archive, local, aggregation.days, self.loaded_at)
+        )
+        return _Read(archive, local, {result.day: result for result in aggregation.by_day()})
+
+    def _rebuilt(
+        self, ticker: str, read: _Read, days: Sequence[dt.date], fallback: Fallback
+    ) -> dict[dt.date, _Read]:
+        """The days of ``read`` that its fallback archives replace (fallback.py), each with that read."""
+        suspects = {}
         for day in days:
-            if day in plan.fallbacks:
-                stats.fallbacks.append(_fallback_row(plan.ticker, day, plan.fallbacks[day], archive))
-            chosen = replaced.get(day, read)
-            yield _day(market, plan.ticker, day, chosen.by_day.get(day), chosen, loaded_at, stats)
-    downloader.evict()  # keep the cache within BINANCE_CACHE_MAX_GB, least recently used first
+            result = read.by_day.get(day)
+            reason = suspect_reason(ticker, day, result.stats if result else None, fallback)
+            if reason is not None:
+                suspects[day] = reason
+        replaced: dict[dt.date, _Read] = {}
+        reads: dict[str, _Read] = {}
+        for day, reason in suspects.items():
+            archive = fallback.archive_for(ticker, day, read.archive.freq)
+            if archive is None:
+                continue
+            if archive.key not in reads:
+                reads[archive.key] = self._read(ticker, archive, self.downloader.fetch(archive.key))
+            candidate = reads[archive.key]
+            result = candidate.by_day.get(day)
+            if accepts(ticker, day, reason, result.stats if result else None, fallback):
+                replaced[day] = candidate
+                self._fallbacks.append(_fallback_row(ticker, day, reason, archive))
+        return replaced
 
-
-def _read(
-    market: Market,
-    ticker: str,
-    archive: ArchiveInfo,
-    local: LocalArchive,
-    loaded_at: dt.datetime,
-    stats: LoadStats,
-) -> _Read:
-    """Aggregate one verified archive of its dataset; its ledger row goes to ``stats``."""
-    stats.downloaded_bytes += local.downloaded_bytes
-    stats.download_seconds += local.seconds
-    started = time.monotonic()
-    name = PurePosixPath(archive.key).name
-    dataset = _READERS[archive.dataset]
-    batches = read_archive(local.path, market, dataset, contract_size=market.contract_size(ticker), name=name)
-    try:
-        aggregation = aggregate_trades(prefetch(batches))
-    except ArchiveFormatError:
-        raise
-    except ValueError as exc:  # rows the aggregator cannot take (an impossible id span)
-        raise ArchiveFormatError(name, str(exc)) from None
-    stats.aggregate_seconds += time.monotonic() - started
-    stats.archives.append(ledger_row(market.key, ticker, archive, local, aggregation.days, loaded_at))
-    return _Read(archive, local, {result.day: result for result in aggregation.by_day()})
-
-
-def _rebuilt(
-    market: Market,
-    ticker: str,
-    read: _Read,
-    days: Sequence[dt.date],
-    fallback: Fallback,
-    downloader: VisionDownloader,
-    loaded_at: dt.datetime,
-    stats: LoadStats,
-) -> dict[dt.date, _Read]:
-    """The days of ``read`` that its fallback archives replace (fallback.py), each with that read."""
-    suspects = {}
-    for day in days:
-        result = read.by_day.get(day)
-        reason = suspect_reason(ticker, day, result.stats if result else None, fallback)
-        if reason is not None:
-            suspects[day] = reason
-    replaced: dict[dt.date, _Read] = {}
-    reads: dict[str, _Read] = {}
-    for day, reason in suspects.items():
-        archive = fallback.archive_for(ticker, day, read.archive.freq)
-        if archive is None:
-            continue
-        if archive.key not in reads:
-            local = downloader.fetch(archive.key)
-            reads[archive.key] = _read(market, ticker, archive, local, loaded_at, stats)
-        candidate = reads[archive.key]
-        result = candidate.by_day.get(day)
-        if accepts(ticker, day, reason, result.stats if result else None, fallback):
-            replaced[day] = candidate
-            stats.fallbacks.append(_fallback_row(ticker, day, reason, archive))
-    return replaced
+    def _day(self, ticker: str, day: dt.date, result: DayResult | None, read: _Read | None) -> DayLoad:
+        market, figures = self.market, self.figures
+        bars = result.bars if result else _EMPTY_BARS
+        rows = bars.num_rows
+        figures.days += 1
+        figures.bars += rows
+        figures.trades += int(result.stats["trade_count"]) if result else 0
+        keyed = bars.add_column(0, "ticker", pa.array([ticker] * rows, pa.string()))
+        keyed = keyed.add_column(0, "market", pa.array([market.key] * rows, pa.string()))
+        values = result.stats if result else _NO_TRADES
+        liquidity = {
+            "market": market.key,
+            "ticker": ticker,
+            "day": day,
+            **{name: values[name] for name in LIQUIDITY_STATS},
+            "source": read.archive.freq if read else "none",
+            "archive_sha256": read.local.sha256 if read else "",
+            "dataset": read.archive.dataset if read else "trades",
+            "loaded_at": self.loaded_at,
+        }
+        self._liquidity_rows.append(liquidity)
+        return DayLoad(ticker, day, keyed, liquidity)
 
 
 def _fallback_row(ticker: str, day: dt.date, reason: str, archive: ArchiveInfo) -> dict[str, Any]:
     return {"ticker": ticker, "day": day, "reason": reason, "archive": archive.key}
-
-
-def _day(
-    market: Market,
-    ticker: str,
-    day: dt.date,
-    result: DayResult | None,
-    read: _Read | None,
-    loaded_at: dt.datetime,
-    stats: LoadStats,
-) -> DayLoad:
-    bars = result.bars if result else _EMPTY_BARS
-    rows = bars.num_rows
-    stats.days += 1
-    stats.bars += rows
-    stats.trades += int(result.stats["trade_count"]) if result else 0
-    keyed = bars.add_column(0, "ticker", pa.array([ticker] * rows, pa.string()))
-    keyed = keyed.add_column(0, "market", pa.array([market.key] * rows, pa.string()))
-    liquidity = _liquidity(market, ticker, day, result.stats if result else None, read, loaded_at)
-    return DayLoad(ticker, day, keyed, liquidity)
-
-
-_LIQUIDITY_STATS = {
-    "trade_count": 0,
-    "volume": 0.0,
-    "quote_volume": 0.0,
-    "taker_buy_volume": 0.0,
-    "bar_count": 0,
-    "first_trade_id": 0,
-    "last_trade_id": 0,
-    "missing_trade_ids": 0,
-    "duplicate_rows": 0,
-    "nonpositive_rows": 0,
-}
-"""daily_liquidity's columns taken from the day stats of bars.py, with their value on a day without trades."""
-
-
-def _liquidity(
-    market: Market,
-    ticker: str,
-    day: dt.date,
-    day_stats: dict[str, Any] | None,
-    read: _Read | None,
-    loaded_at: dt.datetime,
-) -> dict[str, Any]:
-    values = day_stats or _LIQUIDITY_STATS
-    return {
-        "market": market.key,
-        "ticker": ticker,
-        "day": day,
-        **{name: values[name] for name in _LIQUIDITY_STATS},
-        "source": read.archive.freq if read else "none",
-        "archive_sha256": read.local.sha256 if read else "",
-        "dataset": read.archive.dataset if read else "trades",
-        "loaded_at": loaded_at,
-    }

@@ -1,5 +1,5 @@
 """An embedded store filled by the real pipeline without Dagster: a local Vision mirror (real and synthetic
-trades archives) -> listing, plan, download, verify, aggregate (`pipeline.load_days`) -> hl5s and
+trades archives) -> listing, plan, download, verify, aggregate (`pipeline.RunLoad`) -> hl5s and
 daily_liquidity rows, as the IO manager writes them."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pyarrow as pa
 from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.tables import BARS_SCHEMA, LIQUIDITY_SCHEMA, conform, ensure_tables
 from binance_assets.markets import MARKETS
-from binance_assets.pipeline import LoadStats, load_days
+from binance_assets.pipeline import RunLoad
 from binance_assets.plan import plan_ticker
 from binance_assets.vision.download import VisionDownloader
 from binance_assets.vision.listing import VisionListing
@@ -55,7 +55,7 @@ def load_store(root: Path) -> LoadedStore:
             market = MARKETS[key]
             listed = listing.list_trades_archives(market, ticker)
             plan = plan_ticker(ticker, days, listed, today=dt.date.today())
-            for day in load_days(market, [plan], downloader, LoadStats()):
+            for day in RunLoad(market, [plan], downloader).days():
                 client.insert_arrow("binance.hl5s", conform(day.bars, BARS_SCHEMA))
                 client.insert_arrow(
                     "binance.daily_liquidity", pa.Table.from_pylist([day.liquidity], schema=LIQUIDITY_SCHEMA)

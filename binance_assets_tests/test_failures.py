@@ -13,11 +13,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dagster import DagsterEventType, DagsterInstance, ExecuteInProcessResult, RetryPolicy
+from dagster import (
+    AssetKey,
+    ConfigurableIOManager,
+    DagsterEventType,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    InputContext,
+    OutputContext,
+    RetryPolicy,
+)
 
 from binance_assets.clickhouse.client import StoreBusyError
 from binance_assets.failures import permanent_failure
 from binance_assets.markets import MARKETS
+from binance_assets.pipeline import UnfinishedLoad
 from binance_assets.vision.download import (
     ArchiveNotFound,
     ChecksumFileError,
@@ -57,6 +67,7 @@ PER_DAY = "SELECT day, count() AS n, sum(volume) AS v FROM binance.hl5s GROUP BY
         (TradesFormatError("k.zip", "corrupt zip: member data ends early"), True),
         (VisionHTTPError("http://x/k", "HTTP 400", status=400, retryable=False), True),
         (OSError(errno.ENOSPC, "No space left on device", "/cache/k.zip"), True),
+        (UnfinishedLoad("um: liquidity of the run read before its bars stream was drained"), True),
         (DownloadError("http://x/k", 5, ConnectionError("reset")), False),
         (VisionHTTPError("http://x/k", "HTTP 403 AccessDenied", status=403, retryable=True), False),
         (ArchiveNotFound("k.zip", "http://x/k.zip"), False),
@@ -148,6 +159,28 @@ def test_a_transient_fault_outlasting_the_downloads_is_retried_by_the_run(
     result = materialize_range(instance, res, "ETHUSDT", FIRST, LAST, RETRY_AT_ONCE)
     assert not result.success and retries(result) == 2
     assert "503 ServiceUnavailable" in failure_message(result)
+
+
+class UndrainedIOManager(ConfigurableIOManager):
+    """Takes each output without reading it, so the bars stream stays unread."""
+
+    def handle_output(self, context: OutputContext, obj: object) -> None:
+        pass
+
+    def load_input(self, context: InputContext) -> object:
+        raise NotImplementedError
+
+
+def test_an_io_manager_that_does_not_drain_the_bars_fails_the_run_at_once(
+    vision_server: VisionServer, eth: pd.DataFrame, instance: DagsterInstance, store_url: str, tmp_path: Path
+) -> None:
+    res = {**resources(vision_server, store_url, tmp_path), "clickhouse_io_manager": UndrainedIOManager()}
+    result = materialize_range(instance, res, "ETHUSDT", FIRST, LAST, RETRY_AT_ONCE)
+    assert not result.success and retries(result) == 0
+    assert "liquidity of the run read before its bars stream was drained" in failure_message(result)
+    assert not instance.fetch_materializations(
+        AssetKey(["binance", "um", "daily_liquidity"]), limit=10
+    ).records
 
 
 def part_files(cache: Path) -> list[Path]:

@@ -22,7 +22,7 @@ from binance_assets.cli.common import (
 from binance_assets.cli.runner import Totals, progress_line, run_all
 from binance_assets.definitions import build_resources
 from binance_assets.markets import Market
-from binance_assets.pipeline import DayLoad, LoadStats, load_days
+from binance_assets.pipeline import DayLoad, RunLoad
 from binance_assets.plan import TickerPlan, plan_ticker, run_ranges
 from binance_assets.resources import VisionResource
 from binance_assets.settings import Settings
@@ -76,25 +76,23 @@ class DryRuns:
         if plan.unpublished:
             late = ", ".join(day.isoformat() for day in plan.unpublished)
             raise CliError(f"{what}: the run would fail: archives not yet published on Vision ({late})")
-        stats = LoadStats()
+        load = RunLoad(market, [plan], self.vision.downloader())
         archive_of = {day: archive for archive, days in plan.serves.items() for day in days}
         try:
-            loads = sorted(
-                (load.day, _day_line(market, load, archive_of.get(load.day)))
-                for load in load_days(market, [plan], self.vision.downloader(), stats)
-            )
+            lines = sorted((day.day, _day_line(market, day, archive_of.get(day.day))) for day in load.days())
         except (VisionError, TradesFormatError) as error:  # what fails a run's step
             raise CliError(f"{what}: the run would fail: {one_line(str(error))}") from None
-        say("\n".join(line for _, line in loads))
+        say("\n".join(line for _, line in lines))
         days = count_of(len(plan.days), "day")
         seconds = time.monotonic() - started
-        say(progress_line(what, days, seconds, stats.trades, stats.bars), progress=True)
+        figures = load.figures
+        say(progress_line(what, days, seconds, figures.trades, figures.bars), progress=True)
         return Totals(
-            done=stats.days,
+            done=figures.days,
             without_archive=len(plan.no_archive),
-            trades=stats.trades,
-            bars=stats.bars,
-            downloaded=stats.downloaded_bytes,
+            trades=figures.trades,
+            bars=figures.bars,
+            downloaded=figures.downloaded_bytes,
         )
 
 

@@ -47,6 +47,15 @@ from binance_assets.cli.preview import run_preview, wants_preview
 from binance_assets.cli.runner import Totals, progress_line, run_all, ticker_workers
 from binance_assets.definitions import build_definitions, build_resources
 from binance_assets.markets import MARKETS, Market
+from binance_assets.run_metadata import (
+    BYTES_DOWNLOADED,
+    FALLBACK_DAYS,
+    FIRST_FAILURE,
+    RUN_BAR_COUNT,
+    RUN_DAYS_WITHOUT_ARCHIVE,
+    RUN_TICKER_DAYS,
+    RUN_TRADE_COUNT,
+)
 from binance_assets.sensors import RANGE_END, RANGE_START
 from binance_assets.settings import Settings
 from binance_assets.vision.listing import VisionListing
@@ -144,7 +153,7 @@ CHECK_FAILED = 3
 
 def _check_line(check: AssetCheckEvaluation) -> str:
     """``  matches_binance_klines (ERROR) passed`` or ``... failed, first on BTCUSDT 2024-03-02 07:41``."""
-    first = check.metadata.get("first_failure")
+    first = check.metadata.get(FIRST_FAILURE)
     outcome = "passed" if check.passed else "failed" + (f", first on {first.value}" if first else "")
     return f"  {check.check_name} ({check.severity.value}) {outcome}"
 
@@ -159,18 +168,18 @@ def _run_totals(result: ExecuteInProcessResult, node: str, market: Market) -> To
 
 
 def _metadata_totals(metadata: Mapping[str, MetadataValue]) -> Totals:
-    """A run's counts, from daily_liquidity's output metadata (see assets._metadata)."""
+    """A run's counts, from daily_liquidity's output metadata (run_metadata.py)."""
 
     def value(name: str) -> int:
         return int(metadata[name].value)
 
-    fallbacks = metadata["fallback_days"].value if "fallback_days" in metadata else []
+    fallbacks = metadata[FALLBACK_DAYS].value if FALLBACK_DAYS in metadata else []
     return Totals(
-        done=value("run_ticker_days"),
-        without_archive=value("run_days_without_archive"),
-        trades=value("run_trade_count"),
-        bars=value("run_bar_count"),
-        downloaded=value("bytes_downloaded"),
+        done=value(RUN_TICKER_DAYS),
+        without_archive=value(RUN_DAYS_WITHOUT_ARCHIVE),
+        trades=value(RUN_TRADE_COUNT),
+        bars=value(RUN_BAR_COUNT),
+        downloaded=value(BYTES_DOWNLOADED),
         fallbacks=tuple(f"{row['ticker']} {row['day']}: {row['reason']}" for row in fallbacks),
     )
 
