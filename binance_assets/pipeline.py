@@ -128,7 +128,9 @@ class RunLoad:
             for day in plan.no_archive:
                 yield self._day(plan.ticker, day, None, None)
         work = [(plan, archive, days) for plan in self.plans for archive, days in plan.serves.items()]
-        fetched = self.downloader.iter_fetch(archive.key for _, archive, _ in work)
+        keys = [archive.key for _, archive, _ in work]
+        sizes = {archive.key: archive.size for _, archive, _ in work}
+        fetched = self.downloader.iter_fetch(keys, sizes)
         for (plan, archive, days), local in zip(work, fetched, strict=True):
             read = self._read(plan.ticker, archive, local)
             replaced = {}
