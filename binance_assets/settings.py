@@ -47,7 +47,7 @@ DEFAULT_ARCHIVES_TABLE = "archives"
 DEFAULT_CACHE_MAX_GB = 20.0
 DEFAULT_DOWNLOAD_CONCURRENCY = 4
 DEFAULT_HTTP_TIMEOUT = 60.0
-"""Defaults the Dagster resources declare too (resources.py, clickhouse/io_manager.py): import them."""
+"""Defaults the Dagster resources (resources.py, clickhouse/io_manager.py) repeat: they are to import them."""
 
 DEFAULT_MARKETS = ("spot", "um")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
