@@ -1,40 +1,58 @@
 """All configuration, read from environment variables and validated once.
 
-Every variable is parsed here and nowhere else; a bad value raises :class:`SettingsError` naming the
-variable, at load time, far from nothing. The settings of the pipeline this project replaces (run.py
-and its .env: SOURCE_TO_SYNC, DATA_TABLE_NAME, ...) are read as aliases when the new name is unset;
-set both ways to different values, the new name wins with a :class:`SettingsWarning` naming both.
+Each variable is a field of the pydantic model :class:`Settings`: its name (the field's alias), its default
+and its rule are written there and nowhere else. A bad value raises :class:`SettingsError`, one line naming
+the variable and the value. The settings of the pipeline this project replaces (run.py and its .env:
+SOURCE_TO_SYNC, DATA_TABLE_NAME, ...) are second choices of the new names (``AliasChoices``); set both ways
+to different values, the new name wins with a :class:`SettingsWarning` naming both.
+
+Not pydantic-settings' ``BaseSettings``: its sources read os.environ only, where ``from_env`` reads the
+mapping it is given (the tests do), and its init source hands NUM_PROCESSES, the second choice of two
+fields, to one field or the other by hash order (pydantic-settings 2.16). The CLI reads .env itself.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
-import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Annotated, TypeVar, get_args
 from urllib.parse import quote, unquote, urlparse
 
 from dotenv import load_dotenv
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from binance_assets.markets import DATASETS, MARKETS, TICKER_PATTERN, DatasetName
 
-T = TypeVar("T")
-D = TypeVar("D")
-
 DEFAULT_VISION_URL = "https://data.binance.vision"
 DEFAULT_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HH_MM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-DEFAULT_MARKETS = ("spot", "um")
-SEED_SOURCES = {"BINANCE-SPOT": ("spot",), "BINANCE-FUT": ("um",)}
-"""run.py's SOURCE_TO_SYNC values and the markets they mean."""
+DEFAULT_DATABASE = "binance"
+DEFAULT_BARS_TABLE = "hl5s"
+DEFAULT_LIQUIDITY_TABLE = "daily_liquidity"
+DEFAULT_ARCHIVES_TABLE = "archives"
+DEFAULT_CACHE_MAX_GB = 20.0
+DEFAULT_DOWNLOAD_CONCURRENCY = 4
+DEFAULT_HTTP_TIMEOUT = 60.0
+"""Defaults the Dagster resources (resources.py, clickhouse/io_manager.py) repeat: they are to import them."""
 
+DEFAULT_MARKETS = ("spot", "um")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SEED_SOURCES = {"BINANCE-SPOT": "spot", "BINANCE-FUT": "um"}
+"""run.py's SOURCE_TO_SYNC values and the market each means."""
 
 DAGSTER_INSTANCE_VARIABLES = (
     "DAGSTER_PG_HOST",
@@ -46,6 +64,8 @@ DAGSTER_INSTANCE_VARIABLES = (
 """Read by the Dagster instance itself, through the `env:` sources of deploy/dagster.yaml (PostgreSQL
 storage), never by this package: named here so that this module lists every variable a deployment sets."""
 
+Model = TypeVar("Model", bound=BaseModel)
+
 
 class SettingsError(ValueError):
     """A configuration variable holds a value we cannot use; the message names the variable."""
@@ -55,80 +75,180 @@ class SettingsWarning(UserWarning):
     """A setting given under its new name and its run.py name, with different values: the new one is used."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    vision_url: str = DEFAULT_VISION_URL
-    listing_url: str = DEFAULT_LISTING_URL
-    markets: tuple[str, ...] = DEFAULT_MARKETS
-    ticker_filter: tuple[str, ...] = ("*USDT", "*USDC")
-    tickers: tuple[str, ...] = ()
-    clickhouse_url: str = field(default="", repr=False)  # may carry a password
-    clickhouse_database: str = "binance"
-    bars_table: str = "hl5s"
-    liquidity_table: str = "daily_liquidity"
-    archives_table: str = "archives"
-    clickhouse_cluster: str = ""
-    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "binance-assets")
-    cache_max_gb: float = 20.0
-    download_concurrency: int = 4
-    http_timeout: float = 60.0
-    parallel_tickers: int = 1
-    dry_run: bool = False
-    log_level: str = "INFO"
-    dagster_home: Path = field(default_factory=lambda: Path.home() / ".dagster")
-    auto_backfill: bool = False
-    daily_run_time: str = "09:00"
-    max_days_per_run: int = 31
-    publish_grace_days: int = 7
-    kline_check: bool = True
-    freshness_deadline: str = "12:00"
-    dataset: DatasetName = "trades"
-    fallback: DatasetName | None = "aggTrades"
+def _items(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated string as its non-blank parts; a tuple (a default, a value in code) as it is."""
+    return (
+        tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
+    )
+
+
+def _markets(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    markets = tuple(dict.fromkeys(market.lower() for market in _items(value)))
+    if not markets or not set(markets) <= set(MARKETS):
+        raise ValueError(f"a comma-separated subset of {', '.join(MARKETS)}")
+    return markets
+
+
+def _one_of(*choices: str) -> BeforeValidator:
+    """Any case of one of ``choices``, spelled as there; "none" is None."""
+
+    def choose(value: object) -> object:
+        chosen = next((c for c in choices if isinstance(value, str) and c.lower() == value.lower()), None)
+        if chosen is None:
+            raise ValueError(f"one of {', '.join(choices)}")
+        return None if chosen == "none" else chosen
+
+    return BeforeValidator(choose)
+
+
+def _vision_url(value: str) -> str:
+    parsed = urlparse(value)
+    if (parsed.scheme in ("http", "https") and parsed.netloc) or (
+        parsed.scheme == "file" and parsed.netloc in ("", "localhost") and parsed.path.startswith("/")
+    ):
+        return value.rstrip("/")
+    raise ValueError("an http(s):// URL or a file:///absolute/path mirror")
+
+
+def _clickhouse_url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme == "chdb" and parsed.path.startswith("/") and not parsed.netloc:
+        return value
+    if parsed.scheme in ("http", "https") and parsed.hostname:
+        try:
+            parsed.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError:
+            raise ValueError("a numeric port") from None
+        return value
+    raise ValueError("chdb:///absolute/path or http(s)://user:password@host:port")
+
+
+# An error says "expected" the ValueError of a validator, else the field's description, else its bounds.
+Flag = Annotated[bool, Field(description="true or false")]
+Identifier = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="a ClickHouse identifier (letters, digits, underscore; not a digit first)",
+    ),
+]
+Clock = Annotated[
+    str, Field(pattern=r"^([01]\d|2[0-3]):([0-5]\d)$", description="a UTC time HH:MM such as 09:00")
+]
+Workers = Annotated[int, Field(ge=1, le=64)]
+Directory = Annotated[Path, AfterValidator(Path.expanduser)]
+VisionUrl = Annotated[str, AfterValidator(_vision_url)]
+Glob = Annotated[str, Field(pattern=r"^[A-Za-z0-9_*?\[\]!-]+$"), AfterValidator(str.upper)]
+Ticker = Annotated[str, BeforeValidator(str.upper), Field(pattern=TICKER_PATTERN.pattern)]
+
+
+class Settings(BaseModel):
+    """The settings of one deployment. ``from_env`` reads them; ``Settings(field=...)`` reads nothing."""
+
+    # defer_build: the schema is built when settings are first read, not by `binance-assets --help`
+    model_config = ConfigDict(
+        frozen=True, validate_by_name=True, validate_by_alias=True, validate_default=False, defer_build=True
+    )
+
+    dagster_home: Directory = Field(
+        default_factory=lambda: Path.home() / ".dagster", validation_alias="DAGSTER_HOME"
+    )
+    vision_url: VisionUrl = Field(DEFAULT_VISION_URL, validation_alias="BINANCE_VISION_URL")
+    listing_url: VisionUrl = Field(DEFAULT_LISTING_URL, validation_alias="BINANCE_VISION_LISTING_URL")
+    markets: Annotated[tuple[str, ...], BeforeValidator(_markets)] = Field(
+        DEFAULT_MARKETS, validation_alias=AliasChoices("BINANCE_MARKETS", "SOURCE_TO_SYNC")
+    )
+    ticker_filter: Annotated[tuple[Glob, ...], BeforeValidator(_items)] = Field(
+        ("*USDT", "*USDC"),
+        description="comma-separated ticker globs such as *USDT,BTC*",
+        validation_alias="TICKER_FILTER",
+    )
+    tickers: Annotated[tuple[Ticker, ...], BeforeValidator(_items)] = Field(
+        (), description="comma-separated tickers such as BTCUSDT,ETHUSDT", validation_alias="TICKERS"
+    )
+    clickhouse_url: Annotated[str, AfterValidator(_clickhouse_url)] = Field(
+        default_factory=lambda data: f"chdb://{(data['dagster_home'] / 'clickhouse').resolve()}",
+        repr=False,  # may carry a password
+        validation_alias="CLICKHOUSE_URL",
+    )
+    clickhouse_database: Identifier = Field(DEFAULT_DATABASE, validation_alias="CLICKHOUSE_DATABASE")
+    bars_table: Identifier = Field(
+        DEFAULT_BARS_TABLE, validation_alias=AliasChoices("CLICKHOUSE_BARS_TABLE", "DATA_TABLE_NAME")
+    )
+    liquidity_table: Identifier = Field(
+        DEFAULT_LIQUIDITY_TABLE,
+        validation_alias=AliasChoices("CLICKHOUSE_LIQUIDITY_TABLE", "CONTROL_TABLE_NAME"),
+    )
+    archives_table: Identifier = Field(DEFAULT_ARCHIVES_TABLE, validation_alias="CLICKHOUSE_ARCHIVES_TABLE")
+    clickhouse_cluster: Identifier = Field("", validation_alias="CLICKHOUSE_CLUSTER")
+    cache_dir: Directory = Field(
+        default_factory=lambda data: data["dagster_home"] / "vision-cache",
+        validation_alias="BINANCE_CACHE_DIR",
+    )
+    cache_max_gb: float = Field(DEFAULT_CACHE_MAX_GB, ge=0.0, validation_alias="BINANCE_CACHE_MAX_GB")
+    download_concurrency: Workers = Field(
+        DEFAULT_DOWNLOAD_CONCURRENCY, validation_alias=AliasChoices("DOWNLOAD_CONCURRENCY", "NUM_PROCESSES")
+    )
+    http_timeout: float = Field(
+        DEFAULT_HTTP_TIMEOUT, ge=0.1, le=3600.0, validation_alias="BINANCE_HTTP_TIMEOUT"
+    )
+    parallel_tickers: Workers = Field(
+        1, validation_alias=AliasChoices("BINANCE_PARALLEL_TICKERS", "NUM_PROCESSES")
+    )
+    dry_run: Flag = Field(False, validation_alias=AliasChoices("BINANCE_DRY_RUN", "DRY_RUN_MODE"))
+    log_level: Annotated[str, _one_of(*LOG_LEVELS)] = Field("INFO", validation_alias="LOG_LEVEL")
+    auto_backfill: Flag = Field(False, validation_alias="BINANCE_AUTO_BACKFILL")
+    daily_run_time: Clock = Field("09:00", validation_alias="BINANCE_DAILY_RUN_TIME")
+    max_days_per_run: int = Field(31, ge=1, le=366, validation_alias="BINANCE_MAX_DAYS_PER_RUN")
+    publish_grace_days: int = Field(7, ge=1, le=90, validation_alias="BINANCE_PUBLISH_GRACE_DAYS")
+    kline_check: Flag = Field(True, validation_alias="BINANCE_KLINE_CHECK")
+    freshness_deadline: Clock = Field("12:00", validation_alias="BINANCE_FRESHNESS_DEADLINE")
+    dataset: Annotated[DatasetName, _one_of(*DATASETS)] = Field("trades", validation_alias="BINANCE_DATASET")
+    fallback: Annotated[DatasetName | None, _one_of(*DATASETS[1:], "none")] = Field(
+        "aggTrades", validation_alias="BINANCE_FALLBACK"
+    )
+
+    @field_validator("clickhouse_cluster")
+    @classmethod
+    def _cluster_needs_a_server(cls, cluster: str, info: ValidationInfo) -> str:
+        if cluster and info.data.get("clickhouse_url", "").startswith("chdb://"):
+            raise ValueError(
+                "no cluster with an embedded store: set CLICKHOUSE_URL=http(s)://... to one of its servers"
+            )
+        return cluster
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        dagster_home = _path(env, "DAGSTER_HOME", Path.home() / ".dagster")
-        vision_url = _url(env, "BINANCE_VISION_URL", DEFAULT_VISION_URL)
-        return cls(
-            vision_url=vision_url,
-            listing_url=_url(env, "BINANCE_VISION_LISTING_URL", DEFAULT_LISTING_URL),
-            markets=_aliased(env, "BINANCE_MARKETS", "SOURCE_TO_SYNC", DEFAULT_MARKETS, _markets, _source),
-            ticker_filter=_list(env, "TICKER_FILTER", ("*USDT", "*USDC"), _glob),
-            tickers=_list(env, "TICKERS", (), _ticker),
-            clickhouse_url=_clickhouse_url(env, dagster_home),
-            clickhouse_database=_identifier(env, "CLICKHOUSE_DATABASE", "binance"),
-            bars_table=_aliased(env, "CLICKHOUSE_BARS_TABLE", "DATA_TABLE_NAME", "hl5s", _table),
-            liquidity_table=_aliased(
-                env, "CLICKHOUSE_LIQUIDITY_TABLE", "CONTROL_TABLE_NAME", "daily_liquidity", _table
-            ),
-            archives_table=_identifier(env, "CLICKHOUSE_ARCHIVES_TABLE", "archives"),
-            clickhouse_cluster=_identifier(env, "CLICKHOUSE_CLUSTER", ""),
-            cache_dir=_path(env, "BINANCE_CACHE_DIR", dagster_home / "vision-cache"),
-            cache_max_gb=_number(env, "BINANCE_CACHE_MAX_GB", 20.0, float, minimum=0.0),
-            download_concurrency=_aliased(env, "DOWNLOAD_CONCURRENCY", "NUM_PROCESSES", 4, _workers),
-            http_timeout=_number(env, "BINANCE_HTTP_TIMEOUT", 60.0, float, minimum=0.1, maximum=3600.0),
-            parallel_tickers=_aliased(env, "BINANCE_PARALLEL_TICKERS", "NUM_PROCESSES", 1, _workers),
-            dry_run=_aliased(env, "BINANCE_DRY_RUN", "DRY_RUN_MODE", False, _flag),
-            log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
-            dagster_home=dagster_home,
-            auto_backfill=_bool(env, "BINANCE_AUTO_BACKFILL", False),
-            daily_run_time=_hh_mm(env, "BINANCE_DAILY_RUN_TIME", "09:00"),
-            max_days_per_run=_number(env, "BINANCE_MAX_DAYS_PER_RUN", 31, int, minimum=1, maximum=366),
-            publish_grace_days=_number(env, "BINANCE_PUBLISH_GRACE_DAYS", 7, int, minimum=1, maximum=90),
-            kline_check=_bool(env, "BINANCE_KLINE_CHECK", True),
-            freshness_deadline=_hh_mm(env, "BINANCE_FRESHNESS_DEADLINE", "12:00"),
-            dataset=_dataset(env, "BINANCE_DATASET", "trades", DATASETS),
-            fallback=_dataset(env, "BINANCE_FALLBACK", "aggTrades", (*DATASETS[1:], "none")),
-        )
-
-    def __post_init__(self) -> None:
-        if self.clickhouse_cluster and self.clickhouse_url.startswith("chdb://"):
-            raise _fail(
-                "CLICKHOUSE_CLUSTER",
-                self.clickhouse_cluster,
-                "no cluster with an embedded store: set CLICKHOUSE_URL=http(s)://... to one of its servers",
-            )
+        """The settings ``environ`` (default: the process environment) sets, the others at their default."""
+        env = _set_variables(os.environ if environ is None else environ, (cls, _Server))
+        source = env.get("SOURCE_TO_SYNC")  # run.py's name for the market, in its own words
+        if source is not None:
+            if source.upper() not in SEED_SOURCES:
+                raise _invalid("SOURCE_TO_SYNC", source, f"one of {', '.join(SEED_SOURCES)}")
+            env["SOURCE_TO_SYNC"] = SEED_SOURCES[source.upper()]
+        server = _validated(_Server, env)
+        url_given = "CLICKHOUSE_URL" in env
+        if server.given() and not url_given:
+            env["CLICKHOUSE_URL"] = server.url()
+        settings = _validated(cls, env)
+        for name, field in cls.model_fields.items():
+            new, *old = _names(field)
+            if name == "clickhouse_url":
+                differing = server.differing(settings.clickhouse_url) if url_given else []
+            else:
+                differing = [
+                    o
+                    for o in old
+                    if new in env and o in env and _value(name, o, env) != getattr(settings, name)
+                ]
+            if differing:
+                warnings.warn(
+                    f"{new} and its run.py name{'s' if len(differing) > 1 else ''} {', '.join(differing)} "
+                    f"are set to different values: using {new}; unset {', '.join(differing)} to silence this",
+                    SettingsWarning,
+                    stacklevel=2,
+                )
+        return settings
 
     @property
     def fallback_dataset(self) -> DatasetName | None:
@@ -142,261 +262,101 @@ class Settings:
         return any(fnmatch.fnmatchcase(ticker, pattern) for pattern in self.ticker_filter)
 
 
-def _raw(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return None
-    return value.strip()
+def _value(name: str, variable: str, env: Mapping[str, str]) -> object:
+    """Settings field ``name`` as ``variable`` alone makes it."""
+    return getattr(_validated(Settings, {variable: env[variable]}), name)
 
 
-def _fail(name: str, value: str, expected: str) -> SettingsError:
-    return SettingsError(f"{name}={value!r} is invalid: expected {expected}")
+class _Server(BaseModel):
+    """run.py's ClickHouse server settings: CLICKHOUSE_URL is made of them when it is unset."""
 
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True, defer_build=True)
 
-def _url(env: Mapping[str, str], name: str, default: str) -> str:
-    value = _raw(env, name)
-    if value is None:
-        return default
-    parsed = urlparse(value)
-    if parsed.scheme in ("http", "https") and parsed.netloc:
-        return value.rstrip("/")
-    if parsed.scheme == "file" and parsed.netloc in ("", "localhost") and parsed.path.startswith("/"):
-        return value.rstrip("/")
-    raise _fail(name, value, "an http(s):// URL or a file:///absolute/path mirror")
-
-
-def _aliased(
-    env: Mapping[str, str],
-    name: str,
-    alias: str,
-    default: T,
-    parse: Callable[[Mapping[str, str], str], T | None],
-    parse_alias: Callable[[Mapping[str, str], str], T | None] | None = None,
-) -> T:
-    """``name``'s value, else its run.py ``alias``'s (read by ``parse`` too unless ``parse_alias``), else
-    ``default``. Both set, to different values: ``name`` wins, with a SettingsWarning naming both."""
-    value = parse(env, name)
-    seed_value = (parse_alias or parse)(env, alias)
-    if value is not None and seed_value is not None and value != seed_value:
-        _warn_conflict(name, [alias])
-    if value is not None:
-        return value
-    return default if seed_value is None else seed_value
-
-
-def _warn_conflict(name: str, aliases: Sequence[str]) -> None:
-    names = ", ".join(aliases)
-    warnings.warn(
-        f"{name} and its run.py name{'s' if len(aliases) > 1 else ''} {names} are set to different values: "
-        f"using {name}; unset {names} to silence this",
-        SettingsWarning,
-        stacklevel=4,
+    host: Annotated[str, AfterValidator(str.lower)] | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$",
+        description="a host name such as clickhouse.example.com (no scheme or port)",
+        validation_alias="CLICKHOUSE_HOST",
     )
+    port: int | None = Field(None, ge=1, le=65535, validation_alias="CLICKHOUSE_PORT")
+    user: str | None = Field(None, validation_alias="CLICKHOUSE_USER")
+    password: str | None = Field(None, repr=False, validation_alias="CLICKHOUSE_PASSWORD")
+    secure: bool | None = Field(None, description="true or false", validation_alias="CLICKHOUSE_SECURE")
+
+    def given(self) -> list[str]:
+        """The variables that are set, in the order of the fields."""
+        return [
+            _names(f)[0] for name, f in type(self).model_fields.items() if getattr(self, name) is not None
+        ]
+
+    def url(self) -> str:
+        """http(s)://user:password@host:port, user and password URL-encoded; port 8123, or 8443 if secure."""
+        if self.host is None:
+            raise SettingsError(
+                f"{', '.join(self.given())} set but CLICKHOUSE_HOST is not: "
+                "set CLICKHOUSE_HOST (the server) or CLICKHOUSE_URL"
+            )
+        port = self.port or (8443 if self.secure else 8123)
+        auth = quote(self.user or "default", safe="") if self.user or self.password else ""
+        if self.password:
+            auth += f":{quote(self.password, safe='')}"
+        return f"{'https' if self.secure else 'http'}://{auth}{'@' if auth else ''}{self.host}:{port}"
+
+    def differing(self, url: str) -> list[str]:
+        """The variables that are set to other values than ``url`` has."""
+        parsed = urlparse(url)
+        secure = parsed.scheme == "https"
+        in_url = {
+            "host": parsed.hostname,
+            "port": parsed.port or (8443 if secure else 8123),
+            "user": unquote(parsed.username or "default"),
+            "password": unquote(parsed.password or ""),
+            "secure": secure,
+        }
+        fields = type(self).model_fields
+        return [
+            _names(fields[name])[0]
+            for name, value in in_url.items()
+            if getattr(self, name) not in (None, value)
+        ]
 
 
-def _markets(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
-    value = _raw(env, name)
-    if value is None:
-        return None
-    markets = tuple(dict.fromkeys(part.strip().lower() for part in value.split(",") if part.strip()))
-    unknown = [m for m in markets if m not in MARKETS]
-    if not markets or unknown:
-        raise _fail(name, value, f"a comma-separated subset of {', '.join(MARKETS)}")
-    return markets
+def _names(field: FieldInfo) -> list[str]:
+    """The variables a field is read from: its own, then run.py's."""
+    alias = field.validation_alias
+    return [str(name) for name in alias.choices] if isinstance(alias, AliasChoices) else [str(alias)]
 
 
-def _source(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
-    """run.py's SOURCE_TO_SYNC: BINANCE-SPOT is the spot market, BINANCE-FUT the USD-M futures (um)."""
-    value = _raw(env, name)
-    if value is None:
-        return None
-    if value.upper() not in SEED_SOURCES:
-        raise _fail(name, value, f"one of {', '.join(SEED_SOURCES)}")
-    return SEED_SOURCES[value.upper()]
+def _set_variables(environ: Mapping[str, str], models: tuple[type[BaseModel], ...]) -> dict[str, str]:
+    """The variables of ``models`` that ``environ`` sets, stripped: a blank one is unset."""
+    names = dict.fromkeys(name for model in models for f in model.model_fields.values() for name in _names(f))
+    return {name: value.strip() for name in names if (value := environ.get(name, "")).strip()}
 
 
-def _table(env: Mapping[str, str], name: str) -> str | None:
-    return _identifier(env, name, None)
-
-
-def _workers(env: Mapping[str, str], name: str) -> int | None:
-    return _number(env, name, None, int, minimum=1, maximum=64)
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool | None:
-    return _bool(env, name, None)
-
-
-def _list(
-    env: Mapping[str, str], name: str, default: tuple[str, ...], item: Callable[[str, str, str], str]
-) -> tuple[str, ...]:
-    value = _raw(env, name)
-    if value is None:
-        return default
-    return tuple(item(name, value, part.strip()) for part in value.split(",") if part.strip())
-
-
-def _glob(name: str, value: str, part: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_*?\[\]!-]+", part):
-        raise _fail(name, value, "comma-separated ticker globs such as *USDT,BTC*")
-    return part.upper()
-
-
-def _ticker(name: str, value: str, part: str) -> str:
-    ticker = part.upper()
-    if not TICKER_PATTERN.fullmatch(ticker):
-        raise _fail(name, value, "comma-separated tickers such as BTCUSDT,ETHUSDT")
-    return ticker
-
-
-def _identifier(env: Mapping[str, str], name: str, default: D) -> str | D:
-    value = _raw(env, name)
-    if value is None:
-        return default
-    if not _IDENTIFIER.fullmatch(value):
-        raise _fail(name, value, "a ClickHouse identifier (letters, digits, underscore; not a digit first)")
-    return value
-
-
-def _clickhouse_url(env: Mapping[str, str], dagster_home: Path) -> str:
-    """CLICKHOUSE_URL, else a server URL from run.py's CLICKHOUSE_HOST..., else the embedded store."""
-    url, server = _given_url(env), _seed_server(env)
-    if url is not None:
-        differing = [name for name, value in server.items() if _url_server(url)[name] != value]
-        if differing:
-            _warn_conflict("CLICKHOUSE_URL", differing)
-        return url
-    if server:
-        return _server_url(server)
-    return f"chdb://{(dagster_home / 'clickhouse').resolve()}"
-
-
-def _given_url(env: Mapping[str, str]) -> str | None:
-    value = _raw(env, "CLICKHOUSE_URL")
-    if value is None:
-        return None
-    parsed = urlparse(value)
-    if parsed.scheme == "chdb" and parsed.path.startswith("/") and not parsed.netloc:
-        return value
-    if parsed.scheme in ("http", "https") and parsed.hostname:
-        try:
-            parsed.port  # noqa: B018 - raises on a non-numeric port
-        except ValueError:
-            raise _fail("CLICKHOUSE_URL", value, "a numeric port") from None
-        return value
-    raise _fail("CLICKHOUSE_URL", value, "chdb:///absolute/path or http(s)://user:password@host:port")
-
-
-def _seed_server(env: Mapping[str, str]) -> dict[str, object]:
-    """run.py's server settings that are set, parsed, by variable name."""
-    host = _raw(env, "CLICKHOUSE_HOST")
-    if host is not None and not _HOST.fullmatch(host):
-        raise _fail("CLICKHOUSE_HOST", host, "a host name such as clickhouse.example.com (no scheme or port)")
-    values = {
-        "CLICKHOUSE_HOST": host.lower() if host else None,
-        "CLICKHOUSE_PORT": _number(env, "CLICKHOUSE_PORT", None, int, minimum=1, maximum=65535),
-        "CLICKHOUSE_USER": _raw(env, "CLICKHOUSE_USER"),
-        "CLICKHOUSE_PASSWORD": _raw(env, "CLICKHOUSE_PASSWORD"),
-        "CLICKHOUSE_SECURE": _bool(env, "CLICKHOUSE_SECURE", None),
-    }
-    return {name: value for name, value in values.items() if value is not None}
-
-
-def _server_url(server: Mapping[str, object]) -> str:
-    """http(s)://user:password@host:port, user and password URL-encoded; port 8123, or 8443 if secure."""
-    if "CLICKHOUSE_HOST" not in server:
-        given = ", ".join(server)
-        raise SettingsError(
-            f"{given} set but CLICKHOUSE_HOST is not: set CLICKHOUSE_HOST (the server) or CLICKHOUSE_URL"
-        )
-    secure = bool(server.get("CLICKHOUSE_SECURE", False))
-    port = server.get("CLICKHOUSE_PORT", 8443 if secure else 8123)
-    user, password = server.get("CLICKHOUSE_USER"), server.get("CLICKHOUSE_PASSWORD")
-    auth = quote(str(user or "default"), safe="") if user or password else ""
-    if password:
-        auth += f":{quote(str(password), safe='')}"
-    return f"{'https' if secure else 'http'}://{auth}{'@' if auth else ''}{server['CLICKHOUSE_HOST']}:{port}"
-
-
-def _url_server(url: str) -> dict[str, object]:
-    """CLICKHOUSE_URL's parts under run.py's names, to compare with those that are set."""
-    parsed = urlparse(url)
-    secure = parsed.scheme == "https"
-    return {
-        "CLICKHOUSE_HOST": parsed.hostname,
-        "CLICKHOUSE_PORT": parsed.port or (8443 if secure else 8123),
-        "CLICKHOUSE_USER": unquote(parsed.username or "default"),
-        "CLICKHOUSE_PASSWORD": unquote(parsed.password or ""),
-        "CLICKHOUSE_SECURE": secure,
-    }
-
-
-def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
-    value = _raw(env, name)
-    if value is None:
-        return default
-    return Path(value).expanduser()
-
-
-def _number(
-    env: Mapping[str, str],
-    name: str,
-    default: D,
-    kind: Callable[[str], T],
-    minimum: float | None = None,
-    maximum: float | None = None,
-) -> T | D:
-    value = _raw(env, name)
-    if value is None:
-        return default
-    bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-    expected = f"{'an integer' if kind is int else 'a number'} {bounds}"
+def _validated(model: type[Model], env: Mapping[str, str]) -> Model:
+    """``model`` from the variables in ``env``; the first invalid one is a one-line SettingsError."""
+    fields = {name: field for field in model.model_fields.values() for name in _names(field)}
     try:
-        number = kind(value)
-    except ValueError:
-        raise _fail(name, value, expected) from None
-    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-        raise _fail(name, value, expected)
-    return number
+        return model(**{name: value for name, value in env.items() if name in fields})
+    except ValidationError as error:
+        detail = error.errors()[0]
+        name = str(detail["loc"][0])
+        raise _invalid(name, env[name], _expected(detail, fields[name])) from None
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _raw(env, name)
-    if value is None:
-        return default
-    if value.upper() not in choices:
-        raise _fail(name, value, f"one of {', '.join(choices)}")
-    return value.upper()
+def _expected(detail: ErrorDetails, field: FieldInfo) -> str:
+    if detail["type"] == "value_error":
+        return str(detail.get("ctx", {})["error"])
+    if field.description:
+        return field.description
+    kind = "an integer" if int in (field.annotation, *get_args(field.annotation)) else "a number"
+    low = next(m.ge for m in field.metadata if hasattr(m, "ge"))
+    high = next((m.le for m in field.metadata if hasattr(m, "le")), None)
+    return f"{kind} between {low} and {high}" if high is not None else f"{kind} >= {low}"
 
 
-def _dataset(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> DatasetName | None:
-    """One of ``choices``, any case; "none" is None."""
-    value = _raw(env, name) or default
-    chosen = next((choice for choice in choices if choice.lower() == value.lower()), None)
-    if chosen is None:
-        raise _fail(name, value, f"one of {', '.join(choices)}")
-    return None if chosen == "none" else cast(DatasetName, chosen)
-
-
-def _bool(env: Mapping[str, str], name: str, default: D) -> bool | D:
-    value = _raw(env, name)
-    if value is None:
-        return default
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise _fail(name, value, "true or false")
-
-
-def _hh_mm(env: Mapping[str, str], name: str, default: str) -> str:
-    value = _raw(env, name)
-    if value is None:
-        return default
-    if not _HH_MM.fullmatch(value):
-        raise _fail(name, value, "a UTC time HH:MM such as 09:00")
-    return value
+def _invalid(name: str, value: str, expected: str) -> SettingsError:
+    return SettingsError(f"{name}={value!r} is invalid: expected {expected}")
 
 
 def load_settings() -> Settings:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -93,7 +92,7 @@ def test_daily_sensor_requests_missing_ticker_days_and_waits_before_retrying(
 ) -> None:
     bare_instance.add_dynamic_partitions(UM.tickers_partition_name, ["BTCUSDT", "ETHUSDT"])
     clickhouse = ClickHouseResource(url=f"chdb://{tmp_path / 'clickhouse'}")
-    settings = dataclasses.replace(Settings(), daily_run_time="00:00")
+    settings = Settings(daily_run_time="00:00")
     window = due_days(dt.datetime.now(dt.UTC), dt.time(0), 3, UM.first_day)
     loaded = [{"ticker": "BTCUSDT", "day": day, "source": "daily"} for day in window[:-1]]
     loaded.append({"ticker": "ETHUSDT", "day": window[0], "source": "none"})

@@ -211,3 +211,14 @@ def test_clickhouse_url_wins_over_server_settings_naming_those_that_differ() -> 
         "CLICKHOUSE_URL and its run.py names CLICKHOUSE_PASSWORD, CLICKHOUSE_SECURE are set to different"
     )
     assert "secret" not in message and "CLICKHOUSE_HOST" not in message
+
+
+def test_num_processes_stands_for_each_of_its_settings_that_is_unset() -> None:
+    """run.py's NUM_PROCESSES is the second choice of two settings: one of them set takes nothing from the
+    other."""
+    with pytest.warns(SettingsWarning, match="^DOWNLOAD_CONCURRENCY and its run.py name NUM_PROCESSES"):
+        settings = Settings.from_env({"DOWNLOAD_CONCURRENCY": "8", "NUM_PROCESSES": "3"})
+    assert (settings.download_concurrency, settings.parallel_tickers) == (8, 3)
+    with pytest.warns(SettingsWarning, match="^BINANCE_PARALLEL_TICKERS and its run.py name NUM_PROCESSES"):
+        settings = Settings.from_env({"BINANCE_PARALLEL_TICKERS": "2", "NUM_PROCESSES": "3"})
+    assert (settings.download_concurrency, settings.parallel_tickers) == (3, 2)
