@@ -199,7 +199,7 @@ class Settings(BaseModel):
     log_level: Annotated[str, _one_of(*LOG_LEVELS)] = Field("INFO", validation_alias="LOG_LEVEL")
     auto_backfill: Flag = Field(False, validation_alias="BINANCE_AUTO_BACKFILL")
     daily_run_time: Clock = Field("09:00", validation_alias="BINANCE_DAILY_RUN_TIME")
-    max_days_per_run: int = Field(31, ge=1, le=366, validation_alias="BINANCE_MAX_DAYS_PER_RUN")
+    max_days_per_run: int = Field(1096, ge=1, le=3660, validation_alias="BINANCE_MAX_DAYS_PER_RUN")
     publish_grace_days: int = Field(7, ge=1, le=90, validation_alias="BINANCE_PUBLISH_GRACE_DAYS")
     kline_check: Flag = Field(True, validation_alias="BINANCE_KLINE_CHECK")
     freshness_deadline: Clock = Field("12:00", validation_alias="BINANCE_FRESHNESS_DEADLINE")

@@ -76,7 +76,7 @@ def test_ticker_filter_and_explicit_tickers() -> None:
         ("LOG_LEVEL", "LOUD"),
         ("BINANCE_AUTO_BACKFILL", "maybe"),
         ("BINANCE_DAILY_RUN_TIME", "9am"),
-        ("BINANCE_MAX_DAYS_PER_RUN", "1000"),
+        ("BINANCE_MAX_DAYS_PER_RUN", "5000"),
         ("BINANCE_PUBLISH_GRACE_DAYS", "0"),
         ("BINANCE_PARALLEL_TICKERS", "0"),
         ("BINANCE_DRY_RUN", "sometimes"),
