@@ -46,7 +46,8 @@ from binance_assets.checks import (
     sane_trades,
     trade_ids_continuous,
 )
-from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA
+from binance_assets.clickhouse.resource import ClickHouseResource
+from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.failures import permanent_failure
 from binance_assets.fallback import Fallback
 from binance_assets.klines_check import day_counts, kline_sources, load_klines, matches_binance_klines
@@ -55,12 +56,11 @@ from binance_assets.markets import DatasetName, Market
 from binance_assets.partition_range import asset_run_days
 from binance_assets.pipeline import LoadStats, load_days
 from binance_assets.plan import ArchiveLister, TickerPlan, plan_tickers
-from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets.resources import VisionResource
 from binance_assets.vision.listing import ArchiveInfo
 
 BARS = "hl5s_bars"
 LIQUIDITY = "daily_liquidity"
-PARTITION_EXPR = {"partition_expr": {"date": "day", "ticker": "ticker"}}
 WELL_FORMED = "bars_well_formed"
 MATCHES_BARS = "liquidity_matches_bars"
 IDS_CONTINUOUS = "trade_ids_continuous"
@@ -153,13 +153,11 @@ def build_market_assets(
             BARS: AssetOut(
                 key=asset_key(market, BARS),
                 io_manager_key="clickhouse_io_manager",
-                metadata=PARTITION_EXPR,
                 description=f"{market.key}: 5-second bars, right-labelled (trades in [ts-5s, ts))",
             ),
             LIQUIDITY: AssetOut(
                 key=asset_key(market, LIQUIDITY),
                 io_manager_key="clickhouse_io_manager",
-                metadata=PARTITION_EXPR,
                 description=f"{market.key}: one row per ticker-day: trades, volumes, ids, source archive",
                 freshness_policy=liquidity_freshness(freshness_deadline),
             ),
@@ -206,7 +204,7 @@ def build_market_assets(
 
         started = time.monotonic()
         yield Output(bars_per_day(), output_name=BARS)
-        liquidity = pa.Table.from_pylist(liquidity_rows, schema=LIQUIDITY_SCHEMA)
+        liquidity = pa.Table.from_pylist(liquidity_rows, schema=LIQUIDITY_TABLE.schema)
         keys = {archive["sha256"]: archive["key"] for archive in stats.archives}
         for row in liquidity_rows:  # each partition's own figures, so the UI plots liquidity per day
             partition = MultiPartitionKey({"date": row["day"].isoformat(), "ticker": row["ticker"]})
@@ -220,10 +218,8 @@ def build_market_assets(
         yield from _checks(market, clickhouse, run, stats)
         yield _fallback_check(liquidity_key, stats)
         if kline_check and klines is not None:
-            with clickhouse.get_client() as client:
-                outcome = matches_binance_klines(
-                    client, clickhouse.database, clickhouse.bars_table, market.key, klines
-                )
+            with clickhouse.open() as store:
+                outcome = matches_binance_klines(store, market.key, klines)
             yield _check_result(bars_key, MATCHES_KLINES, outcome)
 
     return trades_to_bars
@@ -329,17 +325,16 @@ def _checks(
     market: Market, clickhouse: ClickHouseResource, run: RunSlice, stats: LoadStats
 ) -> Iterator[AssetCheckResult]:
     """Record the run's archives in the ledger (its bars and liquidity are in), then check the rows."""
-    db, bars, liquidity = clickhouse.database, clickhouse.bars_table, clickhouse.liquidity_table
-    with clickhouse.get_client() as client:
-        write_ledger(client, db, clickhouse.archives_table, stats.archives)
+    with clickhouse.open() as store:
+        write_ledger(store, stats.archives)
         errors = {
-            (BARS, WELL_FORMED): bars_well_formed(client, db, bars, run),
-            (LIQUIDITY, MATCHES_BARS): liquidity_matches_bars(client, db, bars, liquidity, run),
+            (BARS, WELL_FORMED): bars_well_formed(store, run),
+            (LIQUIDITY, MATCHES_BARS): liquidity_matches_bars(store, run),
         }
         warnings = {
-            (LIQUIDITY, IDS_CONTINUOUS): trade_ids_continuous(client, db, liquidity, run),
-            (BARS, DAY_COVERAGE): day_coverage(client, db, bars, liquidity, run),
-            (LIQUIDITY, SANE_TRADES): sane_trades(client, db, liquidity, run),
+            (LIQUIDITY, IDS_CONTINUOUS): trade_ids_continuous(store, run),
+            (BARS, DAY_COVERAGE): day_coverage(store, run),
+            (LIQUIDITY, SANE_TRADES): sane_trades(store, run),
         }
     for severity, outcomes in ((AssetCheckSeverity.ERROR, errors), (AssetCheckSeverity.WARN, warnings)):
         for (asset, name), outcome in outcomes.items():

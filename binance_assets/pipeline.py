@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from binance_assets.bars import BARS_SCHEMA, DayResult, aggregate_trades
+from binance_assets.bars import DAY_BARS_SCHEMA, DayResult, aggregate_trades
 from binance_assets.fallback import Fallback, accepts, suspect_reason
 from binance_assets.ledger import ledger_row
 from binance_assets.markets import Market
@@ -31,7 +31,7 @@ from binance_assets.vision.zip_member import ArchiveFormatError
 _READERS = {"trades": TRADES, "aggTrades": AGG_TRADES}
 """The reader of each dataset (markets.DATASETS)."""
 
-_EMPTY_BARS = BARS_SCHEMA.empty_table()
+_EMPTY_BARS = DAY_BARS_SCHEMA.empty_table()
 
 
 @dataclass(frozen=True)
