@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pyarrow as pa
@@ -91,12 +91,10 @@ def environment_store() -> Store:
     return Store.from_settings(settings)
 
 
-@contextmanager
-def open_reader(store: Store, lock_timeout: float) -> Iterator[OpenStore]:
+def open_reader(store: Store, lock_timeout: float) -> AbstractContextManager[OpenStore]:
     """The store open for reading (no table created), an embedded store's lock held (waiting up to
     lock_timeout) until closed."""
-    with store.open(lock_timeout=lock_timeout, create_tables=False) as opened:
-        yield opened
+    return store.open(lock_timeout=lock_timeout, create_tables=False)
 
 
 def loaded_tickers(store: OpenStore, market: str) -> list[str]:

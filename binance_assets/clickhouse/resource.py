@@ -7,8 +7,7 @@ again from their values when it runs, and only then is the URL checked.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, field_validator
@@ -67,8 +66,6 @@ class ClickHouseResource(ConfigurableResource):
         """The Store of these fields (the same names)."""
         return Store(**self.model_dump())
 
-    @contextmanager
-    def open(self) -> Iterator[OpenStore]:
+    def open(self) -> AbstractContextManager[OpenStore]:
         """The store with its tables in place; for chdb:// its lock is held until the block ends."""
-        with self.store.open() as store:
-            yield store
+        return self.store.open()

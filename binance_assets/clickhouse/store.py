@@ -125,7 +125,7 @@ class Store:
         for table, name in self.tables:
             if table is spec:
                 return name
-        raise ValueError(f"no table of the store has the spec {spec}")
+        raise ValueError(f"no table of the store has this spec (ordered by {spec.order_by})")
 
     def qualified(self, spec: TableSpec) -> str:
         """`database`.`table`, quoted, for SQL."""
