@@ -22,15 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from clickhouse_connect.driver.client import Client
 
-from binance_assets.clickhouse.client import open_client
-from binance_assets.clickhouse.io_manager import ArrowTypeHandler, Target, clear_slice, insert_rows
-from binance_assets.clickhouse.tables import BARS, BARS_SCHEMA, INSERT_SETTINGS, Slice, ensure_tables
+from binance_assets.clickhouse.io_manager import ArrowTypeHandler, Target
+from binance_assets.clickhouse.store import INSERT_SETTINGS, OpenStore, Store
+from binance_assets.clickhouse.tables import BARS_TABLE, Slice
 
 BARS_PER_DAY = 17_280
 FIRST_DAY = dt.date(2023, 1, 1)
-Write = Callable[[Client, pa.Table], object]
+Write = Callable[[OpenStore, pa.Table], object]
 Result = tuple[str, int, list[float]]  # label, rows, seconds of each run
 
 
@@ -47,25 +46,23 @@ def synthetic_bars(days: int, first: dt.date = FIRST_DAY) -> pa.Table:
         "ticker": pa.array(["BTCUSDT"] * n, pa.string()),
         "day": pa.array(epoch_day).cast(pa.date32()),
         "ts": pa.array(ts, pa.timestamp("s", tz="UTC")),
-        **{name: pa.array(price) for name in BARS_SCHEMA.names[4:11]},
+        **{name: pa.array(price) for name in BARS_TABLE.schema.names[4:11]},
         "trade_count": pa.array(np.full(n, 42, dtype=np.uint32)),
     }
-    return pa.Table.from_pydict(columns, schema=BARS_SCHEMA)
+    return pa.Table.from_pydict(columns, schema=BARS_TABLE.schema)
 
 
-def target_for(rows: pa.Table) -> Target:
-    days = frozenset(rows["day"].unique().to_pylist())
-    return Target("binance", "hl5s", BARS, "spot", (Slice("spot", "BTCUSDT", days),))
+def slice_of(rows: pa.Table) -> Slice:
+    return Slice("spot", "BTCUSDT", frozenset(rows["day"].unique().to_pylist()))
 
 
 @contextmanager
-def fresh_store() -> Iterator[Client]:
+def fresh_store() -> Iterator[OpenStore]:
     with (
         tempfile.TemporaryDirectory(prefix="clickhouse-bench-") as tmp,
-        open_client(f"chdb://{Path(tmp) / 'store'}") as client,
+        Store(f"chdb://{Path(tmp) / 'store'}").open() as store,
     ):
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-        yield client
+        yield store
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -74,18 +71,19 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def handler_write(client: Client, rows: pa.Table) -> None:
-    ArrowTypeHandler().handle_output(lambda: nullcontext(client), target_for(rows), rows)
+def handler_write(store: OpenStore, rows: pa.Table) -> None:
+    target = Target(store.store, BARS_TABLE, "spot", (slice_of(rows),))
+    ArrowTypeHandler().handle_output(lambda: nullcontext(store), target, rows)
 
 
 def bare_insert(settings: dict[str, int]) -> Write:
-    return lambda client, rows: client.insert_arrow("binance.hl5s", rows, settings=settings)
+    return lambda store, rows: store.client.insert_arrow("binance.hl5s", rows, settings=settings)
 
 
 def write_once(rows: pa.Table, write: Write) -> float:
-    with fresh_store() as client:
-        seconds = timed(lambda: write(client, rows))
-        assert client.command("SELECT count() FROM binance.hl5s") == rows.num_rows
+    with fresh_store() as store:
+        seconds = timed(lambda: write(store, rows))
+        assert store.client.command("SELECT count() FROM binance.hl5s") == rows.num_rows
     return seconds
 
 
@@ -93,13 +91,15 @@ def bulk(label: str, rows: pa.Table, write: Write, repeat: int) -> Result:
     return label, rows.num_rows, [write_once(rows, write) for _ in range(repeat)]
 
 
-def replace_day(client: Client, day: dt.date, skip_empty: bool) -> float:
+def replace_day(store: OpenStore, day: dt.date, skip_empty: bool) -> float:
     rows = synthetic_bars(1, day)
-    target = target_for(rows)
 
     def replace() -> None:
-        clear_slice(client, target, target.slices[0], skip_empty=skip_empty)
-        insert_rows(client, target, rows)
+        if skip_empty:
+            store.clear(BARS_TABLE, slice_of(rows))
+        else:
+            store.delete(BARS_TABLE, slice_of(rows))
+        store.insert(BARS_TABLE, rows)
 
     return timed(replace)
 
@@ -108,13 +108,13 @@ def replace_days(repeat: int) -> list[Result]:
     """Seconds to replace one day of a month: a day already there, or a day never written. A DELETE
     waits for merges running on the parts it marks (up to ~1 s here), hence the spread."""
     results = []
-    with fresh_store() as client:
-        insert_rows(client, target_for(synthetic_bars(31)), synthetic_bars(31))
+    with fresh_store() as store:
+        store.insert(BARS_TABLE, synthetic_bars(31))
         for state, first in (("existing", FIRST_DAY), ("new", FIRST_DAY + dt.timedelta(days=31))):
             for skip_empty, how in ((True, "count, DELETE if rows"), (False, "always DELETE")):
                 offset = 0 if skip_empty else repeat  # a new day is new once
                 days = [first + dt.timedelta(days=offset + i) for i in range(repeat)]
-                seconds = [replace_day(client, day, skip_empty) for day in days]
+                seconds = [replace_day(store, day, skip_empty) for day in days]
                 results.append((f"replace 1 {state} day ({how})", BARS_PER_DAY, seconds))
     return results
 

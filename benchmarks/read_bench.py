@@ -20,31 +20,27 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-from clickhouse_bench import BARS_PER_DAY, FIRST_DAY, synthetic_bars, target_for
+from clickhouse_bench import BARS_PER_DAY, FIRST_DAY, synthetic_bars
 
 from binance_assets import read_bars
-from binance_assets.clickhouse.client import open_client
-from binance_assets.clickhouse.io_manager import insert_rows
-from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA, ensure_tables
+from binance_assets.clickhouse.store import Store
+from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE
 
 
 def fill(url: str, days: int) -> int:
     """The year's bars through the IO manager's insert path, merged, and one daily_liquidity row (the
     ticker is loaded); the bars' count."""
     rows = synthetic_bars(days)
-    liquidity = {name: [0] for name in LIQUIDITY_SCHEMA.names}
+    liquidity = {name: [0] for name in LIQUIDITY_TABLE.schema.names}
     liquidity.update(
         market=["spot"], ticker=["BTCUSDT"], day=[FIRST_DAY], source=["daily"], archive_sha256=[""]
     )
-    with open_client(url) as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-        insert_rows(client, target_for(rows), rows)
-        client.insert_arrow(
-            "binance.daily_liquidity", pa.Table.from_pydict(liquidity, schema=LIQUIDITY_SCHEMA)
-        )
+    with Store(url).open() as store:
+        store.insert(BARS_TABLE, rows)
+        store.insert(LIQUIDITY_TABLE, pa.Table.from_pydict(liquidity, schema=LIQUIDITY_TABLE.schema))
         # settle the parts, as in a store that has been running: otherwise the export processes below would
         # run the merges of the fresh insert (about 3 GB of memory)
-        client.command("OPTIMIZE TABLE binance.hl5s FINAL")
+        store.client.command("OPTIMIZE TABLE binance.hl5s FINAL")
     return rows.num_rows
 
 

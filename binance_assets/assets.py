@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
-from clickhouse_connect.driver.client import Client
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -48,6 +47,8 @@ from binance_assets.checks import (
     sane_trades,
     trade_ids_continuous,
 )
+from binance_assets.clickhouse.resource import ClickHouseResource
+from binance_assets.clickhouse.store import OpenStore
 from binance_assets.failures import permanent_failure
 from binance_assets.fallback import Fallback
 from binance_assets.klines_check import day_counts, kline_sources, load_klines, matches_binance_klines
@@ -56,13 +57,12 @@ from binance_assets.markets import DatasetName, Market
 from binance_assets.partition_range import asset_run_days
 from binance_assets.pipeline import RunLoad
 from binance_assets.plan import ArchiveLister, TickerPlan, plan_tickers
-from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets.resources import VisionResource
 from binance_assets.run_metadata import check_metadata, day_metadata, fallback_days, run_metadata
 from binance_assets.vision.listing import ArchiveInfo
 
 BARS = "hl5s_bars"
 LIQUIDITY = "daily_liquidity"
-PARTITION_EXPR = {"partition_expr": {"date": "day", "ticker": "ticker"}}
 WELL_FORMED = "bars_well_formed"
 MATCHES_BARS = "liquidity_matches_bars"
 IDS_CONTINUOUS = "trade_ids_continuous"
@@ -155,13 +155,11 @@ def build_market_assets(
             BARS: AssetOut(
                 key=asset_key(market, BARS),
                 io_manager_key="clickhouse_io_manager",
-                metadata=PARTITION_EXPR,
                 description=f"{market.key}: 5-second bars, right-labelled (trades in [ts-5s, ts))",
             ),
             LIQUIDITY: AssetOut(
                 key=asset_key(market, LIQUIDITY),
                 io_manager_key="clickhouse_io_manager",
-                metadata=PARTITION_EXPR,
                 description=f"{market.key}: one row per ticker-day: trades, volumes, ids, source archive",
                 freshness_policy=liquidity_freshness(freshness_deadline),
             ),
@@ -211,17 +209,14 @@ def build_market_assets(
         run = RunSlice(
             market.key, tuple(days_by_ticker), tuple(sorted({d for v in days_by_ticker.values() for d in v}))
         )
-        with clickhouse.get_client() as client:
-            write_ledger(client, clickhouse.database, clickhouse.archives_table, load.ledger_rows)
-            results = _checks(market, clickhouse, client, run)
+        with clickhouse.open() as store:
+            write_ledger(store, load.ledger_rows)
+            results = _checks(market, store, run)
+            if kline_check and klines is not None:
+                outcome = matches_binance_klines(store, market.key, klines)
+                results.append(_check_result(bars_key, MATCHES_KLINES, outcome))
         yield from results
         yield _fallback_check(liquidity_key, load)
-        if kline_check and klines is not None:
-            with clickhouse.get_client() as client:
-                outcome = matches_binance_klines(
-                    client, clickhouse.database, clickhouse.bars_table, market.key, klines
-                )
-            yield _check_result(bars_key, MATCHES_KLINES, outcome)
 
     return trades_to_bars
 
@@ -283,19 +278,16 @@ def _fallback_check(key: AssetKey, load: RunLoad) -> AssetCheckResult:
     return _check_result(key, FROM_FALLBACK, outcome, AssetCheckSeverity.WARN)
 
 
-def _checks(
-    market: Market, clickhouse: ClickHouseResource, client: Client, run: RunSlice
-) -> list[AssetCheckResult]:
+def _checks(market: Market, store: OpenStore, run: RunSlice) -> list[AssetCheckResult]:
     """The checks of the run's stored rows: ours (ERROR), the archives' (WARN)."""
-    db, bars, liquidity = clickhouse.database, clickhouse.bars_table, clickhouse.liquidity_table
     errors = {
-        (BARS, WELL_FORMED): bars_well_formed(client, db, bars, run),
-        (LIQUIDITY, MATCHES_BARS): liquidity_matches_bars(client, db, bars, liquidity, run),
+        (BARS, WELL_FORMED): bars_well_formed(store, run),
+        (LIQUIDITY, MATCHES_BARS): liquidity_matches_bars(store, run),
     }
     warnings = {
-        (LIQUIDITY, IDS_CONTINUOUS): trade_ids_continuous(client, db, liquidity, run),
-        (BARS, DAY_COVERAGE): day_coverage(client, db, bars, liquidity, run),
-        (LIQUIDITY, SANE_TRADES): sane_trades(client, db, liquidity, run),
+        (LIQUIDITY, IDS_CONTINUOUS): trade_ids_continuous(store, run),
+        (BARS, DAY_COVERAGE): day_coverage(store, run),
+        (LIQUIDITY, SANE_TRADES): sane_trades(store, run),
     }
     return [
         _check_result(asset_key(market, asset), name, outcome, severity)

@@ -31,7 +31,7 @@ _COMPACT_ROWS = 1 << 20
 _MAX_ID_SPAN = 1 << 34
 """A trade id span beyond this (a 2 GiB seen-id bitmap) is not a real archive."""
 
-BARS_SCHEMA = pa.schema(
+DAY_BARS_SCHEMA = pa.schema(
     [
         ("day", pa.date32()),
         ("ts", pa.timestamp("s", tz="UTC")),
@@ -45,6 +45,7 @@ BARS_SCHEMA = pa.schema(
         ("trade_count", pa.uint32()),
     ]
 )
+"""One ticker-day's bars as aggregated: the hl5s columns without market and ticker."""
 DAYS_SCHEMA = pa.schema(
     [
         ("day", pa.date32()),
@@ -68,7 +69,7 @@ DAYS_SCHEMA = pa.schema(
 class DayResult:
     day: dt.date
     bars: pa.Table
-    """This day's bars in BARS_SCHEMA, ordered by ts."""
+    """This day's bars in DAY_BARS_SCHEMA, ordered by ts."""
     stats: dict[str, object]
     """This day's row of DAYS_SCHEMA as plain Python values."""
 
@@ -76,7 +77,7 @@ class DayResult:
 @dataclass(frozen=True)
 class Aggregation:
     bars: pa.Table
-    """All bars in BARS_SCHEMA, ordered by ts."""
+    """All bars in DAY_BARS_SCHEMA, ordered by ts."""
     days: pa.Table
     """One row per UTC day that has trades, in DAYS_SCHEMA, ordered by day."""
 
@@ -353,7 +354,7 @@ def _bars_table(bars: dict[str, np.ndarray]) -> pa.Table:
             "taker_buy_volume": bars["taker_buy_volume"].astype(np.float64, copy=False),
             "trade_count": bars["trade_count"].astype(np.uint32),
         },
-        schema=BARS_SCHEMA,
+        schema=DAY_BARS_SCHEMA,
     )
 
 

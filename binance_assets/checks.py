@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clickhouse_connect.driver.client import Client
-
-from binance_assets.clickhouse.tables import qualified
+from binance_assets.clickhouse.store import OpenStore
+from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE
 
 LIMIT = 50
 RELATIVE_TOLERANCE = 1e-9
@@ -67,7 +66,7 @@ _SPAN = (
 )
 
 
-def bars_well_formed(client: Client, database: str, bars_table: str, run: RunSlice) -> CheckOutcome:
+def bars_well_formed(store: OpenStore, run: RunSlice) -> CheckOutcome:
     """Every bar: low <= open, close <= high; ts inside its day (00:00:05 .. next 00:00:00); no ts twice;
     at least one trade."""
     sql = f"""
@@ -76,18 +75,16 @@ def bars_well_formed(client: Client, database: str, bars_table: str, run: RunSli
                countIf(ts <= toDateTime(day, 'UTC') OR ts > toDateTime(day, 'UTC') + 86400) AS ts_outside_day,
                count() - uniqExact(ts) AS duplicate_ts,
                countIf(trade_count = 0) AS empty_bars
-        FROM {qualified(database, bars_table)}
+        FROM {store.qualified(BARS_TABLE)}
         WHERE {_SLICE}
         GROUP BY ticker, day
         HAVING bad_ohlc + ts_outside_day + duplicate_ts + empty_bars > 0
         ORDER BY ticker, day
     """
-    return _outcome(client, sql, run, ("bad_ohlc", "ts_outside_day", "duplicate_ts", "empty_bars"))
+    return _outcome(store, sql, run, ("bad_ohlc", "ts_outside_day", "duplicate_ts", "empty_bars"))
 
 
-def liquidity_matches_bars(
-    client: Client, database: str, bars_table: str, liquidity_table: str, run: RunSlice
-) -> CheckOutcome:
+def liquidity_matches_bars(store: OpenStore, run: RunSlice) -> CheckOutcome:
     """Each ticker-day of the run has one daily_liquidity row whose counts and volumes are its bars' sums."""
     close = f"abs(l.{{0}} - b.{{0}}) <= {RELATIVE_TOLERANCE} * greatest(abs(l.{{0}}), abs(b.{{0}}), 1e-12)"
     volumes = " AND ".join(close.format(c) for c in ("volume", "quote_volume", "taker_buy_volume"))
@@ -102,23 +99,23 @@ def liquidity_matches_bars(
             SELECT ticker, day, count() AS rows, any(trade_count) AS trade_count, any(bar_count) AS bar_count,
                    any(volume) AS volume, any(quote_volume) AS quote_volume,
                    any(taker_buy_volume) AS taker_buy_volume
-            FROM {qualified(database, liquidity_table)} FINAL WHERE {_SLICE} GROUP BY ticker, day
+            FROM {store.qualified(LIQUIDITY_TABLE)} FINAL WHERE {_SLICE} GROUP BY ticker, day
         ) AS l ON l.ticker = p.ticker AND l.day = p.day
         LEFT JOIN (
             SELECT ticker, day, sum(trade_count) AS trade_count, count() AS bar_count, sum(volume) AS volume,
                    sum(quote_volume) AS quote_volume, sum(taker_buy_volume) AS taker_buy_volume
-            FROM {qualified(database, bars_table)} WHERE {_SLICE} GROUP BY ticker, day
+            FROM {store.qualified(BARS_TABLE)} WHERE {_SLICE} GROUP BY ticker, day
         ) AS b ON b.ticker = p.ticker AND b.day = p.day
         WHERE missing_row OR sums_differ
         ORDER BY ticker, day
     """
-    return _outcome(client, sql, run, ("missing_row", "sums_differ"))
+    return _outcome(store, sql, run, ("missing_row", "sums_differ"))
 
 
-def trade_ids_continuous(client: Client, database: str, liquidity_table: str, run: RunSlice) -> CheckOutcome:
+def trade_ids_continuous(store: OpenStore, run: RunSlice) -> CheckOutcome:
     """No trade id missing inside a day, and each day's first id follows the previous day's last id when
     both days are loaded with trades (a gap or an overlap between days is flagged)."""
-    liquidity = qualified(database, liquidity_table)
+    liquidity = store.qualified(LIQUIDITY_TABLE)
     sql = f"""
         SELECT d.ticker AS ticker, d.day AS day, d.missing_trade_ids AS missing_ids,
                toUInt64(if(p.trade_count > 0, greatest(d.first_trade_id - p.last_trade_id - 1, 0), 0))
@@ -141,12 +138,10 @@ def trade_ids_continuous(client: Client, database: str, liquidity_table: str, ru
     """
     previous = sorted({day - dt.timedelta(days=1) for day in run.days})
     counters = ("missing_ids", "ids_missing_after_previous_day", "ids_overlapping_previous_day")
-    return _outcome(client, sql, run, counters, previous_days=previous)
+    return _outcome(store, sql, run, counters, previous_days=previous)
 
 
-def day_coverage(
-    client: Client, database: str, bars_table: str, liquidity_table: str, run: RunSlice
-) -> CheckOutcome:
+def day_coverage(store: OpenStore, run: RunSlice) -> CheckOutcome:
     """A day with no trade for QUIET_FLAG_SECONDS (trades starting late, stopping early, or a hole; a
     loaded day without trades counts as quiet all day) while the ticker's previous loaded days traded
     around the clock (none quiet for AROUND_THE_CLOCK_SECONDS) looks cut short: flagged. Spans are
@@ -166,7 +161,7 @@ def day_coverage(
                        if(b.bars = 0, 86400, b.first_after) AS first_trade_after_seconds,
                        if(b.bars = 0, 86400, b.last_before) AS last_trade_before_end_seconds
                 FROM (
-                    SELECT DISTINCT ticker, day FROM {qualified(database, liquidity_table)} FINAL
+                    SELECT DISTINCT ticker, day FROM {store.qualified(LIQUIDITY_TABLE)} FINAL
                     WHERE {_SPAN}
                 ) AS l
                 LEFT JOIN (
@@ -177,7 +172,7 @@ def day_coverage(
                            ))) - 5 AS longest_quiet,
                            toInt64(min(ts)) - 5 - midnight AS first_after,
                            midnight + 86400 - toInt64(max(ts)) AS last_before
-                    FROM {qualified(database, bars_table)} WHERE {_SPAN}
+                    FROM {store.qualified(BARS_TABLE)} WHERE {_SPAN}
                     GROUP BY ticker, day
                 ) AS b ON b.ticker = l.ticker AND b.day = l.day
             )
@@ -192,27 +187,27 @@ def day_coverage(
         ORDER BY ticker, day
     """
     since = min(run.days) - dt.timedelta(days=REFERENCE_DAYS)
-    return _outcome(client, sql, run, ("flagged_days",), since=since, until=max(run.days))
+    return _outcome(store, sql, run, ("flagged_days",), since=since, until=max(run.days))
 
 
-def sane_trades(client: Client, database: str, liquidity_table: str, run: RunSlice) -> CheckOutcome:
+def sane_trades(store: OpenStore, run: RunSlice) -> CheckOutcome:
     """No trade with a zero or negative price or quantity (such rows are kept in the counts), and no
     trade id repeated in an archive (repeats are dropped, counted once)."""
     sql = f"""
         SELECT ticker, day, nonpositive_rows, duplicate_rows
-        FROM {qualified(database, liquidity_table)} FINAL
+        FROM {store.qualified(LIQUIDITY_TABLE)} FINAL
         WHERE {_SLICE} AND (nonpositive_rows > 0 OR duplicate_rows > 0)
         ORDER BY ticker, day
     """
-    return _outcome(client, sql, run, ("nonpositive_rows", "duplicate_rows"))
+    return _outcome(store, sql, run, ("nonpositive_rows", "duplicate_rows"))
 
 
 def _outcome(
-    client: Client, sql: str, run: RunSlice, counters: Sequence[str], **parameters: Any
+    store: OpenStore, sql: str, run: RunSlice, counters: Sequence[str], **parameters: Any
 ) -> CheckOutcome:
     """The first LIMIT failing rows of ``sql``, and its counters summed over every failing row."""
     bound = {**run.parameters(), **parameters}
-    result = client.query(f"{sql} LIMIT {LIMIT}", parameters=bound)
+    result = store.client.query(f"{sql} LIMIT {LIMIT}", parameters=bound)
     # Days are formatted here, not with toString(day) AS day: ClickHouse substitutes a SELECT alias into
     # WHERE, which would then compare the string with the Date parameters and match nothing.
     failures = [
@@ -225,7 +220,7 @@ def _outcome(
     totals = dict.fromkeys(counters, 0)
     if len(failures) == LIMIT:  # more may follow: sum them all in the store
         sums = ", ".join(f"toInt64(sum({name}))" for name in counters)
-        (row,) = client.query(f"SELECT {sums} FROM ({sql})", parameters=bound).result_rows
+        (row,) = store.client.query(f"SELECT {sums} FROM ({sql})", parameters=bound).result_rows
         totals = {name: int(value) for name, value in zip(counters, row, strict=True)}
     elif failures:
         totals = {name: sum(int(row[name]) for row in failures) for name in counters}

@@ -11,8 +11,9 @@ from dagster import Definitions, EnvVar, definitions, in_process_executor
 from binance_assets.assets import build_market_assets
 from binance_assets.clickhouse.client import without_password
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
+from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.markets import MARKETS
-from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets.resources import VisionResource
 from binance_assets.sensors import build_daily_sensor, build_republished_sensor, build_ticker_sensor
 from binance_assets.settings import Settings, load_settings
 
@@ -34,17 +35,17 @@ def _is_set(name: str) -> bool:
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     """The resources of the code location; the CLI materialises in-process with the same ones."""
-    store = {
+    clickhouse = ClickHouseResource(
         **_clickhouse_connection(settings),
-        "database": settings.clickhouse_database,
-        "bars_table": settings.bars_table,
-        "liquidity_table": settings.liquidity_table,
-        "archives_table": settings.archives_table,
-        "cluster": settings.clickhouse_cluster,
-    }
+        database=settings.clickhouse_database,
+        bars_table=settings.bars_table,
+        liquidity_table=settings.liquidity_table,
+        archives_table=settings.archives_table,
+        cluster=settings.clickhouse_cluster,
+    )
     return {
-        "clickhouse_io_manager": ClickHouseIOManager(**store),
-        "clickhouse": ClickHouseResource(**store),
+        "clickhouse_io_manager": ClickHouseIOManager(clickhouse=clickhouse),
+        "clickhouse": clickhouse,
         "vision": VisionResource(
             vision_url=settings.vision_url,
             listing_url=settings.listing_url,

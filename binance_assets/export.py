@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 from binance_assets import arguments
 from binance_assets.arguments import DAY_SECONDS, ArgumentError
 from binance_assets.clickhouse.reads import BARS_READ_SCHEMA, bars_sql
+from binance_assets.clickhouse.store import Store
 from binance_assets.clickhouse.tables import conform
 from binance_assets.research import DEFAULT_LOCK_TIMEOUT, loaded_tickers, open_reader, require_loaded
-from binance_assets.settings import Settings
 
 _FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.parquet$")
 
@@ -78,7 +78,7 @@ def month_parts(tickers: Sequence[str], first: dt.date, last: dt.date) -> list[P
 
 
 def export_bars(
-    settings: Settings,
+    store: Store,
     market: str,
     tickers: Sequence[str],
     start: dt.date | str,
@@ -97,13 +97,13 @@ def export_bars(
             "interval",
             f"interval {interval!r} cannot be exported: it must divide a day (5s, 1m, 15m, 1h, 1d, ...)",
         )
-    with open_reader(settings, lock_timeout) as client:
+    with open_reader(store, lock_timeout) as opened:
         if tickers:
-            require_loaded(client, settings, market, tickers)
+            require_loaded(opened, market, tickers)
         else:
-            tickers = loaded_tickers(client, settings, market)
+            tickers = loaded_tickers(opened, market)
     label, summary = arguments.interval_label(seconds), ExportSummary()
-    sql = bars_sql(settings.clickhouse_database, settings.bars_table, seconds)
+    sql = bars_sql(store, seconds)
     parts = month_parts(list(dict.fromkeys(tickers)), first, last)
     for done, requested in enumerate(parts, 1):
         directory = requested.directory(out, label, market)
@@ -114,7 +114,7 @@ def export_bars(
             max([requested.last, *(p.last for p in replaced)]),
         )
         params = {"market": market, "ticker": part.ticker, "first": part.first, "last": part.last}
-        rows, size = _write(settings, sql, params, directory, part.name, lock_timeout)
+        rows, size = _write(store, sql, params, directory, part.name, lock_timeout)
         for old in replaced:
             if old.name != part.name:
                 (directory / old.name).unlink()
@@ -138,15 +138,15 @@ def _overlapping(directory: Path, part: Part) -> list[Part]:
 
 
 def _write(
-    settings: Settings, sql: str, params: dict[str, object], directory: Path, name: str, lock_timeout: float
+    store: Store, sql: str, params: dict[str, object], directory: Path, name: str, lock_timeout: float
 ) -> tuple[int, int]:
     """Stream the query into ``directory/name`` (nothing when it has no rows): (rows, bytes)."""
     directory.mkdir(parents=True, exist_ok=True)
     temporary, rows = directory / f".{name}.{os.getpid()}.tmp", 0
     try:
         with (
-            open_reader(settings, lock_timeout) as client,
-            client.query_arrow_stream(sql, parameters=params) as stream,
+            open_reader(store, lock_timeout) as opened,
+            opened.client.query_arrow_stream(sql, parameters=params) as stream,
             pq.ParquetWriter(temporary, BARS_READ_SCHEMA, compression="zstd") as writer,
         ):
             for batch in stream:

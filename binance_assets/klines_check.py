@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from clickhouse_connect.driver.client import Client
 
 from binance_assets.checks import LIMIT, CheckOutcome
-from binance_assets.clickhouse.tables import qualified
+from binance_assets.clickhouse.store import OpenStore, Store
+from binance_assets.clickhouse.tables import BARS_TABLE
 from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
 from binance_assets.vision.download import ArchiveNotFound, VisionDownloader
@@ -120,7 +120,7 @@ def _read(downloader: VisionDownloader, source: KlineSource) -> pa.Table | Excep
     return klines.filter(pc.is_in(minute_day(klines), value_set=wanted))
 
 
-def bars_1m_sql(database: str, bars_table: str) -> str:
+def bars_1m_sql(store: Store) -> str:
     """One ticker's 5 s bars on some days as 1m klines: a bar stamped ts covers [ts-5s, ts), so its
     minute is that of ts - 5 s; open and close are those of the minute's first and last bar."""
     return f"""
@@ -128,18 +128,16 @@ def bars_1m_sql(database: str, bars_table: str) -> str:
                argMin(open, ts) AS open, max(high) AS high, min(low) AS low, argMax(close, ts) AS close,
                sum(volume) AS volume, sum(quote_volume) AS quote_volume, toInt64(sum(trade_count)) AS count,
                sum(taker_buy_volume) AS taker_buy_volume
-        FROM {qualified(database, bars_table)}
+        FROM {store.qualified(BARS_TABLE)}
         WHERE market = {{market:String}} AND ticker = {{ticker:String}} AND day IN {{days:Array(Date)}}
         GROUP BY open_time_us
         ORDER BY open_time_us
     """
 
 
-def read_bars_1m(
-    client: Client, database: str, bars_table: str, market: str, ticker: str, days: Sequence[dt.date]
-) -> pd.DataFrame:
+def read_bars_1m(store: OpenStore, market: str, ticker: str, days: Sequence[dt.date]) -> pd.DataFrame:
     parameters = {"market": market, "ticker": ticker, "days": sorted(days)}
-    return client.query_df(bars_1m_sql(database, bars_table), parameters=parameters)
+    return store.client.query_df(bars_1m_sql(store.store), parameters=parameters)
 
 
 def compare_minutes(ours: pd.DataFrame, klines: pd.DataFrame) -> pd.DataFrame:
@@ -182,9 +180,7 @@ def compare_minutes(ours: pd.DataFrame, klines: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def matches_binance_klines(
-    client: Client, database: str, bars_table: str, market: str, loaded: LoadedKlines
-) -> CheckOutcome:
+def matches_binance_klines(store: OpenStore, market: str, loaded: LoadedKlines) -> CheckOutcome:
     """Compare each ticker's stored bars with its loaded klines; one failure row per day with mismatches."""
     failures: list[dict[str, Any]] = []
     by_day: dict[str, list[str]] = {}
@@ -192,7 +188,7 @@ def matches_binance_klines(
     for ticker in sorted(loaded.klines):
         days = loaded.days[ticker]
         klines = pa.concat_tables(loaded.klines[ticker]).to_pandas()
-        ours = read_bars_1m(client, database, bars_table, market, ticker, days)
+        ours = read_bars_1m(store, market, ticker, days)
         diff = compare_minutes(ours, klines)
         mismatching += len(diff)
         stamps = pd.to_datetime(diff["open_time_us"], unit="us", utc=True)

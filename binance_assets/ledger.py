@@ -4,7 +4,7 @@ Vision since.
 A ledger row records the archive as listed (size, ETag, LastModified) and as read (sha256 verified
 against its .CHECKSUM, rows, trade-id and time range). `daily_liquidity.archive_sha256` links each
 ticker-day to the archive it was read from, so a republished archive maps to exactly the days it fed.
-Pure SQL builders and comparisons over a clickhouse-connect client; no Dagster here.
+SQL builders over a `Store`, reads and writes through an open one, and comparisons; no Dagster here.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from clickhouse_connect.driver.client import Client
 
-from binance_assets.clickhouse.tables import ARCHIVES_SCHEMA, INSERT_SETTINGS, qualified
+from binance_assets.clickhouse.store import OpenStore, Store
+from binance_assets.clickhouse.tables import ARCHIVES_TABLE, LIQUIDITY_TABLE
 from binance_assets.fallback import BUSY_DAY_TRADES
 from binance_assets.markets import DatasetName
 from binance_assets.vision.download import LocalArchive
@@ -64,13 +64,13 @@ def ledger_row(
     }
 
 
-def write_ledger(client: Client, database: str, table: str, rows: Sequence[Mapping[str, Any]]) -> int:
+def write_ledger(store: OpenStore, rows: Sequence[Mapping[str, Any]]) -> int:
     """One INSERT of a run's ledger rows (ReplacingMergeTree by loaded_at: the newest row of a key wins)."""
     if not rows:
         return 0
-    columns = ARCHIVES_SCHEMA.names
-    data = pa.Table.from_pylist([{name: row[name] for name in columns} for row in rows], ARCHIVES_SCHEMA)
-    client.insert_arrow(qualified(database, table), data, settings=dict(INSERT_SETTINGS))
+    schema = ARCHIVES_TABLE.schema
+    data = pa.Table.from_pylist([{name: row[name] for name in schema.names} for row in rows], schema)
+    store.insert(ARCHIVES_TABLE, data)
     return data.num_rows
 
 
@@ -89,7 +89,7 @@ class LedgerEntry:
     dataset: DatasetName = "trades"
 
 
-def ledger_sql(database: str, archives_table: str, liquidity_table: str) -> str:
+def ledger_sql(store: Store) -> str:
     """Ledger rows of some tickers of a market, each with the ticker-days that were read from it."""
     where = "market = {market:String} AND ticker IN {tickers:Array(String)}"
     return f"""
@@ -97,59 +97,47 @@ def ledger_sql(database: str, archives_table: str, liquidity_table: str) -> str:
                arraySort(groupArrayIf(l.day, l.archive_sha256 != '')) AS days, a.dataset
         FROM (
             SELECT ticker, key, freq, size, etag, last_modified, sha256, dataset
-            FROM {qualified(database, archives_table)} FINAL WHERE {where}
+            FROM {store.qualified(ARCHIVES_TABLE)} FINAL WHERE {where}
         ) AS a
         LEFT JOIN (
             SELECT ticker, archive_sha256, day
-            FROM {qualified(database, liquidity_table)} FINAL WHERE {where} AND source != 'none'
+            FROM {store.qualified(LIQUIDITY_TABLE)} FINAL WHERE {where} AND source != 'none'
         ) AS l ON l.ticker = a.ticker AND l.archive_sha256 = a.sha256
         GROUP BY a.ticker, a.key, a.freq, a.size, a.etag, a.last_modified, a.sha256, a.dataset
         ORDER BY a.ticker, a.key
     """
 
 
-def read_ledger(
-    client: Client,
-    database: str,
-    archives_table: str,
-    liquidity_table: str,
-    market: str,
-    tickers: Sequence[str],
-) -> list[LedgerEntry]:
+def read_ledger(store: OpenStore, market: str, tickers: Sequence[str]) -> list[LedgerEntry]:
     """The ledger of ``tickers`` in one query."""
     if not tickers:
         return []
-    result = client.query(
-        ledger_sql(database, archives_table, liquidity_table),
-        parameters={"market": market, "tickers": list(tickers)},
-    )
+    parameters = {"market": market, "tickers": list(tickers)}
+    result = store.client.query(ledger_sql(store.store), parameters=parameters)
     return [
         LedgerEntry(ticker, key, freq, int(size), etag, _utc(modified), sha256, tuple(days), dataset)
         for ticker, key, freq, size, etag, modified, sha256, days, dataset in result.result_rows
     ]
 
 
-def broken_days_sql(database: str, liquidity_table: str) -> str:
+def broken_days_sql(store: Store) -> str:
     """Ticker-days loaded from a trades archive that shows itself broken (fallback.py): busy, and not one
     taker buy."""
     return f"""
         SELECT ticker, arraySort(groupArray(day)) AS days
-        FROM {qualified(database, liquidity_table)} FINAL
+        FROM {store.qualified(LIQUIDITY_TABLE)} FINAL
         WHERE market = {{market:String}} AND ticker IN {{tickers:Array(String)}} AND dataset = 'trades'
           AND trade_count >= {BUSY_DAY_TRADES} AND taker_buy_volume = 0
         GROUP BY ticker ORDER BY ticker
     """
 
 
-def read_broken_days(
-    client: Client, database: str, liquidity_table: str, market: str, tickers: Sequence[str]
-) -> dict[str, list[dt.date]]:
+def read_broken_days(store: OpenStore, market: str, tickers: Sequence[str]) -> dict[str, list[dt.date]]:
     """Per ticker, the days loaded from a broken trades archive: to build again from the fallback."""
     if not tickers:
         return {}
-    result = client.query(
-        broken_days_sql(database, liquidity_table), parameters={"market": market, "tickers": list(tickers)}
-    )
+    parameters = {"market": market, "tickers": list(tickers)}
+    result = store.client.query(broken_days_sql(store.store), parameters=parameters)
     return {ticker: list(days) for ticker, days in result.result_rows}
 
 

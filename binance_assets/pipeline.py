@@ -18,8 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from binance_assets.bars import BARS_SCHEMA, DAYS_SCHEMA, DayResult, aggregate_trades
-from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA
+from binance_assets.bars import DAY_BARS_SCHEMA, DAYS_SCHEMA, DayResult, aggregate_trades
+from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.fallback import Fallback, accepts, suspect_reason
 from binance_assets.ledger import ledger_row
 from binance_assets.markets import Market
@@ -35,10 +35,10 @@ from binance_assets.vision.zip_member import ArchiveFormatError
 _READERS = {"trades": TRADES, "aggTrades": AGG_TRADES}
 """The reader of each dataset (markets.DATASETS)."""
 
-_EMPTY_BARS = BARS_SCHEMA.empty_table()
+_EMPTY_BARS = DAY_BARS_SCHEMA.empty_table()
 
 LIQUIDITY_STATS: tuple[str, ...] = tuple(
-    f.name for f in DAYS_SCHEMA if f.name in LIQUIDITY_SCHEMA.names and f.name != "day"
+    f.name for f in DAYS_SCHEMA if f.name in LIQUIDITY_TABLE.schema.names and f.name != "day"
 )
 """daily_liquidity's columns taken from the day stats of bars.py: those both schemas name."""
 _NO_TRADES = {f.name: pa.scalar(0, f.type).as_py() for f in DAYS_SCHEMA if f.name in LIQUIDITY_STATS}
@@ -148,7 +148,7 @@ class RunLoad:
     def liquidity(self) -> pa.Table:
         """The run's daily_liquidity rows, one per ticker-day, in load order."""
         return pa.Table.from_pylist(
-            self._finished("liquidity", self._liquidity_rows), schema=LIQUIDITY_SCHEMA
+            self._finished("liquidity", self._liquidity_rows), schema=LIQUIDITY_TABLE.schema
         )
 
     @property

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from binance_assets.markets import DatasetName
+from binance_assets.settings import DEFAULT_PUBLISH_GRACE_DAYS
 from binance_assets.vision.listing import ArchiveInfo
 
-DEFAULT_PUBLISH_GRACE_DAYS = 7
 """Binance publishes a day's archive hours to (rarely) a week late (docs/vision-format.md section 5)."""
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pyarrow as pa
-from clickhouse_connect.driver.client import Client
 
 from binance_assets import arguments
 from binance_assets.arguments import ArgumentError
-from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.reads import (
     BARS_READ_SCHEMA,
     LIQUIDITY_READ_SCHEMA,
@@ -27,8 +25,9 @@ from binance_assets.clickhouse.reads import (
     liquidity_sql,
     tickers_sql,
 )
-from binance_assets.clickhouse.tables import conform, qualified
-from binance_assets.settings import Settings, SettingsWarning, settings_from_environment
+from binance_assets.clickhouse.store import OpenStore, Store
+from binance_assets.clickhouse.tables import LIQUIDITY_TABLE, conform
+from binance_assets.settings import SettingsWarning, settings_from_environment
 
 DEFAULT_LOCK_TIMEOUT = 60.0
 """Seconds a read waits for an embedded store another process is using."""
@@ -54,11 +53,10 @@ def read_bars(
     market, seconds = arguments.market_key(market), arguments.interval_seconds(interval)
     first, last = arguments.day_range(start, end)
     arguments.output_format(format)
-    settings = environment_settings()
-    with open_reader(settings, lock_timeout) as client:
-        require_loaded(client, settings, market, [ticker])
-        sql = bars_sql(settings.clickhouse_database, settings.bars_table, seconds)
-        table = client.query_arrow(sql, {"market": market, "ticker": ticker, "first": first, "last": last})
+    with open_reader(environment_store(), lock_timeout) as store:
+        require_loaded(store, market, [ticker])
+        parameters = {"market": market, "ticker": ticker, "first": first, "last": last}
+        table = store.client.query_arrow(bars_sql(store.store, seconds), parameters)
     return as_format(typed(table, BARS_READ_SCHEMA), format)
 
 
@@ -79,46 +77,42 @@ def read_liquidity(
     if first is not None and last is not None:
         arguments.day_range(first, last)
     arguments.output_format(format)
-    settings = environment_settings()
-    with open_reader(settings, lock_timeout) as client:
+    with open_reader(environment_store(), lock_timeout) as store:
         if ticker is not None:
-            require_loaded(client, settings, market, [ticker])
-        sql, params = liquidity_sql(
-            settings.clickhouse_database, settings.liquidity_table, market, ticker, first, last
-        )
-        table = client.query_arrow(sql, params)
+            require_loaded(store, market, [ticker])
+        table = store.client.query_arrow(*liquidity_sql(store.store, market, ticker, first, last))
     return as_format(typed(table, LIQUIDITY_READ_SCHEMA), format)
 
 
-def environment_settings() -> Settings:
-    """The CLI's settings; a setting given both ways is a SettingsWarning at the caller of the API."""
-    return settings_from_environment(lambda message: warnings.warn(message, SettingsWarning, stacklevel=5))
+def environment_store() -> Store:
+    """The store of the CLI's settings; a setting given both ways is a SettingsWarning at the caller of
+    the API."""
+    settings = settings_from_environment(lambda text: warnings.warn(text, SettingsWarning, stacklevel=5))
+    return Store.from_settings(settings)
 
 
-@contextmanager
-def open_reader(settings: Settings, lock_timeout: float) -> Iterator[Client]:
-    """A client on CLICKHOUSE_URL, an embedded store's lock held (waiting up to lock_timeout) until closed."""
-    with open_client(settings.clickhouse_url, lock_timeout=lock_timeout) as client:
-        yield client
+def open_reader(store: Store, lock_timeout: float) -> AbstractContextManager[OpenStore]:
+    """The store open for reading (no table created), an embedded store's lock held (waiting up to
+    lock_timeout) until closed."""
+    return store.open(lock_timeout=lock_timeout, create_tables=False)
 
 
-def loaded_tickers(client: Client, settings: Settings, market: str) -> list[str]:
+def loaded_tickers(store: OpenStore, market: str) -> list[str]:
     """The market's tickers with a row in the liquidity table (none if the table does not exist)."""
-    database, table = settings.clickhouse_database, settings.liquidity_table
-    if not int(client.command(f"EXISTS TABLE {qualified(database, table)}")):
+    if not int(store.client.command(f"EXISTS TABLE {store.qualified(LIQUIDITY_TABLE)}")):
         return []
-    result = client.query(tickers_sql(database, table), parameters={"market": market})
+    result = store.client.query(tickers_sql(store.store), parameters={"market": market})
     return sorted(row[0] for row in result.result_rows)
 
 
-def require_loaded(client: Client, settings: Settings, market: str, tickers: Sequence[str]) -> None:
-    loaded = set(loaded_tickers(client, settings, market))
+def require_loaded(store: OpenStore, market: str, tickers: Sequence[str]) -> None:
+    loaded = set(loaded_tickers(store, market))
     missing = [ticker for ticker in tickers if ticker not in loaded]
     if missing:
         raise ArgumentError(
             "ticker",
             f"ticker {', '.join(map(repr, missing))} is not loaded in market {market!r}: nothing in "
-            f"{settings.clickhouse_database}.{settings.liquidity_table} (see `binance-assets status`)",
+            f"{store.store.label(LIQUIDITY_TABLE)} (see `binance-assets status`)",
         )
 
 

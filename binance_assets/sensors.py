@@ -22,11 +22,13 @@ from dagster import (
 )
 
 from binance_assets.assets import BARS, LIQUIDITY, asset_key, tickers_partitions
-from binance_assets.clickhouse.tables import qualified
+from binance_assets.clickhouse.resource import ClickHouseResource
+from binance_assets.clickhouse.store import OpenStore
+from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.ledger import Republished, read_broken_days, read_ledger, republished
 from binance_assets.markets import Market
 from binance_assets.plan import run_ranges
-from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets.resources import VisionResource
 from binance_assets.settings import Settings
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -139,7 +141,8 @@ def build_daily_sensor(market: Market, settings: Settings, lookback_days: int) -
         tickers = context.instance.get_dynamic_partitions(partitions.name)
         if not days or not tickers:
             return SkipReason("no ticker registered yet" if not tickers else "nothing due yet")
-        done = loaded_ticker_days(clickhouse, market, tickers, days)
+        with clickhouse.open() as store:
+            done = loaded_ticker_days(store, market, tickers, days)
         requested: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         requests, requested = daily_requests(market, tickers, days, done, requested, now, settings)
         return SensorResult(run_requests=requests, cursor=json.dumps(requested, sort_keys=True))
@@ -155,15 +158,14 @@ def due_days(now: dt.datetime, publish_at: dt.time, lookback_days: int, first_da
 
 
 def loaded_ticker_days(
-    clickhouse: ClickHouseResource, market: Market, tickers: Sequence[str], days: Sequence[dt.date]
+    store: OpenStore, market: Market, tickers: Sequence[str], days: Sequence[dt.date]
 ) -> set[tuple[str, dt.date]]:
     sql = (
-        f"SELECT DISTINCT ticker, day FROM {qualified(clickhouse.database, clickhouse.liquidity_table)} "
+        f"SELECT DISTINCT ticker, day FROM {store.qualified(LIQUIDITY_TABLE)} "
         "WHERE market = {market:String} AND ticker IN {tickers:Array(String)} AND day IN {days:Array(Date)}"
     )
-    with clickhouse.get_client() as client:
-        parameters = {"market": market.key, "tickers": list(tickers), "days": list(days)}
-        return {(ticker, day) for ticker, day in client.query(sql, parameters=parameters).result_rows}
+    parameters = {"market": market.key, "tickers": list(tickers), "days": list(days)}
+    return {(ticker, day) for ticker, day in store.client.query(sql, parameters=parameters).result_rows}
 
 
 def daily_requests(
@@ -216,14 +218,9 @@ def build_republished_sensor(market: Market, settings: Settings) -> SensorDefini
         if not tickers:
             return SkipReason("no ticker registered yet")
         batch = rotate(tickers, context.cursor, REPUBLISHED_TICKERS_PER_TICK)
-        db, liquidity = clickhouse.database, clickhouse.liquidity_table
-        with clickhouse.get_client() as client:
-            ledger = read_ledger(client, db, clickhouse.archives_table, liquidity, market.key, batch)
-            broken = (
-                read_broken_days(client, db, liquidity, market.key, batch)
-                if settings.fallback_dataset
-                else {}
-            )
+        with clickhouse.open() as store:
+            ledger = read_ledger(store, market.key, batch)
+            broken = read_broken_days(store, market.key, batch) if settings.fallback_dataset else {}
         listing = vision.listing()
         datasets = {(entry.ticker, entry.dataset) for entry in ledger}
         listed = [

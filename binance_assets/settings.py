@@ -47,7 +47,9 @@ DEFAULT_ARCHIVES_TABLE = "archives"
 DEFAULT_CACHE_MAX_GB = 20.0
 DEFAULT_DOWNLOAD_CONCURRENCY = 4
 DEFAULT_HTTP_TIMEOUT = 60.0
-"""Defaults the Dagster resources (resources.py, clickhouse/io_manager.py) repeat: they are to import them."""
+DEFAULT_PUBLISH_GRACE_DAYS = 7
+"""Defaults written here once: the Dagster resources (resources.py, clickhouse/resource.py), the Store
+(clickhouse/store.py) and plan.py import them."""
 
 DEFAULT_MARKETS = ("spot", "um")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -123,12 +125,15 @@ def _clickhouse_url(value: str) -> str:
     raise ValueError("chdb:///absolute/path or http(s)://user:password@host:port")
 
 
+IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""What a database, table or cluster name may be (clickhouse/tables.py quotes only these)."""
+
 # An error says "expected" the ValueError of a validator, else the field's description, else its bounds.
 Flag = Annotated[bool, Field(description="true or false")]
 Identifier = Annotated[
     str,
     Field(
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        pattern=IDENTIFIER_PATTERN,
         description="a ClickHouse identifier (letters, digits, underscore; not a digit first)",
     ),
 ]
@@ -200,7 +205,9 @@ class Settings(BaseModel):
     auto_backfill: Flag = Field(False, validation_alias="BINANCE_AUTO_BACKFILL")
     daily_run_time: Clock = Field("09:00", validation_alias="BINANCE_DAILY_RUN_TIME")
     max_days_per_run: int = Field(1096, ge=1, le=3660, validation_alias="BINANCE_MAX_DAYS_PER_RUN")
-    publish_grace_days: int = Field(7, ge=1, le=90, validation_alias="BINANCE_PUBLISH_GRACE_DAYS")
+    publish_grace_days: int = Field(
+        DEFAULT_PUBLISH_GRACE_DAYS, ge=1, le=90, validation_alias="BINANCE_PUBLISH_GRACE_DAYS"
+    )
     kline_check: Flag = Field(True, validation_alias="BINANCE_KLINE_CHECK")
     freshness_deadline: Clock = Field("12:00", validation_alias="BINANCE_FRESHNESS_DEADLINE")
     dataset: Annotated[DatasetName, _one_of(*DATASETS)] = Field("trades", validation_alias="BINANCE_DATASET")

@@ -21,11 +21,12 @@ import pyarrow as pa
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, RetryPolicy, materialize
 
 from binance_assets.assets import build_market_assets
-from binance_assets.bars import BARS_SCHEMA, DAYS_SCHEMA, Aggregation
+from binance_assets.bars import DAY_BARS_SCHEMA, DAYS_SCHEMA, Aggregation
 from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
+from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.markets import MARKETS
-from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets.resources import VisionResource
 from binance_assets_tests.archives import expected_bars, expected_day_stats
 from binance_assets_tests.vision_server import VisionServer
 
@@ -51,11 +52,11 @@ def query(store_url: str, sql: str) -> pd.DataFrame:
 
 def resources(server: VisionServer, store_url: str, tmp_path: Path, **vision: object) -> dict[str, object]:
     """The assets' resources on the fake Vision server and an embedded store; fast download retries."""
-    store = {"url": store_url, "database": "binance"}
+    clickhouse = ClickHouseResource(url=store_url, database="binance")
     options: dict[str, object] = {"backoff_seconds": 0.01, "cache_dir": str(tmp_path / "cache"), **vision}
     return {
-        "clickhouse_io_manager": ClickHouseIOManager(**store),
-        "clickhouse": ClickHouseResource(**store),
+        "clickhouse_io_manager": ClickHouseIOManager(clickhouse=clickhouse),
+        "clickhouse": clickhouse,
         "vision": VisionResource(vision_url=server.url, listing_url=server.url, **options),
     }
 
@@ -191,7 +192,7 @@ def assert_aggregation_matches(
     exactly, volumes within 1e-9 relative; quote volumes also within `quote_atol_per_trade` per trade."""
     bars = result.bars.to_pandas()
     want = expected_bars(trades, quote_col)
-    assert result.bars.schema == BARS_SCHEMA
+    assert result.bars.schema == DAY_BARS_SCHEMA
     assert len(bars) == len(want)
     assert list(bars["day"]) == list(want["day"])
     ts_us = result.bars["ts"].cast(pa.int64()).to_numpy() * 1_000_000

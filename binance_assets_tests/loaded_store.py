@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from binance_assets.clickhouse.client import open_client
-from binance_assets.clickhouse.tables import BARS_SCHEMA, LIQUIDITY_SCHEMA, conform, ensure_tables
+from binance_assets.clickhouse.store import Store
+from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE, conform
 from binance_assets.markets import MARKETS
 from binance_assets.pipeline import RunLoad
 from binance_assets.plan import plan_ticker
@@ -48,16 +48,15 @@ def load_store(root: Path) -> LoadedStore:
     }
     loads = [("spot", "BTCUSDT", [REAL_DAY]), ("um", "BTCUSDT", DAYS), ("um", "ETHUSDT", DAYS[1:3])]
     url = f"chdb://{root / 'clickhouse'}"
-    with VisionServer(mirror) as server, open_client(url) as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
+    with VisionServer(mirror) as server, Store(url).open() as store:
         listing, downloader = VisionListing(server.url), VisionDownloader(server.url, root / "cache")
         for key, ticker, days in loads:
             market = MARKETS[key]
             listed = listing.list_trades_archives(market, ticker)
             plan = plan_ticker(ticker, days, listed, today=dt.date.today())
             for day in RunLoad(market, [plan], downloader).days():
-                client.insert_arrow("binance.hl5s", conform(day.bars, BARS_SCHEMA))
-                client.insert_arrow(
-                    "binance.daily_liquidity", pa.Table.from_pylist([day.liquidity], schema=LIQUIDITY_SCHEMA)
+                store.insert(BARS_TABLE, conform(day.bars, BARS_TABLE.schema))
+                store.insert(
+                    LIQUIDITY_TABLE, pa.Table.from_pylist([day.liquidity], schema=LIQUIDITY_TABLE.schema)
                 )
     return LoadedStore(url, trades)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance
 
+from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.markets import MARKETS
-from binance_assets.resources import ClickHouseResource
 from binance_assets_tests.archives import expected_bars, expected_day_stats, publish, write_archive
 from binance_assets_tests.helpers import materialize_range, query, resources
 from binance_assets_tests.vision_server import VisionServer
@@ -145,5 +145,5 @@ def test_recent_day_not_yet_published_fails_retryably(
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "not yet published" in str(failure.event_specific_data.error.message)
-    with ClickHouseResource(url=store_url).get_client() as client:  # creates the tables the run never made
-        assert client.command("SELECT count() FROM binance.daily_liquidity") == 0
+    with ClickHouseResource(url=store_url).open() as store:  # creates the tables the run never made
+        assert store.client.command("SELECT count() FROM binance.daily_liquidity") == 0

@@ -21,8 +21,8 @@ from binance_assets.checks import (
     bars_well_formed,
     sane_trades,
 )
-from binance_assets.clickhouse.client import open_client
-from binance_assets.clickhouse.tables import BARS_SCHEMA, LIQUIDITY_SCHEMA, ensure_tables
+from binance_assets.clickhouse.store import Store
+from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE
 from binance_assets.markets import MARKETS
 from binance_assets_tests.archives import drop_ids, publish, trades_csv, write_archive, zip_archive
 from binance_assets_tests.helpers import RANGE_END, RANGE_START, resources
@@ -160,11 +160,10 @@ def test_bars_well_formed_flags_bad_bars(tmp_path: Path) -> None:
 
     rows = [bar(5), bar(10, low=2.5), bar(15), bar(15), bar(20, count=0), bar(86_405)]
     run = RunSlice("um", ("BTCUSDT",), (day,))
-    with open_client(f"chdb://{tmp_path / 'store'}") as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-        assert bars_well_formed(client, "binance", "hl5s", run).passed
-        client.insert_arrow("binance.hl5s", pa.Table.from_pylist(rows, schema=BARS_SCHEMA))
-        outcome = bars_well_formed(client, "binance", "hl5s", run)
+    with Store(f"chdb://{tmp_path / 'store'}").open() as store:
+        assert bars_well_formed(store, run).passed
+        store.client.insert_arrow("binance.hl5s", pa.Table.from_pylist(rows, schema=BARS_TABLE.schema))
+        outcome = bars_well_formed(store, run)
     assert not outcome.passed and outcome.first_failure == f"BTCUSDT {day}"
     assert outcome.totals == {"bad_ohlc": 1, "ts_outside_day": 1, "duplicate_ts": 1, "empty_bars": 1}
 
@@ -172,16 +171,15 @@ def test_bars_well_formed_flags_bad_bars(tmp_path: Path) -> None:
 def test_totals_add_up_every_failing_day_not_only_those_listed(tmp_path: Path) -> None:
     """A check lists its first 50 failing ticker-days; its totals count all of them."""
     days = tuple(dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(LIMIT + 10))
-    zeros = {name: 0 for name in LIQUIDITY_SCHEMA.names if name not in ("market", "ticker", "day")}
+    zeros = {name: 0 for name in LIQUIDITY_TABLE.schema.names if name not in ("market", "ticker", "day")}
     loaded = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
     rows = [
         {**zeros, "market": "um", "ticker": "BTCUSDT", "day": day, "source": "daily", "archive_sha256": "",
          "dataset": "trades", "loaded_at": loaded, "nonpositive_rows": 2, "duplicate_rows": 1}
         for day in days
     ]  # fmt: skip
-    with open_client(f"chdb://{tmp_path / 'store'}") as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-        client.insert_arrow("binance.daily_liquidity", pa.Table.from_pylist(rows, schema=LIQUIDITY_SCHEMA))
-        outcome = sane_trades(client, "binance", "daily_liquidity", RunSlice("um", ("BTCUSDT",), days))
+    with Store(f"chdb://{tmp_path / 'store'}").open() as store:
+        store.insert(LIQUIDITY_TABLE, pa.Table.from_pylist(rows, schema=LIQUIDITY_TABLE.schema))
+        outcome = sane_trades(store, RunSlice("um", ("BTCUSDT",), days))
     assert len(outcome.failures) == LIMIT
     assert outcome.totals == {"nonpositive_rows": 2 * len(days), "duplicate_rows": len(days)}

@@ -17,7 +17,7 @@ from dagster._core.remote_representation.external_data import RepositorySnap
 from binance_assets.cli import main
 from binance_assets.cli.common import format_table
 from binance_assets.clickhouse.client import open_client
-from binance_assets.clickhouse.tables import ensure_tables
+from binance_assets.clickhouse.store import Store
 from binance_assets.definitions import build_definitions, build_resources
 from binance_assets.markets import MARKETS
 from binance_assets.settings import load_settings
@@ -254,9 +254,8 @@ def test_status_reports_each_tickers_span_and_exactly_its_gaps(
     rows.append(
         ("um", "ETHUSDT", jan[0], 999, "daily", "trades", loaded_at - dt.timedelta(days=1))
     )  # replaced by the later load
-    with open_client(store_url) as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-        client.insert(
+    with Store(store_url).open() as store:
+        store.client.insert(
             "daily_liquidity",
             rows,
             database="binance",
@@ -316,8 +315,8 @@ def test_a_run_py_password_reaches_dagster_as_an_env_var_only(monkeypatch: pytes
     monkeypatch.setenv("CLICKHOUSE_PASSWORD", "s3cr@t")
     settings = load_settings()
     assert settings.clickhouse_url == "https://default:s3cr%40t@ch.example.com:8443"
-    for name in ("clickhouse", "clickhouse_io_manager"):
-        resource = build_resources(settings)[name]
+    resources = build_resources(settings)
+    for resource in (resources["clickhouse"], resources["clickhouse_io_manager"].clickhouse):
         assert resource.url == "https://default@ch.example.com:8443"
         assert isinstance(resource.password, EnvVar) and resource.password == "CLICKHOUSE_PASSWORD"
     snapshot = RepositorySnap.from_def(build_definitions(settings).get_repository_def())

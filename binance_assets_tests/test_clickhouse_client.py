@@ -13,7 +13,6 @@ import time
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from binance_assets.clickhouse.client import (
@@ -23,52 +22,28 @@ from binance_assets.clickhouse.client import (
     open_client,
     validate_url,
 )
-from binance_assets.clickhouse.tables import (
-    BARS_SCHEMA,
-    INSERT_SETTINGS,
-    Slice,
-    count_slice_sql,
-    delete_slice_sql,
-    ensure_tables,
-)
+from binance_assets.clickhouse.store import Store
+from binance_assets.clickhouse.tables import BARS_TABLE, Slice
+from binance_assets_tests.rows import bars_of_day
 
 SPAWN = multiprocessing.get_context("spawn")
 
 
-def _bars(ticker: str, day: dt.date, n: int) -> pa.Table:
-    start = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
-    columns = {
-        "market": ["spot"] * n,
-        "ticker": [ticker] * n,
-        "day": [day] * n,
-        "ts": [start + 5 * (i + 1) for i in range(n)],
-        **{name: [1.0] * n for name in BARS_SCHEMA.names[4:11]},
-        "trade_count": [1] * n,
-    }
-    return pa.Table.from_pydict(columns, schema=BARS_SCHEMA)
-
-
 def _replace_day(url: str, ticker: str, day: dt.date, n: int) -> None:
-    with open_client(url) as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-        sql, params = delete_slice_sql("binance", "hl5s", Slice("spot", ticker, frozenset([day])))
-        client.command(sql, parameters=params)
-        client.insert_arrow("binance.hl5s", _bars(ticker, day, n), settings=dict(INSERT_SETTINGS))
+    with Store(url).open() as store:
+        store.delete(BARS_TABLE, Slice("spot", ticker, frozenset([day])))
+        store.insert(BARS_TABLE, bars_of_day(ticker, day, n))
 
 
 def _count(url: str, ticker: str, days: list[dt.date]) -> int:
-    with open_client(url) as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-        return client.command(*count_slice_sql("binance", "hl5s", Slice("spot", ticker, frozenset(days))))
+    with Store(url).open() as store:
+        return store.count(BARS_TABLE, Slice("spot", ticker, frozenset(days)))
 
 
 def _hold_store(url: str, opened: Event, seconds: float) -> None:
     """Child: write a day, then keep the store open for a while."""
-    with open_client(url) as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-        client.insert_arrow(
-            "binance.hl5s", _bars("HOLDUSDT", dt.date(2024, 1, 1), 7), settings=dict(INSERT_SETTINGS)
-        )
+    with Store(url).open() as store:
+        store.insert(BARS_TABLE, bars_of_day("HOLDUSDT", dt.date(2024, 1, 1), 7))
         opened.set()
         time.sleep(seconds)
 

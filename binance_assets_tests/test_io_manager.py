@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 import pyarrow as pa
 import pytest
-from clickhouse_connect.driver.exceptions import DatabaseError
 
 from binance_assets.clickhouse.client import open_client
-from binance_assets.clickhouse.io_manager import ClickHouseIOManager, Target, insert_rows
-from binance_assets.clickhouse.tables import BARS, BARS_SCHEMA, LIQUIDITY_SCHEMA, Slice, ensure_tables
+from binance_assets.clickhouse.io_manager import ClickHouseIOManager
+from binance_assets.clickhouse.resource import ClickHouseResource
+from binance_assets.clickhouse.store import Store
+from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE
+from binance_assets_tests.rows import bars_of_day as bars
 
 TICKERS = "spot_tickers"
 PARTITIONS = dg.MultiPartitionsDefinition(
@@ -36,28 +37,13 @@ Day = tuple[str, dt.date]  # (ticker, day) of one partition
 Bars = Callable[[list[Day]], object]  # a run's (ticker, day)s -> the hl5s_bars output value
 
 
-def bars(ticker: str, day: dt.date, n: int = 6, version: float = 1.0) -> pa.Table:
-    """n bars of one ticker-day; `open` carries the version so a test can tell runs apart."""
-    start = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
-    columns = {
-        "market": ["spot"] * n,
-        "ticker": [ticker] * n,
-        "day": [day] * n,
-        "ts": [start + 5 * (i + 1) for i in range(n)],
-        "open": [version] * n,
-        **{name: [float(i) for i in range(n)] for name in BARS_SCHEMA.names[5:11]},
-        "trade_count": list(range(1, n + 1)),
-    }
-    return pa.Table.from_pydict(columns, schema=BARS_SCHEMA)
-
-
 def liquidity(days: Sequence[Day]) -> pa.Table:
     n = len(days)
     columns: dict[str, list[Any]] = {
         "market": ["spot"] * n,
         "ticker": [ticker for ticker, _ in days],
         "day": [day for _, day in days],
-        **{name: [1] * n for name in LIQUIDITY_SCHEMA.names[3:11]},
+        **{name: [1] * n for name in LIQUIDITY_TABLE.schema.names[3:11]},
         "source": ["daily"] * n,
         "archive_sha256": ["0" * 64] * n,
         "loaded_at": [dt.datetime(2024, 6, 1, tzinfo=dt.UTC)] * n,
@@ -65,7 +51,7 @@ def liquidity(days: Sequence[Day]) -> pa.Table:
         "nonpositive_rows": [0] * n,
         "dataset": ["trades"] * n,
     }
-    return pa.Table.from_pydict(columns, schema=LIQUIDITY_SCHEMA)
+    return pa.Table.from_pydict(columns, schema=LIQUIDITY_TABLE.schema)
 
 
 def versioned(version: float, n: int = 6) -> Bars:
@@ -95,8 +81,12 @@ def spot_asset(make_bars: Bars, metadata: dict[str, Any] | None = None) -> dg.As
     return spot
 
 
+def io_manager(url: str, **clickhouse: str) -> ClickHouseIOManager:
+    return ClickHouseIOManager(clickhouse=ClickHouseResource(url=url, **clickhouse))
+
+
 @dataclass
-class Store:
+class Runs:
     """A store, a Dagster instance with two tickers, and helpers to run and inspect."""
 
     io_manager: ClickHouseIOManager
@@ -127,8 +117,8 @@ class Store:
         return str(failure.value)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
-        db = self.io_manager.database
-        with open_client(self.io_manager.url) as client:
+        db = self.io_manager.clickhouse.database
+        with open_client(self.io_manager.clickhouse.url) as client:
             return client.query(sql.replace("{db}", f"`{db}`")).result_rows
 
     def days(self, ticker: str) -> dict[dt.date, tuple[int, float]]:
@@ -151,42 +141,40 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 
 @pytest.fixture
-def store(tmp_path: Path, instance: dg.DagsterInstance) -> Store:
-    return Store(ClickHouseIOManager(url=f"chdb://{tmp_path / 'clickhouse'}"), instance)
+def store(tmp_path: Path, instance: dg.DagsterInstance) -> Runs:
+    return Runs(io_manager(f"chdb://{tmp_path / 'clickhouse'}"), instance)
 
 
 @pytest.fixture(params=["chdb", "server"])
-def any_store(
-    request: pytest.FixtureRequest, tmp_path: Path, instance: dg.DagsterInstance
-) -> Iterator[Store]:
+def any_store(request: pytest.FixtureRequest, tmp_path: Path, instance: dg.DagsterInstance) -> Iterator[Runs]:
     """The chDB store, and a ClickHouse server when CLICKHOUSE_TEST_URL is set."""
     if request.param == "chdb":
-        yield Store(ClickHouseIOManager(url=f"chdb://{tmp_path / 'clickhouse'}"), instance)
+        yield Runs(io_manager(f"chdb://{tmp_path / 'clickhouse'}"), instance)
         return
     url = os.environ.get("CLICKHOUSE_TEST_URL")
     if not url:
         pytest.skip(
             "CLICKHOUSE_TEST_URL is not set: no ClickHouse server to run the http(s):// tests against"
         )
-    server = Store(ClickHouseIOManager(url=url, database=f"binance_test_{uuid.uuid4().hex[:12]}"), instance)
+    server = Runs(io_manager(url, database=f"binance_test_{uuid.uuid4().hex[:12]}"), instance)
     yield server
     server.query("DROP DATABASE IF EXISTS {db}")
 
 
-def test_same_partition_twice_leaves_one_copy(any_store: Store) -> None:
+def test_same_partition_twice_leaves_one_copy(any_store: Runs) -> None:
     for _ in range(2):
         any_store.run(spot_asset(versioned(1.0)), "BTCUSDT", D1)
     assert any_store.days("BTCUSDT") == {D1: (6, 1.0)}
     assert any_store.liquidity_days("BTCUSDT") == [D1]
 
 
-def test_rerun_with_fewer_bars_leaves_no_stale_rows(any_store: Store) -> None:
+def test_rerun_with_fewer_bars_leaves_no_stale_rows(any_store: Runs) -> None:
     any_store.run(spot_asset(versioned(1.0, n=6)), "BTCUSDT", D1)
     any_store.run(spot_asset(versioned(2.0, n=2)), "BTCUSDT", D1)
     assert any_store.days("BTCUSDT") == {D1: (2, 2.0)}
 
 
-def test_neighbouring_tickers_and_days_are_untouched(any_store: Store) -> None:
+def test_neighbouring_tickers_and_days_are_untouched(any_store: Runs) -> None:
     first = spot_asset(versioned(1.0))
     for ticker, day in [("BTCUSDT", D1), ("BTCUSDT", D2), ("ETHUSDT", D1)]:
         any_store.run(first, ticker, day)
@@ -195,21 +183,21 @@ def test_neighbouring_tickers_and_days_are_untouched(any_store: Store) -> None:
     assert any_store.days("ETHUSDT") == {D1: (6, 1.0)}
 
 
-def test_a_multi_day_run_writes_one_slice(store: Store) -> None:
+def test_a_multi_day_run_writes_one_slice(store: Runs) -> None:
     store.run(spot_asset(versioned(1.0)), "BTCUSDT", D1, D5)
     store.run(spot_asset(versioned(2.0, n=1)), "BTCUSDT", D2, D4)
     assert store.days("BTCUSDT") == {D1: (6, 1.0), D2: (1, 2.0), D3: (1, 2.0), D4: (1, 2.0), D5: (6, 1.0)}
     assert store.liquidity_days("BTCUSDT") == [D1, D2, D3, D4, D5]
 
 
-def test_metadata_names_table_schema_rows_and_query(store: Store) -> None:
+def test_metadata_names_table_schema_rows_and_query(store: Runs) -> None:
     store.run(spot_asset(versioned(1.0, n=4)), "BTCUSDT", D2, D3)
     event = store.instance.get_latest_materialization_event(dg.AssetKey(["binance", "spot", "hl5s_bars"]))
     assert event is not None and event.asset_materialization is not None
     metadata = {key: value.value for key, value in event.asset_materialization.metadata.items()}
     assert metadata["dagster/row_count"] == 8
     assert metadata["dagster/table_name"] == "binance.hl5s"
-    assert [column.name for column in metadata["dagster/column_schema"].columns] == BARS_SCHEMA.names
+    assert [column.name for column in metadata["dagster/column_schema"].columns] == BARS_TABLE.schema.names
     assert metadata["dagster/column_schema"].columns[3].type == "DateTime('UTC')"
     assert (metadata["tickers"], metadata["days"]) == ("BTCUSDT", 2)
     assert metadata["seconds"] >= 0
@@ -219,7 +207,7 @@ def test_metadata_names_table_schema_rows_and_query(store: Store) -> None:
     )
 
 
-def test_a_bad_type_raises_and_leaves_previous_rows(store: Store) -> None:
+def test_a_bad_type_raises_and_leaves_previous_rows(store: Runs) -> None:
     store.run(spot_asset(versioned(1.0)), "BTCUSDT", D1, D2)
 
     def bad_open(days: list[Day]) -> pa.Table:
@@ -247,7 +235,7 @@ def test_a_bad_type_raises_and_leaves_previous_rows(store: Store) -> None:
     ],
     ids=["other ticker", "day outside the run", "other market"],
 )
-def test_rows_outside_the_run_raise_before_any_delete(store: Store, rows: Bars, message: str) -> None:
+def test_rows_outside_the_run_raise_before_any_delete(store: Runs, rows: Bars, message: str) -> None:
     store.run(spot_asset(versioned(1.0)), "BTCUSDT", D1)
     store.run(spot_asset(versioned(1.0)), "ETHUSDT", D1)
     assert message in store.fail(spot_asset(rows), "BTCUSDT", D1, D2)
@@ -255,12 +243,17 @@ def test_rows_outside_the_run_raise_before_any_delete(store: Store, rows: Bars, 
     assert store.days("ETHUSDT") == {D1: (6, 1.0)}
 
 
-def test_pandas_output_is_accepted(store: Store) -> None:
-    store.run(spot_asset(lambda days: versioned(3.0)(days).to_pandas()), "ETHUSDT", D1, D2)
-    assert store.days("ETHUSDT") == {D1: (6, 3.0), D2: (6, 3.0)}
+def test_a_data_frame_output_is_refused_and_leaves_previous_rows(store: Runs) -> None:
+    """A pandas DataFrame iterates over its column names: refused by name, not streamed."""
+    store.run(spot_asset(versioned(1.0)), "ETHUSDT", D1)
+    frame = spot_asset(lambda days: versioned(3.0)(days).to_pandas())
+    message = store.fail(frame, "ETHUSDT", D1, error=TypeError)
+    assert "cannot store <class 'pandas.DataFrame'>: return a pyarrow Table" in message
+    assert "pyarrow.Table.from_pandas(frame, preserve_index=False)" in message
+    assert store.days("ETHUSDT") == {D1: (6, 1.0)}
 
 
-def test_stream_replaces_day_by_day_and_clears_days_without_rows(store: Store) -> None:
+def test_stream_replaces_day_by_day_and_clears_days_without_rows(store: Runs) -> None:
     store.run(spot_asset(versioned(1.0)), "BTCUSDT", D1, D4)
 
     def per_day(days: list[Day]) -> Iterator[pa.Table]:
@@ -271,7 +264,7 @@ def test_stream_replaces_day_by_day_and_clears_days_without_rows(store: Store) -
     assert store.days("BTCUSDT") == {D1: (2, 2.0), D2: (3, 2.0), D4: (4, 2.0)}
 
 
-def test_stream_failing_on_day_3_keeps_old_rows_from_day_3_on(store: Store) -> None:
+def test_stream_failing_on_day_3_keeps_old_rows_from_day_3_on(store: Runs) -> None:
     store.run(spot_asset(versioned(1.0)), "BTCUSDT", D1, D5)
 
     def corrupt_day_3(days: list[Day]) -> Iterator[pa.Table]:
@@ -285,16 +278,15 @@ def test_stream_failing_on_day_3_keeps_old_rows_from_day_3_on(store: Store) -> N
     assert store.days("BTCUSDT") == {D1: (2, 2.0), D2: (2, 2.0), D3: (6, 1.0), D4: (6, 1.0), D5: (6, 1.0)}
 
 
-def test_stream_holds_the_store_only_while_writing(store: Store) -> None:
+def test_stream_holds_the_store_only_while_writing(store: Runs) -> None:
     """Between two tables another user (a sensor, the CLI, another run) can open the embedded store."""
-    url = store.io_manager.url
+    other = Store(store.io_manager.clickhouse.url)
     seen: list[int] = []
 
     def reading_between_days(days: list[Day]) -> Iterator[pa.Table]:
         for ticker, day in days:
-            with open_client(url, lock_timeout=2) as client:  # StoreBusyError if the IO manager held it
-                ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-                seen.append(int(client.command("SELECT count() FROM binance.hl5s")))
+            with other.open(lock_timeout=2) as opened:  # StoreBusyError if the IO manager held it
+                seen.append(int(opened.client.command("SELECT count() FROM binance.hl5s")))
             yield bars(ticker, day, 2, 2.0)
 
     store.run(spot_asset(reading_between_days), "BTCUSDT", D1, D3)
@@ -302,7 +294,7 @@ def test_stream_holds_the_store_only_while_writing(store: Store) -> None:
     assert store.days("BTCUSDT") == {D1: (2, 2.0), D2: (2, 2.0), D3: (2, 2.0)}
 
 
-def test_stream_with_a_day_in_two_tables_is_refused(store: Store) -> None:
+def test_stream_with_a_day_in_two_tables_is_refused(store: Runs) -> None:
     twice = spot_asset(lambda days: iter([bars("BTCUSDT", D1, 2), bars("BTCUSDT", D1, 2)]))
     assert "BTCUSDT 2024-01-01 came in two tables" in store.fail(twice, "BTCUSDT", D1)
 
@@ -310,7 +302,7 @@ def test_stream_with_a_day_in_two_tables_is_refused(store: Store) -> None:
 @pytest.mark.parametrize(
     ("metadata", "message"),
     [
-        ({}, "no 'partition_expr' metadata"),
+        ({"partition_expr": "day"}, "'partition_expr' must map each dimension to a column"),
         ({"partition_expr": {"date": "day"}}, "maps dimension 'ticker' to None"),
         ({"partition_expr": {"date": "day", "ticker": "symbol"}}, "maps dimension 'ticker' to 'symbol'"),
         (
@@ -319,11 +311,16 @@ def test_stream_with_a_day_in_two_tables_is_refused(store: Store) -> None:
         ),
     ],
 )
-def test_partition_expr_must_map_each_dimension(store: Store, metadata: dict[str, Any], message: str) -> None:
+def test_partition_expr_must_map_each_dimension(store: Runs, metadata: dict[str, Any], message: str) -> None:
     assert message in store.fail(spot_asset(versioned(1.0), metadata), "BTCUSDT", D1)
 
 
-def test_unknown_asset_name_is_refused(store: Store) -> None:
+def test_partition_expr_defaults_to_the_assets_dimensions(store: Runs) -> None:
+    store.run(spot_asset(versioned(1.0), metadata={}), "BTCUSDT", D1, D2)
+    assert store.days("BTCUSDT") == {D1: (6, 1.0), D2: (6, 1.0)}
+
+
+def test_unknown_asset_name_is_refused(store: Runs) -> None:
     @dg.asset(key=["binance", "spot", "klines"], partitions_def=PARTITIONS, metadata=PARTITION_EXPR)
     def klines() -> pa.Table:
         return bars("BTCUSDT", D1)
@@ -341,72 +338,29 @@ def test_unknown_asset_name_is_refused(store: Store) -> None:
     )
 
 
-def consumer_of(kind: type, loaded: list[object]) -> dg.AssetsDefinition:
-    """A downstream asset whose input is annotated with kind (pa.Table or pd.DataFrame)."""
+def test_load_input_is_refused_naming_the_read_api(store: Runs) -> None:
+    """No asset reads the tables as an input: research reads them through research.read_bars."""
+    store.run(spot_asset(versioned(1.0)), "BTCUSDT", D1)
 
-    def consumer(hl5s_bars):  # type: ignore[no-untyped-def]  # annotated below with a runtime type
-        loaded.append(hl5s_bars)
+    @dg.asset(partitions_def=PARTITIONS, ins={"hl5s_bars": dg.AssetIn(key=["binance", "spot", "hl5s_bars"])})
+    def consumer(hl5s_bars: pa.Table) -> None:
+        raise AssertionError("the input was loaded")
 
-    consumer.__annotations__ = {"hl5s_bars": kind, "return": None}
-    ins = {"hl5s_bars": dg.AssetIn(key=["binance", "spot", "hl5s_bars"])}
-    return dg.asset(partitions_def=PARTITIONS, ins=ins)(consumer)
-
-
-@pytest.mark.parametrize("kind", [pa.Table, pd.DataFrame])
-def test_load_input_returns_the_slice_as_the_annotated_type(store: Store, kind: type) -> None:
-    store.run(spot_asset(versioned(1.0)), "BTCUSDT", D1, D3)
-    loaded: list[object] = []
     result = dg.materialize(
-        [spot_asset(versioned(1.0)), consumer_of(kind, loaded)],
+        [spot_asset(versioned(1.0)), consumer],
         selection=[dg.AssetKey("consumer")],
         instance=store.instance,
         resources={"clickhouse_io_manager": store.io_manager},
-        tags={
-            "dagster/asset_partition_range_start": "2024-01-01|BTCUSDT",
-            "dagster/asset_partition_range_end": "2024-01-02|BTCUSDT",
-        },
+        partition_key="2024-01-01|BTCUSDT",
+        raise_on_error=False,
     )
-    assert result.success
-    (value,) = loaded
-    assert isinstance(value, kind)
-    table = value if isinstance(value, pa.Table) else pa.Table.from_pandas(value, schema=BARS_SCHEMA)
-    assert table.schema == BARS_SCHEMA
-    assert table.to_pylist() == versioned(1.0)([("BTCUSDT", D1), ("BTCUSDT", D2)]).to_pylist()
+    assert not result.success
+    message = str(result.get_step_failure_events()[0].step_failure_data)
+    assert "ClickHouseIOManager loads no inputs (binance/spot/hl5s_bars)" in message
+    assert "binance_assets.research.read_bars" in message
 
 
-def test_an_insert_is_all_or_nothing(tmp_path: Path) -> None:
-    """A failure while the server reads the rows (here: a Date beyond ClickHouse's range in the last
-    Arrow batch) leaves none of them; with small insert blocks the first blocks would stay."""
-    good = pa.concat_tables(
-        [bars("BTCUSDT", dt.date(2024, 1, 1) + dt.timedelta(days=i), 2000) for i in range(100)]
-    )
-    rows = pa.concat_tables([good, bars("BTCUSDT", dt.date(2200, 1, 1), 10)])
-    days = frozenset(rows["day"].to_pylist())
-    target = Target("binance", "hl5s", BARS, "spot", (Slice("spot", "BTCUSDT", days),))
-    small_blocks = {"async_insert": 0, "min_insert_block_size_rows": 1000, "max_insert_block_size": 1000}
-    with open_client(f"chdb://{tmp_path / 'clickhouse'}") as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-        with pytest.raises(DatabaseError, match="out of the allowed Date range"):
-            client.insert_arrow("binance.hl5s", rows, settings=small_blocks)
-        assert client.command("SELECT count() FROM binance.hl5s") > 0  # the hazard is real
-        client.command("TRUNCATE TABLE binance.hl5s")
-        with pytest.raises(DatabaseError, match="out of the allowed Date range"):
-            insert_rows(client, target, rows)
-        assert client.command("SELECT count() FROM binance.hl5s") == 0
-        insert_rows(client, target, good)
-        assert client.command("SELECT count() FROM binance.hl5s") == good.num_rows
-        parts = client.query(
-            "SELECT partition, rows FROM system.parts WHERE active AND table = 'hl5s'"
-        ).result_rows
-        assert sorted(parts) == [
-            ("202401", 62000),
-            ("202402", 58000),
-            ("202403", 62000),
-            ("202404", 18000),
-        ], parts
-
-
-def test_a_new_slice_is_written_without_a_delete(store: Store) -> None:
+def test_a_new_slice_is_written_without_a_delete(store: Runs) -> None:
     mutations = "SELECT count() FROM system.mutations WHERE database = 'binance' AND table = 'hl5s'"
     store.run(spot_asset(versioned(1.0)), "BTCUSDT", D1, D2)
     assert store.query(mutations) == [(0,)]  # count() found the slice empty: no DELETE sent

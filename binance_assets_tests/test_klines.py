@@ -25,7 +25,8 @@ from dagster import (
 from binance_assets.assets import build_market_assets, liquidity_freshness
 from binance_assets.bars import aggregate_trades
 from binance_assets.clickhouse.client import open_client
-from binance_assets.clickhouse.tables import BARS_SCHEMA, ensure_tables
+from binance_assets.clickhouse.store import Store
+from binance_assets.clickhouse.tables import BARS_TABLE
 from binance_assets.definitions import build_definitions
 from binance_assets.klines_check import compare_minutes, kline_sources, read_bars_1m
 from binance_assets.markets import MARKETS
@@ -157,10 +158,9 @@ def test_real_first_minute_trades_reproduce_binance_kline_through_the_stored_1m_
         0, "market", pa.array(["spot"] * n)
     )
     kline = parse_klines((REAL / "spot_BTCUSDT_1m_kline_2025-01-01T00-00.csv").read_bytes()).to_pandas()
-    with open_client(f"chdb://{tmp_path / 'store'}") as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-        client.insert_arrow("binance.hl5s", rows.select(BARS_SCHEMA.names).cast(BARS_SCHEMA))
-        ours = read_bars_1m(client, "binance", "hl5s", "spot", "BTCUSDT", [dt.date(2025, 1, 1)])
+    with Store(f"chdb://{tmp_path / 'store'}").open() as store:
+        store.insert(BARS_TABLE, rows.select(BARS_TABLE.schema.names).cast(BARS_TABLE.schema))
+        ours = read_bars_1m(store, "spot", "BTCUSDT", [dt.date(2025, 1, 1)])
     assert len(ours) == 1 and int(ours["count"].iloc[0]) == 2631
     assert compare_minutes(ours, kline).empty
 

@@ -18,10 +18,11 @@ from dagster import (
 
 from binance_assets.assets import build_market_assets
 from binance_assets.clickhouse.client import open_client
-from binance_assets.clickhouse.tables import ARCHIVES, LIQUIDITY, ensure_tables
+from binance_assets.clickhouse.resource import ClickHouseResource
+from binance_assets.clickhouse.store import OpenStore, Store
+from binance_assets.clickhouse.tables import ARCHIVES_TABLE, LIQUIDITY_TABLE
 from binance_assets.ledger import LedgerEntry, republished
 from binance_assets.markets import MARKETS
-from binance_assets.resources import ClickHouseResource
 from binance_assets.sensors import (
     ARCHIVE_TAG,
     RANGE_END,
@@ -189,14 +190,16 @@ def test_old_liquidity_tables_get_the_new_columns_and_the_ledger_is_created(tmp_
     with pytest.raises(ValueError, match="CLICKHOUSE_ARCHIVES_TABLE='bad-name' is invalid"):
         Settings.from_env({"CLICKHOUSE_ARCHIVES_TABLE": "bad-name"})
 
-    old = dataclasses.replace(LIQUIDITY, columns=LIQUIDITY.columns[:-2])
+    old = dataclasses.replace(LIQUIDITY_TABLE, columns=LIQUIDITY_TABLE.columns[:-2])
     with open_client(f"chdb://{tmp_path / 'store'}") as client:
         client.command("CREATE DATABASE binance")
         client.command(old.ddl("binance", "daily_liquidity"))
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity", "ledger")
+        OpenStore(Store(f"chdb://{tmp_path / 'store'}", archives_table="ledger"), client).ensure_tables()
         columns = client.query(
             "SELECT table, name, type FROM system.columns WHERE database = 'binance' ORDER BY table, position"
         ).result_rows
-    assert [n for t, n, _ in columns if t == "daily_liquidity"] == [c.name for c in LIQUIDITY.columns]
-    assert [(n, k) for t, n, k in columns if t == "ledger"] == [(c.name, c.type) for c in ARCHIVES.columns]
+    assert [n for t, n, _ in columns if t == "daily_liquidity"] == [c.name for c in LIQUIDITY_TABLE.columns]
+    assert [(n, k) for t, n, k in columns if t == "ledger"] == [
+        (c.name, c.type) for c in ARCHIVES_TABLE.columns
+    ]
     assert ClickHouseResource(url="chdb:///x").archives_table == "archives"

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from binance_assets.bars import DAYS_SCHEMA
-from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA
+from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.markets import MARKETS, DatasetName
 from binance_assets.pipeline import LIQUIDITY_STATS, RunLoad, UnfinishedLoad
 from binance_assets.plan import plan_tickers
@@ -43,12 +43,12 @@ def test_the_drained_load_holds_liquidity_ledger_and_fallbacks(vision_root: Path
     assert [table.num_rows > 0 for table in bars] == [False, True, True, True]
     assert {table.column("ticker")[0].as_py() for table in bars[1:]} == {"ETHUSDT"}
     liquidity = load.liquidity
-    assert liquidity.schema == LIQUIDITY_SCHEMA
+    assert liquidity.schema == LIQUIDITY_TABLE.schema
     assert liquidity.column("day").to_pylist() == DAYS
     assert liquidity.column("source").to_pylist() == ["none", "daily", "daily", "daily"]
     assert liquidity.column("dataset").to_pylist() == ["trades", "trades", "trades", "aggTrades"]
     assert liquidity.column("bar_count").to_pylist() == [table.num_rows for table in bars]
-    assert [set(row) for row in load.liquidity_rows] == [set(LIQUIDITY_SCHEMA.names)] * 4
+    assert [set(row) for row in load.liquidity_rows] == [set(LIQUIDITY_TABLE.schema.names)] * 4
 
     # a day without trades: every column taken from the day stats is zero, of its column's type
     empty = load.liquidity_rows[0]

@@ -27,14 +27,13 @@ from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
 from binance_assets.clickhouse.client import open_client
-from binance_assets.clickhouse.io_manager import Target, clear_slice
+from binance_assets.clickhouse.store import OpenStore, Store
 from binance_assets.clickhouse.tables import (
-    ARCHIVES,
-    BARS,
-    LIQUIDITY,
+    ARCHIVES_TABLE,
+    BARS_TABLE,
+    LIQUIDITY_TABLE,
     Slice,
     delete_slice_sql,
-    ensure_tables,
 )
 from binance_assets.definitions import build_resources
 from binance_assets.settings import DAGSTER_INSTANCE_VARIABLES, Settings, SettingsError
@@ -364,7 +363,7 @@ def test_daemon_backfill_on_each_instance(
 # ClickHouse cluster (CLICKHOUSE_CLUSTER): the statements as strings, checked by ClickHouse's own parser.
 
 JAN = [dt.date(2024, 1, day) for day in (1, 2, 3, 5)]
-SPECS = {"hl5s": BARS, "daily_liquidity": LIQUIDITY, "archives": ARCHIVES}
+SPECS = {"hl5s": BARS_TABLE, "daily_liquidity": LIQUIDITY_TABLE, "archives": ARCHIVES_TABLE}
 
 
 def recording_client() -> MagicMock:
@@ -391,7 +390,7 @@ def test_clickhouse_cluster_is_an_identifier_and_needs_a_server(value: str, url:
 def test_clickhouse_cluster_reaches_the_io_manager_and_the_resource() -> None:
     settings = Settings.from_env({"CLICKHOUSE_CLUSTER": "prod", "CLICKHOUSE_URL": "https://ch:8443"})
     resources = build_resources(settings)
-    assert resources["clickhouse_io_manager"].cluster == resources["clickhouse"].cluster == "prod"
+    assert resources["clickhouse_io_manager"].clickhouse.cluster == resources["clickhouse"].cluster == "prod"
     assert Settings.from_env({}).clickhouse_cluster == ""
 
 
@@ -413,7 +412,7 @@ def test_cluster_ddl_is_replicated_local_tables_under_distributed_ones(table: st
 
 def test_ensure_tables_on_a_cluster_runs_every_statement_on_cluster(tmp_path: Path) -> None:
     client = recording_client()
-    ensure_tables(client, "binance", "hl5s", "daily_liquidity", "archives", cluster="prod")
+    OpenStore(Store("http://ch:8123", cluster="prod"), client).ensure_tables()
     statements = [call.args[0] for call in client.command.call_args_list]
     assert statements[0] == "CREATE DATABASE IF NOT EXISTS `binance` ON CLUSTER `prod`"
     created = [
@@ -433,11 +432,9 @@ def test_ensure_tables_on_a_cluster_runs_every_statement_on_cluster(tmp_path: Pa
 
 
 def test_single_server_store_keeps_plain_merge_trees(tmp_path: Path) -> None:
-    with open_client(f"chdb://{tmp_path / 'store'}") as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity", "archives")
-        engines = dict(
-            client.query("SELECT name, engine FROM system.tables WHERE database = 'binance'").result_rows
-        )
+    with Store(f"chdb://{tmp_path / 'store'}").open() as store:
+        tables = store.client.query("SELECT name, engine FROM system.tables WHERE database = 'binance'")
+        engines = dict(tables.result_rows)
     assert engines == {
         "hl5s": "MergeTree",
         "daily_liquidity": "ReplacingMergeTree",
@@ -459,11 +456,11 @@ def test_cluster_delete_goes_on_cluster_to_the_local_table_with_literal_values(t
     parse([sql], tmp_path)
 
 
-def test_io_manager_counts_through_the_distributed_table_and_deletes_on_cluster() -> None:
+def test_a_cleared_slice_is_counted_through_the_distributed_table_and_deleted_on_cluster() -> None:
     client = recording_client()
     client.command.return_value = 12  # rows found: the slice is deleted
     days = Slice("um", "BTCUSDT", frozenset(JAN[:3]))
-    clear_slice(client, Target("binance", "hl5s", BARS, "um", (days,), "prod"), days)
+    OpenStore(Store("http://ch:8123", cluster="prod"), client).clear(BARS_TABLE, days)
     count, delete = client.command.call_args_list
     assert count.args[0].startswith("SELECT count() FROM `binance`.`hl5s` WHERE market = {market:String}")
     assert delete.args[0].startswith(

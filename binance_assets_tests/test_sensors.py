@@ -8,9 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
-from binance_assets.clickhouse.tables import LIQUIDITY_SCHEMA
+from binance_assets.clickhouse.resource import ClickHouseResource
+from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.markets import MARKETS
-from binance_assets.resources import ClickHouseResource, VisionResource
+from binance_assets.resources import VisionResource
 from binance_assets.sensors import RANGE_END, RANGE_START, build_daily_sensor, build_ticker_sensor, due_days
 from binance_assets.settings import Settings
 from binance_assets_tests.archives import publish
@@ -96,8 +97,8 @@ def test_daily_sensor_requests_missing_ticker_days_and_waits_before_retrying(
     window = due_days(dt.datetime.now(dt.UTC), dt.time(0), 3, UM.first_day)
     loaded = [{"ticker": "BTCUSDT", "day": day, "source": "daily"} for day in window[:-1]]
     loaded.append({"ticker": "ETHUSDT", "day": window[0], "source": "none"})
-    with clickhouse.get_client() as client:
-        client.insert_arrow("binance.daily_liquidity", liquidity_rows(loaded))
+    with clickhouse.open() as store:
+        store.client.insert_arrow("binance.daily_liquidity", liquidity_rows(loaded))
     sensor = build_daily_sensor(UM, settings, lookback_days=3)
 
     first = tick(sensor, bare_instance, {"clickhouse": clickhouse}, None)
@@ -124,4 +125,4 @@ def liquidity_rows(rows: list[dict[str, object]]) -> pa.Table:
         }
         for row in rows
     ]  # fmt: skip
-    return pa.Table.from_pylist(full, schema=LIQUIDITY_SCHEMA)
+    return pa.Table.from_pylist(full, schema=LIQUIDITY_TABLE.schema)

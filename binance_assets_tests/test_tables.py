@@ -1,31 +1,26 @@
-"""tables.py: SQL builders as strings, DDL on a real chDB store, schemas, the version check."""
+"""tables.py: SQL builders as strings, the DDL and the schemas."""
 
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.tables import (
-    BARS,
     BARS_COLUMNS,
-    BARS_SCHEMA,
-    LIQUIDITY,
-    LIQUIDITY_SCHEMA,
-    ServerVersionError,
+    BARS_TABLE,
+    LIQUIDITY_TABLE,
     Slice,
     conform,
     count_slice_sql,
     delete_slice_sql,
-    ensure_tables,
     qualified,
     render_sql,
-    require_server_version,
     select_slice_sql,
 )
+
+BARS_SCHEMA = BARS_TABLE.schema
 
 JAN = [dt.date(2024, 1, d) for d in range(1, 32)]
 
@@ -75,39 +70,13 @@ def test_a_slice_needs_days() -> None:
 
 
 def test_ddl_follows_the_design() -> None:
-    bars = BARS.ddl("binance", "hl5s")
+    bars = BARS_TABLE.ddl("binance", "hl5s")
     assert bars.startswith("CREATE TABLE IF NOT EXISTS `binance`.`hl5s` (\n  `market` LowCardinality(String)")
     assert bars.endswith(") ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY (market, ticker, ts)")
     assert "`ts` DateTime('UTC') COMMENT 'Bar close (right edge)" in bars
-    liquidity = LIQUIDITY.ddl("db", "liq")
+    liquidity = LIQUIDITY_TABLE.ddl("db", "liq")
     assert liquidity.endswith(") ENGINE = ReplacingMergeTree(loaded_at) ORDER BY (market, ticker, day)")
     assert [c.name for c in BARS_COLUMNS] == BARS_SCHEMA.names
-
-
-def test_ensure_tables_is_idempotent_and_matches_the_arrow_schemas(tmp_path: Path) -> None:
-    with open_client(f"chdb://{tmp_path / 'store'}") as client:
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")
-        ensure_tables(client, "binance", "hl5s", "daily_liquidity")  # memo: no statement
-        client.command(BARS.ddl("binance", "hl5s"))  # the DDL itself is idempotent too
-        client.command(LIQUIDITY.ddl("binance", "daily_liquidity"))
-        columns = client.query(
-            "SELECT table, name, type FROM system.columns WHERE database = 'binance' ORDER BY table, position"
-        ).result_rows
-    assert [(name, kind) for table, name, kind in columns if table == "hl5s"] == [
-        (c.name, c.type) for c in BARS.columns
-    ]
-    assert [name for table, name, _ in columns if table == "daily_liquidity"] == LIQUIDITY_SCHEMA.names
-
-
-@pytest.mark.parametrize("version", ["23.3.1.1", "24.8.4.13", "26.9.2.1", "100.0"])
-def test_supported_server_versions(version: str) -> None:
-    require_server_version(version)
-
-
-@pytest.mark.parametrize("version", ["23.2.7.32", "22.8.1", "1.1", "unknown"])
-def test_too_old_server_version_is_named(version: str) -> None:
-    with pytest.raises(ServerVersionError, match=rf"'{version}' is not supported: need 23.3 or later"):
-        require_server_version(version)
 
 
 def _bars(day: dt.date, n: int, *, ticker: str = "BTCUSDT") -> pa.Table:

@@ -8,20 +8,12 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from binance_assets.cli.common import PROG, CliError, format_table, one_line
-from binance_assets.clickhouse import tables
-from binance_assets.clickhouse.client import describe_url, open_client
-from binance_assets.clickhouse.tables import (
-    ServerVersionError,
-    TableSpec,
-    check_server_version,
-    ensure_tables,
-    qualified,
-    quote,
-)
+from binance_assets.clickhouse.client import describe_url
+from binance_assets.clickhouse.store import OpenStore, ServerVersionError, Store
+from binance_assets.clickhouse.tables import LIQUIDITY_TABLE, TableSpec, quote
 from binance_assets.settings import Settings
 
 _OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^\"')]+)")
@@ -29,11 +21,12 @@ _OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^\"')]+)")
 
 
 @contextlib.contextmanager
-def _store(settings: Settings) -> Iterator[Client]:
-    """A client on CLICKHOUSE_URL; a server that cannot be reached or used is one error line."""
+def _store(settings: Settings) -> Iterator[OpenStore]:
+    """The store of the settings, open, its tables not created; a server that cannot be reached or used
+    is one error line."""
     try:
-        with open_client(settings.clickhouse_url) as client:
-            yield client
+        with Store.from_settings(settings).open(create_tables=False) as store:
+            yield store
     except OperationalError as error:
         reason = _OS_ERROR.search(str(error))
         raise CliError(
@@ -46,59 +39,44 @@ def _store(settings: Settings) -> Iterator[Client]:
         ) from None
 
 
-def _tables(settings: Settings) -> list[tuple[str, TableSpec]]:
-    return [
-        (settings.bars_table, tables.BARS),
-        (settings.liquidity_table, tables.LIQUIDITY),
-        (settings.archives_table, tables.ARCHIVES),
-    ]
-
-
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     """Create the database and tables where missing (as every write does); print what was created or
     found. A table found under one of our names must be ours (key columns present, our columns' types)."""
-    database = settings.clickhouse_database
-    with _store(settings) as client:
-        check_server_version(client)
-        found = {f"database {database}": _exists(client, "DATABASE", quote(database))}
-        for table, spec in _tables(settings):
-            label = f"table {database}.{table}"
-            found[label] = _exists(client, "TABLE", qualified(database, table))
+    with _store(settings) as store:
+        store.check_server_version()
+        database = store.store.database
+        found = {f"database {database}": _exists(store, "DATABASE", quote(database))}
+        for spec, _ in store.store.tables:
+            label = f"table {store.store.label(spec)}"
+            found[label] = _exists(store, "TABLE", store.qualified(spec))
             if found[label]:
-                _refuse_foreign(client, database, table, spec)
-        ensure_tables(
-            client,
-            database,
-            settings.bars_table,
-            settings.liquidity_table,
-            settings.archives_table,
-            cluster=settings.clickhouse_cluster,
-        )
-        print(f"ClickHouse {describe_url(settings.clickhouse_url)}, server {client.server_version}")
+                _refuse_foreign(store, spec)
+        store.ensure_tables()
+        print(f"ClickHouse {describe_url(settings.clickhouse_url)}, server {store.client.server_version}")
     for what, existed in found.items():
         print(f"{what}: {'found' if existed else 'created'}")
     return 0
 
 
-def _exists(client: Client, kind: str, name: str) -> bool:
-    return bool(int(client.command(f"EXISTS {kind} {name}")))
+def _exists(store: OpenStore, kind: str, name: str) -> bool:
+    return bool(int(store.client.command(f"EXISTS {kind} {name}")))
 
 
-def _refuse_foreign(client: Client, database: str, table: str, spec: TableSpec) -> None:
+def _refuse_foreign(store: OpenStore, spec: TableSpec) -> None:
     """Fail, before any DDL touches it, on an existing table that cannot be ours (run.py's, say)."""
-    problems = _foreign_columns(client, database, table, spec)
+    problems = _foreign_columns(store, spec)
     if problems:
         raise CliError(
-            f"table {database}.{table} exists but was not made by {PROG} ({'; '.join(problems)}): pick "
-            "another name (CLICKHOUSE_*_TABLE, or run.py's DATA_TABLE_NAME / CONTROL_TABLE_NAME)"
+            f"table {store.store.label(spec)} exists but was not made by {PROG} ({'; '.join(problems)}): "
+            "pick another name (CLICKHOUSE_*_TABLE, or run.py's DATA_TABLE_NAME / CONTROL_TABLE_NAME)"
         )
 
 
-def _foreign_columns(client: Client, database: str, table: str, spec: TableSpec) -> list[str]:
+def _foreign_columns(store: OpenStore, spec: TableSpec) -> list[str]:
     """Why an existing table cannot be ours: a key column missing, or a column of ours with another type."""
-    result = client.query(
+    result = store.client.query(
         "SELECT name, type FROM system.columns WHERE database = {database:String} AND table = {table:String}",
-        parameters={"database": database, "table": table},
+        parameters={"database": store.store.database, "table": store.store.name(spec)},
     )
     types = dict(result.result_rows)
     missing = [name for name in spec.order_by if name not in types]
@@ -129,9 +107,7 @@ ORDER BY market, ticker
 aggTrades, the span of the days with data, the days missing inside the loaded span (as ranges)."""
 
 
-def status_sql(
-    database: str, table: str, market: str | None, tickers: Sequence[str]
-) -> tuple[str, dict[str, Any]]:
+def status_sql(store: Store, market: str | None, tickers: Sequence[str]) -> tuple[str, dict[str, Any]]:
     where, params = ["1"], {}
     if market:
         where.append("market = {market:String}")
@@ -139,18 +115,19 @@ def status_sql(
     if tickers:
         where.append("ticker IN {tickers:Array(String)}")
         params["tickers"] = list(tickers)
-    sql = STATUS_SQL.replace("{table}", qualified(database, table)).replace("{where}", " AND ".join(where))
+    table = store.qualified(LIQUIDITY_TABLE)
+    sql = STATUS_SQL.replace("{table}", table).replace("{where}", " AND ".join(where))
     return sql.strip(), params
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Per ticker: what the liquidity table says was loaded, gaps included."""
-    database, table = settings.clickhouse_database, settings.liquidity_table
-    sql, params = status_sql(database, table, args.market.key if args.market else None, args.ticker or ())
-    with _store(settings) as client:
-        if not _exists(client, "TABLE", qualified(database, table)):
-            raise CliError(f"table {database}.{table} does not exist: nothing loaded yet (see {PROG} init)")
-        result = client.query(sql, parameters=params)
+    with _store(settings) as store:
+        sql, params = status_sql(store.store, args.market.key if args.market else None, args.ticker or ())
+        if not _exists(store, "TABLE", store.qualified(LIQUIDITY_TABLE)):
+            label = store.store.label(LIQUIDITY_TABLE)
+            raise CliError(f"table {label} does not exist: nothing loaded yet (see {PROG} init)")
+        result = store.client.query(sql, parameters=params)
     print(format_table(result.column_names, result.result_rows))
     return 0
 
@@ -158,17 +135,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     """Run a query on the store (its tables created if missing) and print the result."""
     try:
-        with open_client(settings.clickhouse_url) as client:
-            ensure_tables(
-                client,
-                settings.clickhouse_database,
-                settings.bars_table,
-                settings.liquidity_table,
-                settings.archives_table,
-                cluster=settings.clickhouse_cluster,
-            )
-            client.database = settings.clickhouse_database
-            result = client.query(args.query)
+        with Store.from_settings(settings).open() as store:
+            store.client.database = store.store.database
+            result = store.client.query(args.query)
     except ClickHouseError as error:
         raise CliError(one_line(str(error))) from None
     print(format_table(result.column_names, result.result_rows))

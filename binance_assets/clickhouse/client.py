@@ -1,4 +1,5 @@
-"""The only opener of ClickHouse connections: `chdb:///abs/path` (embedded) or `http(s)://...` (server).
+"""ClickHouse connections: `chdb:///abs/path` (embedded) or `http(s)://...` (server); `store.py` opens the
+store (connection, lock, tables) through `open_client`.
 
 chDB (4.4, ClickHouse 26.9) hosts one engine per process and one process per store directory:
 - a second process opening a store that is open elsewhere fails at once ("Cannot lock file
@@ -25,6 +26,8 @@ from clickhouse_connect.driver.client import Client
 
 from binance_assets.locks import file_lock
 
+LOCK_TIMEOUT = 600.0
+"""Seconds a run, sensor or CLI command waits for an embedded store another process is using."""
 _EMBEDDED_LOCK = threading.Lock()
 """One chDB engine per process: threads use embedded stores one at a time."""
 
@@ -86,7 +89,7 @@ def lock_file_for(store: Path) -> Path:
 
 @contextmanager
 def open_client(
-    url: str, database: str | None = None, *, password: str | None = None, lock_timeout: float = 600
+    url: str, database: str | None = None, *, password: str | None = None, lock_timeout: float = LOCK_TIMEOUT
 ) -> Iterator[Client]:
     """Open a clickhouse-connect client for url, yield it, close it; for chdb:// hold the store lock.
 

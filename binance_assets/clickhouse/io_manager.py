@@ -1,38 +1,37 @@
-"""ClickHouseIOManager: each output replaces its run's partition slices; inputs read them back.
+"""ClickHouseIOManager: each output replaces its run's partition slices in the store.
 
 Shape of dagster's `DbIOManager` (context -> slices, then one connection, ensure tables, delete the
 slice, a type handler writes, metadata), with our storage rules (docs/design.md "Writes, failures and
 recovery"):
 - asset keys `[..., <market>, "hl5s_bars" | "daily_liquidity"]`, multi-partitioned by a daily `date`
-  dimension and a `ticker` dimension, declared with `partition_expr` {"date": "day", "ticker": "ticker"};
+  dimension and a `ticker` dimension (`partition_expr` metadata may say so, {"date": "day", "ticker":
+  "ticker"}, the default; another mapping is refused);
 - a run's partition keys become one slice (market, ticker, days) per ticker;
 - every table is cast to the canonical Arrow schema and checked against the run's slices before any
   DELETE is sent; DELETE is the lightweight `DELETE FROM`, skipped when a `count()` finds nothing;
-- each INSERT is one block (`INSERT_SETTINGS`): all its rows or none.
-Handlers: `pyarrow.Table` and `pandas.DataFrame` (per ticker: delete the slice, one insert), and an
-iterable of `pyarrow.Table` (streamed: per table, delete the (ticker, days) it holds, insert it; at the
-end, delete the run's days no table held; if the iterable raises, days not yet written keep their rows).
+- each INSERT is one block (`store.INSERT_SETTINGS`): all its rows or none.
+Handlers: `pyarrow.Table` (per ticker: delete the slice, one insert), and an iterable of `pyarrow.Table`
+(streamed: per table, delete the (ticker, days) it holds, insert it; at the end, delete the run's days
+no table held; if the iterable raises, days not yet written keep their rows).
 The asset yields bars before daily_liquidity: a liquidity row marks its ticker-day complete.
+Inputs are not loaded: no asset reads these tables as an input; research reads them with
+`research.read_bars` / `read_liquidity` or `export`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from clickhouse_connect.driver.client import Client
 from dagster import (
     ConfigurableIOManager,
-    EnvVar,
     InputContext,
     MultiPartitionsDefinition,
     OutputContext,
@@ -40,56 +39,48 @@ from dagster import (
     TableSchema,
     TimeWindowPartitionsDefinition,
 )
-from pydantic import Field, field_validator
 
-from binance_assets.clickhouse.client import validate_url
+from binance_assets.clickhouse.resource import ClickHouseResource
+from binance_assets.clickhouse.store import OpenStore, Store
 from binance_assets.clickhouse.tables import (
-    BARS,
-    INSERT_SETTINGS,
-    LIQUIDITY,
+    BARS_TABLE,
+    LIQUIDITY_TABLE,
     Slice,
     TableSpec,
     conform,
-    count_slice_sql,
-    delete_slice_sql,
-    open_store,
-    qualified,
-    quote,
     render_sql,
     select_slice_sql,
 )
 from binance_assets.partition_range import days_of_range
 
-_ROWS_PER_BATCH = 1 << 17
 STREAM_FLUSH_ROWS = 600_000
 """Streamed rows buffered before a write: a month of 5 s bars (535,680) fits; about 60 MB."""
-Connect = Callable[[], AbstractContextManager[Client]]
+Connect = Callable[[], AbstractContextManager[OpenStore]]
 """Opens the store (and, for chdb://, locks it) for the span of a `with` block."""
 PARTITION_COLUMNS = ("day", "ticker")
 """The columns `partition_expr` must map the (daily) date and ticker dimensions to."""
+DEFAULT_PARTITION_EXPR = {"date": "day", "ticker": "ticker"}
+"""The mapping of the assets' dimensions (assets.market_partitions), taken when `partition_expr` is unset."""
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where an output goes: a table and the run's slices of it, one per ticker."""
+    """Where an output goes: a table of the store and the run's slices of it, one per ticker."""
 
-    database: str
-    table: str
+    store: Store
     spec: TableSpec
     market: str
     slices: tuple[Slice, ...]
-    cluster: str = ""
-    """CLICKHOUSE_CLUSTER: `table` is Distributed and deletes go ON CLUSTER to its local tables."""
 
     @property
     def name(self) -> str:
-        return f"{self.database}.{self.table}"
+        return self.store.label(self.spec)
 
     def query(self) -> str:
         """A SELECT of the slices, with literal values (display only)."""
+        database, table = self.store.database, self.store.name(self.spec)
         return "\nUNION ALL\n".join(
-            render_sql(*select_slice_sql(self.database, self.table, s, self.spec.order_by))
-            for s in self.slices
+            render_sql(*select_slice_sql(database, table, s, self.spec.order_by)) for s in self.slices
         )
 
     def conform(self, table: pa.Table) -> tuple[pa.Table, dict[str, frozenset[dt.date]]]:
@@ -118,78 +109,16 @@ def days_by_ticker(rows: pa.Table) -> dict[str, frozenset[dt.date]]:
     return {ticker: frozenset(d) for ticker, d in days.items()}
 
 
-def clear_slice(client: Client, target: Target, s: Slice, *, skip_empty: bool = True) -> None:
-    """Delete the slice's rows; with skip_empty, first count them and send no DELETE if none."""
-    if skip_empty and int(client.command(*count_slice_sql(target.database, target.table, s))) == 0:
-        return
-    sql, params = delete_slice_sql(target.database, target.table, s, target.cluster)
-    client.command(sql, parameters=params)
-
-
-def insert_rows(client: Client, target: Target, rows: pa.Table) -> None:
-    """One INSERT of canonical rows as one block (see INSERT_SETTINGS); nothing for zero rows.
-
-    Sent as an ArrowStream, batch by batch: `client.insert_arrow` first builds the whole Arrow file in
-    one growing buffer, which doubles peak memory and, for a year of bars, the time.
-    """
-    if rows.num_rows:
-        table = qualified(target.database, target.table)
-        client.raw_insert(
-            table, rows.column_names, _arrow_stream(rows), settings=dict(INSERT_SETTINGS), fmt="ArrowStream"
-        )
-
-
-def _arrow_stream(rows: pa.Table) -> Iterator[bytes]:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, rows.schema) as writer:
-        for batch in rows.to_batches(max_chunksize=_ROWS_PER_BATCH):
-            writer.write_batch(batch)
-            yield _drain(sink)
-    yield _drain(sink)  # end-of-stream marker
-
-
-def _drain(sink: io.BytesIO) -> bytes:
-    data = sink.getvalue()
-    sink.seek(0)
-    sink.truncate()
-    return data
-
-
-def read_slices(client: Client, target: Target) -> pa.Table:
-    parts = [
-        conform(client.query_arrow(sql, parameters=params), target.spec.schema)
-        for sql, params in (
-            select_slice_sql(target.database, target.table, s, target.spec.order_by) for s in target.slices
-        )
-    ]
-    return pa.concat_tables(parts)
-
-
 class ArrowTypeHandler:
-    supported_types: tuple[type, ...] = (pa.Table,)
+    """One pyarrow Table holding the run's rows."""
 
     def handle_output(self, connect: Connect, target: Target, obj: pa.Table) -> int:
         rows, _ = target.conform(obj)
-        with connect() as client:
+        with connect() as store:
             for s in target.slices:
-                clear_slice(client, target, s)
-                insert_rows(client, target, _rows_of_ticker(rows, s.ticker, len(target.slices)))
+                store.clear(target.spec, s)
+                store.insert(target.spec, _rows_of_ticker(rows, s.ticker, len(target.slices)))
         return rows.num_rows
-
-    def load_input(self, client: Client, target: Target) -> pa.Table:
-        return read_slices(client, target)
-
-
-class PandasTypeHandler:
-    supported_types: tuple[type, ...] = (pd.DataFrame,)
-
-    def handle_output(self, connect: Connect, target: Target, obj: pd.DataFrame) -> int:
-        return ArrowTypeHandler().handle_output(
-            connect, target, pa.Table.from_pandas(obj, preserve_index=False)
-        )
-
-    def load_input(self, client: Client, target: Target) -> pd.DataFrame:
-        return read_slices(client, target).to_pandas()
 
 
 class StreamTypeHandler:
@@ -201,8 +130,6 @@ class StreamTypeHandler:
     31 days opens the store once instead of 31 times. If the iterable raises, the tables it produced
     are written and the days it did not reach keep their rows.
     """
-
-    supported_types: tuple[type, ...] = (Iterable,)
 
     def handle_output(self, connect: Connect, target: Target, obj: Iterable[pa.Table]) -> int:
         seen: dict[str, set[dt.date]] = defaultdict(set)
@@ -248,135 +175,68 @@ def _write_buffer(
     rows = [table for table, _ in buffer if table.num_rows]
     if not slices:
         return 0
-    with connect() as client:
+    with connect() as store:
         for s in slices:
-            clear_slice(client, target, s)
+            store.clear(target.spec, s)
         if rows:
-            insert_rows(client, target, pa.concat_tables(rows))
+            store.insert(target.spec, pa.concat_tables(rows))
     return sum(table.num_rows for table in rows)
 
 
 class OutputHandler(Protocol):
-    supported_types: tuple[type, ...]
-
     def handle_output(self, connect: Connect, target: Target, obj: Any) -> int: ...
-
-
-OUTPUT_HANDLERS: tuple[OutputHandler, ...] = (ArrowTypeHandler(), PandasTypeHandler(), StreamTypeHandler())
-"""In lookup order: a DataFrame is iterable too."""
 
 
 class ClickHouseIOManager(ConfigurableIOManager):
     """Stores `[..., <market>, "hl5s_bars" | "daily_liquidity"]` partition slices in ClickHouse."""
 
-    url: str = Field(
-        description="CLICKHOUSE_URL: chdb:///abs/path (embedded chDB store) or http(s)://user:password@host:port"
-    )
-    password: str = Field(
-        default="",
-        description="CLICKHOUSE_PASSWORD, for a server URL built from run.py's CLICKHOUSE_HOST... settings "
-        "(kept out of url so it can be an EnvVar); empty: the url's own",
-    )
-    database: str = Field(default="binance", description="CLICKHOUSE_DATABASE: database of both tables")
-    bars_table: str = Field(default="hl5s", description="CLICKHOUSE_BARS_TABLE: table of the 5-second bars")
-    liquidity_table: str = Field(
-        default="daily_liquidity", description="CLICKHOUSE_LIQUIDITY_TABLE: table of the per-day stats"
-    )
-    archives_table: str = Field(
-        default="archives", description="CLICKHOUSE_ARCHIVES_TABLE: the archive ledger"
-    )
-    cluster: str = Field(
-        default="",
-        description="CLICKHOUSE_CLUSTER: a cluster of servers (Distributed over ReplicatedMergeTree tables); "
-        "empty: one server or the embedded store",
-    )
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _valid_url(cls, value: object) -> object:
-        # Before pydantic casts an EnvVar to its name; Dagster builds the IO manager again from its value.
-        return validate_url(value) if isinstance(value, str) and not isinstance(value, EnvVar) else value
-
-    @field_validator("database", "bars_table", "liquidity_table", "archives_table")
-    @classmethod
-    def _valid_identifier(cls, value: str) -> str:
-        quote(value)
-        return value
-
-    @field_validator("cluster")
-    @classmethod
-    def _valid_cluster(cls, value: str) -> str:
-        if value:
-            quote(value)
-        return value
+    clickhouse: ClickHouseResource
+    """The store (a nested resource: its fields are this IO manager's configuration)."""
 
     def handle_output(self, context: OutputContext, obj: object) -> None:
         started = time.perf_counter()
         handler = _output_handler(obj)
-        target = self._target(context, context.definition_metadata)
-        rows = handler.handle_output(self._connect, target, obj)
+        target = self._target(context)
+        rows = handler.handle_output(self.clickhouse.open, target, obj)
         context.add_output_metadata(_output_metadata(target, rows, time.perf_counter() - started))
 
-    def load_input(self, context: InputContext) -> pa.Table | pd.DataFrame:
-        handler = _load_handler(context.dagster_type.typing_type)
+    def load_input(self, context: InputContext) -> None:
         upstream = context.upstream_output
-        target = self._target(context, upstream.definition_metadata if upstream else {})
-        with self._connect() as client:
-            return handler.load_input(client, target)
+        key = upstream.asset_key.to_user_string() if upstream and upstream.has_asset_key else "its input"
+        raise NotImplementedError(
+            f"ClickHouseIOManager loads no inputs ({key}): read the stored bars with "
+            "binance_assets.research.read_bars (daily stats: read_liquidity), or export them with "
+            "`binance-assets export`"
+        )
 
-    @contextmanager
-    def _connect(self) -> Iterator[Client]:
-        """The store, with its tables in place; for chdb:// its lock is held until the block ends."""
-        with open_store(
-            self.url,
-            self.database,
-            self.bars_table,
-            self.liquidity_table,
-            self.archives_table,
-            password=self.password,
-            cluster=self.cluster,
-        ) as client:
-            yield client
-
-    def _target(self, context: OutputContext | InputContext, metadata: Mapping[str, Any]) -> Target:
+    def _target(self, context: OutputContext) -> Target:
         if not context.has_asset_key:
             raise ValueError("ClickHouseIOManager stores asset outputs only")
         path = context.asset_key.path
-        tables = {"hl5s_bars": (self.bars_table, BARS), "daily_liquidity": (self.liquidity_table, LIQUIDITY)}
+        tables = {"hl5s_bars": BARS_TABLE, "daily_liquidity": LIQUIDITY_TABLE}
         if len(path) < 2 or path[-1] not in tables:
             raise ValueError(
                 f"ClickHouseIOManager has no table for asset {context.asset_key.to_user_string()}: "
                 f"the key must end with <market>/{' or <market>/'.join(tables)}"
             )
-        market, (table, spec) = path[-2], tables[path[-1]]
-        slices = _run_slices(context, metadata, market)
-        return Target(self.database, table, spec, market, slices, self.cluster)
+        market, spec = path[-2], tables[path[-1]]
+        slices = _run_slices(context, context.definition_metadata, market)
+        return Target(self.clickhouse.store, spec, market, slices)
 
 
 def _output_handler(obj: object) -> OutputHandler:
-    if obj is None:
-        raise TypeError("ClickHouseIOManager got None: return a pyarrow Table, a pandas DataFrame or tables")
-    for handler in OUTPUT_HANDLERS:
-        if isinstance(obj, handler.supported_types) and not isinstance(obj, (str, bytes)):
-            return handler
+    if isinstance(obj, pa.Table):
+        return ArrowTypeHandler()
+    # A data frame (pandas, polars: `__dataframe__`) is iterable too, over its column names.
+    if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes)) and not hasattr(obj, "__dataframe__"):
+        return StreamTypeHandler()
     raise TypeError(
-        f"ClickHouseIOManager cannot store {type(obj)}: "
-        "return a pyarrow Table, a pandas DataFrame or an iterable of pyarrow Tables"
+        f"ClickHouseIOManager cannot store {type(obj)}: return a pyarrow Table or an iterable of "
+        "pyarrow Tables (a pandas DataFrame: pyarrow.Table.from_pandas(frame, preserve_index=False))"
     )
 
 
-def _load_handler(load_type: object) -> ArrowTypeHandler | PandasTypeHandler:
-    """As dagster-duckdb: by the input's type; an unannotated input (Any) loads as a pyarrow Table."""
-    if load_type is Any or load_type is pa.Table:
-        return ArrowTypeHandler()
-    if load_type is pd.DataFrame:
-        return PandasTypeHandler()
-    raise TypeError(f"ClickHouseIOManager loads pyarrow.Table or pandas.DataFrame inputs, not {load_type}")
-
-
-def _run_slices(
-    context: OutputContext | InputContext, metadata: Mapping[str, Any], market: str
-) -> tuple[Slice, ...]:
+def _run_slices(context: OutputContext, metadata: Mapping[str, Any], market: str) -> tuple[Slice, ...]:
     """One slice per ticker from the run's partition keys (a single key or a backfill range)."""
     key = context.asset_key.to_user_string()
     partitions_def = context.asset_partitions_def if context.has_asset_partitions else None
@@ -384,7 +244,8 @@ def _run_slices(
         raise ValueError(
             f"{key}: ClickHouseIOManager stores assets multi-partitioned by date and ticker only"
         )
-    day_dim, ticker_dim = _partition_dimensions(key, partitions_def, metadata.get("partition_expr"))
+    expr = metadata.get("partition_expr", DEFAULT_PARTITION_EXPR)
+    day_dim, ticker_dim = _partition_dimensions(key, partitions_def, expr)
     key_range = context.asset_partition_key_range
     days = days_of_range(partitions_def, key_range, day_dim, ticker_dim, lambda: context.asset_partition_keys)
     return tuple(Slice(market, ticker, frozenset(d)) for ticker, d in days.items())
@@ -396,8 +257,8 @@ def _partition_dimensions(
     """(day dimension, ticker dimension) from `partition_expr`, checked column by column."""
     if not isinstance(expr, Mapping):
         raise ValueError(
-            f"{key} is partitioned but its output has no 'partition_expr' metadata mapping each dimension "
-            'to a column, e.g. metadata={"partition_expr": {"date": "day", "ticker": "ticker"}}'
+            f"{key}: 'partition_expr' must map each dimension to a column, "
+            f"e.g. {{'partition_expr': {DEFAULT_PARTITION_EXPR}}}, not {expr!r}"
         )
     dims = {}
     for dim in partitions_def.partitions_defs:

@@ -1,4 +1,5 @@
-"""The SQL of the read API and `export`, and the Arrow schemas of their results. Pure.
+"""The SQL of the read API and `export` (on a `Store`'s tables), and the Arrow schemas of their results.
+Pure: text only.
 
 Bars of any multiple S of 5 s are computed from the 5 s bars: a 5 s bar stamped t covers [t - 5, t), so
 it belongs to the S-bar stamped ceil(t / S) * S, which covers [t' - S, t'). Days follow the bars' ``day``
@@ -13,7 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from binance_assets.clickhouse.tables import LIQUIDITY, Column, qualified, quote
+from binance_assets.clickhouse.store import Store
+from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE, Column, quote
 
 BARS_READ_SCHEMA = pa.schema(
     [
@@ -28,7 +30,7 @@ BARS_READ_SCHEMA = pa.schema(
 """read_bars' columns at every interval: ts is the bar's right edge."""
 
 LIQUIDITY_READ_SCHEMA = pa.schema(
-    [f.with_type(pa.timestamp("s", tz="UTC")) if f.name == "loaded_at" else f for f in LIQUIDITY.schema]
+    [f.with_type(pa.timestamp("s", tz="UTC")) if f.name == "loaded_at" else f for f in LIQUIDITY_TABLE.schema]
 )
 """daily_liquidity's columns, loaded_at as a timestamp."""
 
@@ -38,9 +40,9 @@ _BAR_FILTER = (
 _SUMS = ("volume", "quote_volume", "taker_buy_volume")
 
 
-def bars_sql(database: str, table: str, seconds: int) -> str:
+def bars_sql(store: Store, seconds: int) -> str:
     """One ticker's bars of ``seconds`` on days [first, last]; parameters market, ticker, first, last."""
-    source = qualified(database, table)
+    source = store.qualified(BARS_TABLE)
     if seconds == 5:
         columns = ", ".join(quote(name) for name in BARS_READ_SCHEMA.names[1:-1])
         return (
@@ -60,13 +62,13 @@ def bars_sql(database: str, table: str, seconds: int) -> str:
     )
 
 
-def tickers_sql(database: str, table: str) -> str:
+def tickers_sql(store: Store) -> str:
     """The tickers of market {market:String} with a row in the liquidity table: those loaded."""
-    return f"SELECT DISTINCT ticker FROM {qualified(database, table)} WHERE market = {{market:String}}"
+    return f"SELECT DISTINCT ticker FROM {store.qualified(LIQUIDITY_TABLE)} WHERE market = {{market:String}}"
 
 
 def liquidity_sql(
-    database: str, table: str, market: str, ticker: str | None, first: Any, last: Any
+    store: Store, market: str, ticker: str | None, first: Any, last: Any
 ) -> tuple[str, dict[str, Any]]:
     """daily_liquidity's rows (FINAL: the newest load of each ticker-day) of a market, optionally one ticker
     and a day range, by ticker and day."""
@@ -79,9 +81,9 @@ def liquidity_sql(
         if value is not None:
             where.append(condition)
             params[name] = value
-    columns = ", ".join(_select(c) for c in LIQUIDITY.columns)
+    columns = ", ".join(_select(c) for c in LIQUIDITY_TABLE.columns)
     sql = (
-        f"SELECT {columns} FROM {qualified(database, table)} FINAL WHERE {' AND '.join(where)} "
+        f"SELECT {columns} FROM {store.qualified(LIQUIDITY_TABLE)} FINAL WHERE {' AND '.join(where)} "
         "ORDER BY ticker, day"
     )
     return sql, params

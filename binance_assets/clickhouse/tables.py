@@ -1,46 +1,23 @@
 """DDL, Arrow schemas and SQL builders of the tables: hl5s, daily_liquidity (docs/design.md "Tables")
-and the archive ledger.
+and the archive ledger. Pure: text and Arrow only; `store.py` opens the store and runs the statements.
 
 The column lists below are the one source of the DDL, the canonical Arrow insert schemas and the
-`dagster/column_schema` descriptions. SQL builders are pure and return `(sql, parameters)` for
-clickhouse-connect's server-side binding (`{name:Type}`); identifiers are validated and backtick-quoted.
+`dagster/column_schema` descriptions. SQL builders return `(sql, parameters)` for clickhouse-connect's
+server-side binding (`{name:Type}`); identifiers are validated and backtick-quoted.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import pyarrow as pa
 from clickhouse_connect.driver.binding import format_query_value
-from clickhouse_connect.driver.client import Client
 
-from binance_assets.clickhouse.client import open_client
-
-MIN_SERVER_VERSION = (23, 3)
-"""Lightweight `DELETE FROM` is enabled by default from ClickHouse 23.3."""
-
-_BIG = 1 << 62
-INSERT_SETTINGS: Mapping[str, int] = {
-    "async_insert": 0,
-    "max_insert_threads": 1,
-    "min_insert_block_size_rows": _BIG,
-    "min_insert_block_size_bytes": _BIG,
-    "max_insert_block_size": _BIG,
-    "insert_distributed_sync": 1,
-}
-"""One INSERT is one block, so it commits all its rows or none: a failure while the server reads the
-data leaves the table as before. The block is squashed in one stream (ClickHouse >= 26.8 otherwise
-writes in parallel streams) and its parts, one per month partition, are written once the whole block
-is in memory: the server holds the whole insert (about 90 bytes per bar row). Synchronous, so a
-DELETE and the INSERT after it apply in order: chDB 4.4 (ClickHouse 26.9) defaults to async_insert = 1;
-on a cluster too, where the INSERT goes through a Distributed table (`insert_distributed_sync`, called
-`distributed_foreground_insert` by newer servers; other engines ignore it): it returns once every shard
-holds its part, one block per shard."""
+from binance_assets.settings import IDENTIFIER_PATTERN
 
 LOCAL_SUFFIX = "_local"
 """On a cluster (CLICKHOUSE_CLUSTER), `<table>_local` is the ReplicatedMergeTree table on each server and
@@ -49,7 +26,8 @@ SHARDING_KEY = "cityHash64(market, ticker)"
 """How a Distributed table places rows: a ticker's rows live on one shard, so a slice's DELETE, count and
 FINAL see all of them in one place, and one ticker's INSERT is one block on one shard."""
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+"""A ClickHouse database, table or cluster name as this project accepts it (then backtick-quoted)."""
 _PARAMETER = re.compile(r"\{(\w+):[^}]+\}")
 _ARROW_TYPES: Mapping[str, pa.DataType] = {
     "LowCardinality(String)": pa.string(),
@@ -179,12 +157,9 @@ class TableSpec:
         return f"ALTER TABLE {qualified(database, table)}{on_cluster(cluster)} {clauses}"
 
 
-BARS = TableSpec(BARS_COLUMNS, "MergeTree PARTITION BY toYYYYMM(day)", ("market", "ticker", "ts"))
-LIQUIDITY = TableSpec(LIQUIDITY_COLUMNS, "ReplacingMergeTree(loaded_at)", ("market", "ticker", "day"))
-BARS_SCHEMA: pa.Schema = BARS.schema
-LIQUIDITY_SCHEMA: pa.Schema = LIQUIDITY.schema
-ARCHIVES = TableSpec(ARCHIVES_COLUMNS, "ReplacingMergeTree(loaded_at)", ("market", "ticker", "key"))
-ARCHIVES_SCHEMA: pa.Schema = ARCHIVES.schema
+BARS_TABLE = TableSpec(BARS_COLUMNS, "MergeTree PARTITION BY toYYYYMM(day)", ("market", "ticker", "ts"))
+LIQUIDITY_TABLE = TableSpec(LIQUIDITY_COLUMNS, "ReplacingMergeTree(loaded_at)", ("market", "ticker", "day"))
+ARCHIVES_TABLE = TableSpec(ARCHIVES_COLUMNS, "ReplacingMergeTree(loaded_at)", ("market", "ticker", "key"))
 
 
 @dataclass(frozen=True)
@@ -198,10 +173,6 @@ class Slice:
     def __post_init__(self) -> None:
         if not self.days:
             raise ValueError(f"empty slice for {self.market} {self.ticker}: no days")
-
-
-class ServerVersionError(RuntimeError):
-    """The ClickHouse server is too old for this project."""
 
 
 def quote(identifier: str) -> str:
@@ -227,68 +198,6 @@ def local_table(table: str) -> str:
 def stored_tables(table: str, cluster: str = "") -> tuple[str, ...]:
     """The tables that hold `table`'s columns: itself; on a cluster its local and Distributed tables."""
     return (local_table(table), table) if cluster else (table,)
-
-
-def require_server_version(version: str) -> None:
-    """Raise ServerVersionError unless version (e.g. '26.9.2.1') is at least MIN_SERVER_VERSION."""
-    parts = re.match(r"^(\d+)\.(\d+)", version)
-    if parts is None or (int(parts[1]), int(parts[2])) < MIN_SERVER_VERSION:
-        minimum = ".".join(map(str, MIN_SERVER_VERSION))
-        raise ServerVersionError(
-            f"ClickHouse server version {version!r} is not supported: need {minimum} or later "
-            "(lightweight DELETE FROM, enabled by default from 23.3)"
-        )
-
-
-def check_server_version(client: Client) -> None:
-    require_server_version(client.server_version)
-
-
-_ensured: set[tuple[str, str, str, str, str, str]] = set()
-
-
-def ensure_tables(
-    client: Client,
-    database: str,
-    bars_table: str,
-    liquidity_table: str,
-    archives_table: str = "archives",
-    *,
-    cluster: str = "",
-) -> None:
-    """Create the database and the three tables if missing (and add the columns newer versions added to
-    daily_liquidity and the ledger); once per process per (url, database, tables, cluster). With a
-    cluster every statement runs ON CLUSTER (TableSpec.create_statements)."""
-    key = (client.uri, database, bars_table, liquidity_table, archives_table, cluster)
-    if key in _ensured:
-        return
-    check_server_version(client)
-    client.command(f"CREATE DATABASE IF NOT EXISTS {quote(database)}{on_cluster(cluster)}")
-    for spec, table in ((BARS, bars_table), (LIQUIDITY, liquidity_table), (ARCHIVES, archives_table)):
-        for statement in spec.create_statements(database, table, cluster):
-            client.command(statement)
-    for spec, name in ((LIQUIDITY, liquidity_table), (ARCHIVES, archives_table)):
-        for table in stored_tables(name, cluster):
-            client.command(spec.add_missing_columns(database, table, cluster))
-    _ensured.add(key)
-
-
-@contextmanager
-def open_store(
-    url: str,
-    database: str,
-    bars_table: str,
-    liquidity_table: str,
-    archives_table: str = "archives",
-    *,
-    password: str = "",
-    cluster: str = "",
-) -> Iterator[Client]:
-    """An open client with the database and tables in place; for chdb:// the store lock is held until
-    the block ends. The one opener of the IO manager and the ClickHouse resource."""
-    with open_client(url, password=password or None) as client:
-        ensure_tables(client, database, bars_table, liquidity_table, archives_table, cluster=cluster)
-        yield client
 
 
 def _slice_where(s: Slice) -> tuple[str, dict[str, Any]]:

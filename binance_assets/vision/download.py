@@ -179,7 +179,7 @@ class VisionDownloader:
         self.cache_dir = Path(cache_dir).absolute()
         self.concurrency = concurrency
         self.cache_max_bytes = cache_max_bytes
-        self._retry = http.RetryPolicy(retries=retries, backoff_seconds=backoff_seconds)
+        self._retry = http.HttpRetry(retries=retries, backoff_seconds=backoff_seconds)
 
     def fetch(self, key: str) -> LocalArchive:
         """The verified archive of ``key``, from the cache when it holds the current version."""

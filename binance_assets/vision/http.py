@@ -141,7 +141,7 @@ def iter_body(response: requests.Response, url: str, chunk_bytes: int) -> Iterat
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class HttpRetry:
     """Exponential backoff with jitter, capped; only errors marked ``retryable`` are tried again."""
 
     retries: int = 4

@@ -120,7 +120,7 @@ class VisionListing:
         self._session = session if session is not None else http.make_session(pool_size=1)
         self._timeout = timeout
         self._max_keys = max_keys
-        self._retry = http.RetryPolicy(retries=retries, backoff_seconds=backoff_seconds)
+        self._retry = http.HttpRetry(retries=retries, backoff_seconds=backoff_seconds)
 
     def list_prefix(self, prefix: str) -> Listing:
         """The direct children of folder ``prefix`` ("" or ending in "/"), all pages concatenated."""
