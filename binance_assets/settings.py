@@ -65,6 +65,9 @@ DAGSTER_INSTANCE_VARIABLES = (
 )
 """Read by the Dagster instance itself, through the `env:` sources of deploy/dagster.yaml (PostgreSQL
 storage), never by this package: named here so that this module lists every variable a deployment sets."""
+DAGSTER_TUNING_VARIABLES = ("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "DAGSTER_EVENT_BATCH_SIZE")
+"""Read by Dagster itself, set by deploy/helm-values.yaml for whole-market backfills (README "Market
+scale"): one planned event per asset and run, and materialisations written to PostgreSQL in batches."""
 
 Model = TypeVar("Model", bound=BaseModel)
 

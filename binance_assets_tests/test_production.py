@@ -36,7 +36,12 @@ from binance_assets.clickhouse.tables import (
     delete_slice_sql,
 )
 from binance_assets.definitions import build_resources
-from binance_assets.settings import DAGSTER_INSTANCE_VARIABLES, Settings, SettingsError
+from binance_assets.settings import (
+    DAGSTER_INSTANCE_VARIABLES,
+    DAGSTER_TUNING_VARIABLES,
+    Settings,
+    SettingsError,
+)
 from binance_assets_tests.archives import expected_bars, publish
 from binance_assets_tests.helpers import (
     BACKFILL_TAG,
@@ -83,7 +88,7 @@ def known_variables() -> set[str]:
     """Every variable settings.py reads (recorded from one load) and those it lists for the instance."""
     read = _ReadNames()
     Settings.from_env(read)
-    return read.names | set(DAGSTER_INSTANCE_VARIABLES)
+    return read.names | set(DAGSTER_INSTANCE_VARIABLES) | set(DAGSTER_TUNING_VARIABLES)
 
 
 def variables_set(node: object) -> set[str]:
@@ -112,6 +117,18 @@ def test_production_instance_has_the_laptop_limits_and_postgres_from_the_environ
     database = production["storage"]["postgres"]["postgres_db"]
     assert variables_set(database) == set(DAGSTER_INSTANCE_VARIABLES)
     assert database["scheme"] == "postgresql+psycopg2"  # the driver dagster-postgres installs
+
+
+def test_helm_values_queue_and_record_whole_market_backfills_in_bulk() -> None:
+    """Where runs are created (daemon, webserver), one planned event per asset and run; in run pods,
+    materialisations written in batches; runs of the default length."""
+    values = load_yaml(DEPLOY / "helm-values.yaml")
+    for component in ("dagsterDaemon", "dagsterWebserver"):
+        assert values[component]["env"]["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] == "true"
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    env = {item["name"]: item.get("value") for item in deployment["env"]}
+    assert int(env["DAGSTER_EVENT_BATCH_SIZE"]) > 1
+    assert int(env["BINANCE_MAX_DAYS_PER_RUN"]) == Settings.from_env({}).max_days_per_run
 
 
 def test_helm_values_run_the_image_with_the_instance_limits() -> None:
@@ -304,9 +321,11 @@ def test_production_instance_keeps_runs_events_and_partitions_in_postgres(
 def test_daemon_backfill_on_each_instance(
     instance_cli: Cli, vision_server: VisionServer, vision_root: Path, tmp_path: Path
 ) -> None:
-    """2 tickers x 35 days through `binance-assets backfill` and the real daemon: one run per ticker-month
-    (BackfillPolicy), January from its monthly archive, every bar exact, one materialisation per partition."""
+    """2 tickers x 35 days through `binance-assets backfill` and the real daemon in 31-day runs: one run per
+    ticker-month (BackfillPolicy), January from its monthly archive, every bar exact, one materialisation
+    per partition."""
     cli = instance_cli
+    cli.env["BINANCE_MAX_DAYS_PER_RUN"] = "31"
     trades = {
         "BTCUSDT": publish(vision_root, "um", "BTCUSDT", DAYS, monthly=("2024-01",), seed=1),
         "ETHUSDT": publish(vision_root, "um", "ETHUSDT", DAYS, seed=2),

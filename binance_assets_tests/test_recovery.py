@@ -113,6 +113,7 @@ def test_a_backfill_survives_killed_workers_a_killed_daemon_and_vision_faults(
     instance_cli: Cli, vision_server: VisionServer, vision_root: Path, tmp_path: Path
 ) -> None:
     cli = instance_cli
+    cli.env["BINANCE_MAX_DAYS_PER_RUN"] = "31"  # a run per ticker-month: the corrupt month fails alone
     trades = {
         ticker: publish(
             vision_root, "um", ticker, DAYS, monthly=("2024-01",), trades_per_day=3000, spread=24, seed=seed
