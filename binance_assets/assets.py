@@ -3,8 +3,8 @@
 Thin wiring, in steps (docs/design.md "Layers and data flow"): the run's partitions become (ticker,
 days); `plan.py` picks archives; a `pipeline.RunLoad` downloads and aggregates them, and the ClickHouse
 IO manager writes its bars stream day by day; then the liquidity rows the drained load made are written;
-the archives read go to the ledger (`ledger.py`); and checks verify the stored rows of the run: ours
-(ERROR), the archives' (WARN) and against Binance's own klines (ERROR, `klines_check.py`).
+the archives read go to the ledger (`trust/ledger.py`); and checks verify the stored rows of the run: ours
+(ERROR), the archives' (WARN) and against Binance's own klines (ERROR, `trust/klines_check.py`).
 """
 
 import datetime as dt
@@ -37,7 +37,16 @@ from dagster import (
     multi_asset,
 )
 
-from binance_assets.checks import (
+from binance_assets.clickhouse.resource import ClickHouseResource
+from binance_assets.clickhouse.store import OpenStore
+from binance_assets.failures import permanent_failure
+from binance_assets.markets import DatasetName, Market
+from binance_assets.partition_range import asset_run_days
+from binance_assets.pipeline import RunLoad
+from binance_assets.plan import ArchiveLister, TickerPlan, plan_tickers
+from binance_assets.resources import VisionResource
+from binance_assets.run_metadata import check_metadata, day_metadata, fallback_days, run_metadata
+from binance_assets.trust.checks import (
     LIMIT,
     CheckOutcome,
     RunSlice,
@@ -47,18 +56,9 @@ from binance_assets.checks import (
     sane_trades,
     trade_ids_continuous,
 )
-from binance_assets.clickhouse.resource import ClickHouseResource
-from binance_assets.clickhouse.store import OpenStore
-from binance_assets.failures import permanent_failure
-from binance_assets.fallback import Fallback
-from binance_assets.klines_check import day_counts, kline_sources, load_klines, matches_binance_klines
-from binance_assets.ledger import write_ledger
-from binance_assets.markets import DatasetName, Market
-from binance_assets.partition_range import asset_run_days
-from binance_assets.pipeline import RunLoad
-from binance_assets.plan import ArchiveLister, TickerPlan, plan_tickers
-from binance_assets.resources import VisionResource
-from binance_assets.run_metadata import check_metadata, day_metadata, fallback_days, run_metadata
+from binance_assets.trust.fallback import Fallback
+from binance_assets.trust.klines_check import day_counts, kline_sources, load_klines, matches_binance_klines
+from binance_assets.trust.ledger import write_ledger
 from binance_assets.vision.listing import ArchiveInfo
 
 BARS = "hl5s_bars"
@@ -132,7 +132,7 @@ def build_market_assets(
     ``kline_check`` (BINANCE_KLINE_CHECK) adds `matches_binance_klines`; ``freshness_deadline``
     (BINANCE_FRESHNESS_DEADLINE) is daily_liquidity's freshness policy; ``dataset`` (BINANCE_DATASET) is
     the archives read and ``fallback`` (BINANCE_FALLBACK, effective only when it differs) the dataset a
-    missing, broken or partial day is built from (fallback.py).
+    missing, broken or partial day is built from (trust/fallback.py).
     """
     fallback = fallback if fallback != dataset else None
     bars_key, liquidity_key = asset_key(market, BARS), asset_key(market, LIQUIDITY)

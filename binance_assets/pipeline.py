@@ -20,11 +20,11 @@ import pyarrow as pa
 
 from binance_assets.bars import DAY_BARS_SCHEMA, DAYS_SCHEMA, DayResult, aggregate_trades
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
-from binance_assets.fallback import Fallback, accepts, suspect_reason
-from binance_assets.ledger import ledger_row
 from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
 from binance_assets.prefetch import prefetch
+from binance_assets.trust.fallback import Fallback, accepts, suspect_reason
+from binance_assets.trust.ledger import ledger_row
 from binance_assets.vision.agg_trades import AGG_TRADES
 from binance_assets.vision.archive import read_archive
 from binance_assets.vision.download import LocalArchive, VisionDownloader
@@ -85,7 +85,7 @@ class RunLoad:
 
     Archives download concurrently ahead of the one being aggregated; a corrupt or unverifiable archive
     raises before any of its days is yielded, so its days keep whatever rows they had. With a
-    ``fallback``, a day whose trades archive is broken or partial (fallback.py) is built from the
+    ``fallback``, a day whose trades archive is broken or partial (trust/fallback.py) is built from the
     fallback dataset's archive instead, where that archive is listed (and, for a partial day, agrees with
     Binance's klines).
 
@@ -200,7 +200,8 @@ class RunLoad:
     def _rebuilt(
         self, ticker: str, read: _Read, days: Sequence[dt.date], fallback: Fallback
     ) -> dict[dt.date, _Read]:
-        """The days of ``read`` that its fallback archives replace (fallback.py), each with that read."""
+        """The days of ``read`` that its fallback archives replace (trust/fallback.py), each with that
+        read."""
         suspects = {}
         for day in days:
             result = read.by_day.get(day)

@@ -12,8 +12,8 @@ from typing import Any
 
 from dagster import MetadataValue
 
-from binance_assets.checks import CheckOutcome
 from binance_assets.pipeline import RunLoad
+from binance_assets.trust.checks import CheckOutcome
 
 RUN_TICKER_DAYS = "run_ticker_days"
 RUN_DAYS_WITHOUT_ARCHIVE = "run_days_without_archive"

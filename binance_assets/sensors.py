@@ -25,11 +25,11 @@ from binance_assets.assets import BARS, LIQUIDITY, asset_key, tickers_partitions
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.clickhouse.store import OpenStore
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
-from binance_assets.ledger import Republished, read_broken_days, read_ledger, republished
 from binance_assets.markets import Market
 from binance_assets.plan import run_ranges
 from binance_assets.resources import VisionResource
 from binance_assets.settings import Settings
+from binance_assets.trust.ledger import Republished, read_broken_days, read_ledger, republished
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -199,7 +199,7 @@ def build_republished_sensor(market: Market, settings: Settings) -> SensorDefini
     """``<market>_republished_archives_sensor``: re-list the archives of a few registered tickers per
     tick (rotating, cursor = last ticker checked) and compare size / ETag / LastModified with the
     archive ledger; a changed archive re-materialises exactly the ticker-days it fed. With a fallback
-    dataset, days loaded from a broken trades archive (fallback.py) are materialised again too, once a
+    dataset, days loaded from a broken trades archive (trust/fallback.py) are materialised again too, once a
     day: the run builds them from aggTrades."""
     partitions = tickers_partitions(market)
 

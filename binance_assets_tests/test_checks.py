@@ -12,7 +12,10 @@ import pytest
 from dagster import AssetCheckEvaluation, AssetCheckSeverity, DagsterInstance, materialize
 
 from binance_assets.assets import build_market_assets
-from binance_assets.checks import (
+from binance_assets.clickhouse.store import Store
+from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE
+from binance_assets.markets import MARKETS
+from binance_assets.trust.checks import (
     AROUND_THE_CLOCK_SECONDS,
     LIMIT,
     QUIET_FLAG_SECONDS,
@@ -21,9 +24,6 @@ from binance_assets.checks import (
     bars_well_formed,
     sane_trades,
 )
-from binance_assets.clickhouse.store import Store
-from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE
-from binance_assets.markets import MARKETS
 from binance_assets_tests.archives import drop_ids, publish, trades_csv, write_archive, zip_archive
 from binance_assets_tests.helpers import RANGE_END, RANGE_START, resources
 from binance_assets_tests.vision_server import VisionServer

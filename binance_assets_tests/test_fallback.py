@@ -1,4 +1,4 @@
-"""aggTrades as the second source, end to end (fallback.py, BINANCE_DATASET, BINANCE_FALLBACK): a day
+"""aggTrades as the second source, end to end (trust/fallback.py, BINANCE_DATASET, BINANCE_FALLBACK): a day
 without a trades archive, a partial one and a broken one (every row is_buyer_maker=true, #476 / #492)
 are built from aggTrades, exactly; the table, the ledger, the checks, the CLI summary, the daemon and
 the republished sensor say so."""

@@ -28,10 +28,10 @@ from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.store import Store
 from binance_assets.clickhouse.tables import BARS_TABLE
 from binance_assets.definitions import build_definitions
-from binance_assets.klines_check import compare_minutes, kline_sources, read_bars_1m
 from binance_assets.markets import MARKETS
 from binance_assets.plan import plan_ticker
 from binance_assets.settings import Settings
+from binance_assets.trust.klines_check import compare_minutes, kline_sources, read_bars_1m
 from binance_assets.vision.klines import KLINES_SCHEMA, KlinesFormatError, parse_klines, read_klines
 from binance_assets.vision.listing import ArchiveInfo
 from binance_assets.vision.trades import read_trades

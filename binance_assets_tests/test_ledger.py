@@ -21,7 +21,6 @@ from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.clickhouse.store import OpenStore, Store
 from binance_assets.clickhouse.tables import ARCHIVES_TABLE, LIQUIDITY_TABLE
-from binance_assets.ledger import LedgerEntry, republished
 from binance_assets.markets import MARKETS
 from binance_assets.sensors import (
     ARCHIVE_TAG,
@@ -33,6 +32,7 @@ from binance_assets.sensors import (
     rotate,
 )
 from binance_assets.settings import Settings
+from binance_assets.trust.ledger import LedgerEntry, republished
 from binance_assets.vision.listing import ArchiveInfo, VisionListing
 from binance_assets_tests.archives import expected_bars, publish
 from binance_assets_tests.helpers import query, resources

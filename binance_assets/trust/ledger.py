@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 
 from binance_assets.clickhouse.store import OpenStore, Store
 from binance_assets.clickhouse.tables import ARCHIVES_TABLE, LIQUIDITY_TABLE
-from binance_assets.fallback import BUSY_DAY_TRADES
 from binance_assets.markets import DatasetName
+from binance_assets.trust.fallback import BUSY_DAY_TRADES
 from binance_assets.vision.download import LocalArchive
 from binance_assets.vision.listing import ArchiveInfo
 
@@ -121,8 +121,8 @@ def read_ledger(store: OpenStore, market: str, tickers: Sequence[str]) -> list[L
 
 
 def broken_days_sql(store: Store) -> str:
-    """Ticker-days loaded from a trades archive that shows itself broken (fallback.py): busy, and not one
-    taker buy."""
+    """Ticker-days loaded from a trades archive that shows itself broken (trust/fallback.py): busy, and not
+    one taker buy."""
     return f"""
         SELECT ticker, arraySort(groupArray(day)) AS days
         FROM {store.qualified(LIQUIDITY_TABLE)} FINAL

@@ -21,11 +21,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from binance_assets.checks import LIMIT, CheckOutcome
 from binance_assets.clickhouse.store import OpenStore, Store
 from binance_assets.clickhouse.tables import BARS_TABLE
 from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
+from binance_assets.trust.checks import LIMIT, CheckOutcome
 from binance_assets.vision.download import ArchiveNotFound, VisionDownloader
 from binance_assets.vision.errors import VisionError
 from binance_assets.vision.klines import minute_day, read_klines
