@@ -1,7 +1,7 @@
 """A synthetic market through the real daemon, SQLite and PostgreSQL, projected to a full market.
 
     python benchmarks/market_bench.py [--tickers 20] [--days 365] [--top-trades 4000] [--alpha 1.2]
-                                      [--max-days-per-run 31] [--instances sqlite,postgresql]
+                                      [--max-days-per-run N] [--instances sqlite,postgresql]
                                       [--planned-subset] [--event-batch-size N] [--workdir DIR]
 
 The market (a local file:// mirror, UM layout, kept in --workdir between runs):
@@ -123,7 +123,9 @@ def main() -> None:
     parser.add_argument("--top-trades", type=int, default=4_000, help="trades a day of the top ticker")
     parser.add_argument("--min-trades", type=int, default=50, help="trades a day of the smallest tickers")
     parser.add_argument("--alpha", type=float, default=1.2, help="Zipf exponent of the sizes")
-    parser.add_argument("--max-days-per-run", type=int, default=31, help="BINANCE_MAX_DAYS_PER_RUN")
+    parser.add_argument(
+        "--max-days-per-run", type=int, help="BINANCE_MAX_DAYS_PER_RUN (default: the setting's default)"
+    )
     parser.add_argument("--instances", default="sqlite,postgresql")
     parser.add_argument(
         "--planned-subset",
@@ -161,7 +163,9 @@ def main() -> None:
         pure_path(mirror, run_dir / "pure-cache", "um", names, days)
         pure = (time.perf_counter() - started, time.process_time() - cpu)
         print(f"pure path: {pure[0]:.1f} s, {pure[1]:.1f} CPU-s", flush=True)
-        env = mirror_env(mirror, BINANCE_MARKETS="um", BINANCE_MAX_DAYS_PER_RUN=str(args.max_days_per_run))
+        env = mirror_env(mirror, BINANCE_MARKETS="um")
+        if args.max_days_per_run:
+            env["BINANCE_MAX_DAYS_PER_RUN"] = str(args.max_days_per_run)
         if args.planned_subset:
             env["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] = "true"
         if args.event_batch_size:
