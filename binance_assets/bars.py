@@ -118,7 +118,7 @@ class _PartialBars:
             parts, self.parts = self.parts, []
             # field by field, dropping each from the parts: peak memory is one extra copy, not two
             merged = {name: np.concatenate([part.pop(name) for part in parts]) for name in self.FIELDS}
-            self.parts = [_merge(merged)]
+            self.parts = [_merge(merged) if _unordered(merged["key"]) else _merge_neighbours(merged)]
             self.rows = len(self.parts[0]["key"])
         return self.parts[0]
 
@@ -163,6 +163,28 @@ def _reduce(
     }
 
 
+def _unordered(key: np.ndarray) -> bool:
+    return bool(np.any(key[1:] < key[:-1]))
+
+
+def _merge_neighbours(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`_merge` of partial bars already ordered by key (batches in time order, as daily files and most
+    monthly ones are): only the few keys split across batches need the sorting merge."""
+    key = p["key"]
+    starts = _runs(key)
+    if len(starts) == len(key):
+        return p
+    sizes = np.diff(np.concatenate((starts, [len(key)])))
+    split = sizes > 1
+    rows = np.flatnonzero(np.repeat(split, sizes))
+    joined = _merge({name: values[rows] for name, values in p.items()})
+    merged = {}
+    for name in list(p):
+        merged[name] = p.pop(name)[starts]  # field by field: one extra copy at a time
+        merged[name][split] = joined[name]
+    return merged
+
+
 def _merge(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Merge partial bars sharing a key: open is the earliest (time, id), close the latest."""
     by_open = np.lexsort((p["open_id"], p["open_time"], p["key"]))
@@ -186,21 +208,45 @@ def _merge(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class _SeenIds:
-    """Trade ids already counted, as a bitmap over the id span (ids are near-contiguous per symbol)."""
+    """Trade ids already counted, as a bitmap over the id span (ids are near-contiguous per symbol).
+
+    The common batch, consecutive ids all above every id seen so far, needs no look-up: it is kept as
+    a range of ids and marked in the bitmap only when a later batch needs the look-up.
+    """
 
     def __init__(self) -> None:
         self.base = 0
         self.bits = np.zeros(0, np.uint8)
+        self.low: int | None = None
+        self.top: int | None = None
+        """The lowest and the highest id seen."""
+        self.ranges: list[list[int]] = []
+        """[first, last] ranges of ids seen and not yet marked in the bitmap, ascending."""
 
     def first_seen(self, ids: np.ndarray) -> np.ndarray | None:
         """Mask of rows whose id was not seen before, in this or earlier batches; None when all are new."""
         if len(ids) == 0:
             return None
+        first_id, last_id = int(ids[0]), int(ids[-1])
         increasing = bool(np.all(ids[1:] > ids[:-1]))
+        above = self.top is None or first_id > self.top
+        if increasing and above and last_id - first_id == len(ids) - 1:
+            self.low = first_id if self.low is None else self.low
+            if last_id - self.low >= _MAX_ID_SPAN:
+                raise ValueError(f"trade ids {self.low}..{last_id} span too far for one archive")
+            self.top = last_id
+            if self.ranges and self.ranges[-1][1] == first_id - 1:
+                self.ranges[-1][1] = last_id
+            else:
+                self.ranges.append([first_id, last_id])
+            return None
+        self._mark_ranges()
         if increasing:
             unique = ids
         else:
             unique, first = np.unique(ids, return_index=True)
+        self.low = min(int(unique[0]), int(unique[0]) if self.low is None else self.low)
+        self.top = max(int(unique[-1]), int(unique[-1]) if self.top is None else self.top)
         self._cover(int(unique[0]), int(unique[-1]))
         offsets = unique - self.base
         fresh = ((self.bits[offsets >> 3] >> (offsets & 7).astype(np.uint8)) & 1) == 0
@@ -226,6 +272,20 @@ class _SeenIds:
         shift = (self.base - new_base) >> 3
         grown[shift : shift + len(self.bits)] = self.bits
         self.base, self.bits = new_base, grown
+
+    def _mark_ranges(self) -> None:
+        """Set the bits of the pending id ranges: whole bytes by slice, the bytes at either end by mask."""
+        for low, high in self.ranges:
+            self._cover(low, high)
+            start, stop = low - self.base, high - self.base + 1
+            whole_start, whole_stop = (start + 7) >> 3, stop >> 3
+            if whole_start <= whole_stop:
+                self.bits[whole_start:whole_stop] = 0xFF
+                edges = np.concatenate((np.arange(start, whole_start << 3), np.arange(whole_stop << 3, stop)))
+            else:  # the range lies inside one byte
+                edges = np.arange(start, stop)
+            self._mark(edges)
+        self.ranges = []
 
     def _mark(self, offsets: np.ndarray) -> None:
         """Set the bits of sorted, distinct offsets without ufunc.at (one OR per touched byte)."""

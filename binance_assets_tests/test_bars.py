@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from binance_assets.bars import aggregate_trades
+from binance_assets.bars import _merge, _merge_neighbours, _reduce, _SeenIds, aggregate_trades
 from binance_assets.markets import MARKETS
 from binance_assets.vision.trades import TRADES_SCHEMA, read_trades
 from binance_assets_tests.archives import (
@@ -77,6 +77,66 @@ def test_duplicated_ids_count_once_even_across_batches() -> None:
     assert result.days["trade_count"].to_numpy().sum() == 60_000
     assert result.days["duplicate_rows"].to_numpy().sum() == len(trades) - 60_000
     assert_matches_oracle(trades, 2_500)
+
+
+def test_a_repeated_run_of_consecutive_ids_counts_once() -> None:
+    """Batches of consecutive ids skip the id look-up; a later batch repeating some of them (a file that
+    restarts part-way) still finds them seen."""
+    trades = three_days(seed=9)
+    repeated = pd.concat([trades, trades.iloc[10_003:10_500], trades.iloc[30_000:30_001]], ignore_index=True)
+    result = aggregate_trades(as_batches(repeated, [4_096, 997]))
+    assert result.days["trade_count"].to_numpy().sum() == 60_000
+    assert result.days["duplicate_rows"].to_numpy().sum() == 498
+    assert_matches_oracle(repeated, [4_096, 997])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_seen_ids_match_a_set(seed: int) -> None:
+    """_SeenIds against a Python set, on batches of every kind: consecutive runs above all ids seen (kept
+    as ranges), runs with gaps, runs going back, shuffled ones, repeats, single ids at byte edges."""
+    rng = np.random.default_rng(seed)
+    seen_ids, seen, top = _SeenIds(), set(), 1_000 + int(rng.integers(0, 8))
+    for _ in range(60):
+        kind = rng.integers(0, 5)
+        size = int(rng.integers(1, 40))
+        if kind == 0:  # consecutive, above everything
+            ids = np.arange(top + 1, top + 1 + size)
+        elif kind == 1:  # above, with gaps
+            ids = top + 1 + np.sort(rng.choice(3 * size, size, replace=False))
+        elif kind == 2:  # consecutive, starting back among seen ids
+            start = top - int(rng.integers(0, 30))
+            ids = np.arange(start, start + size)
+        elif kind == 3:  # anywhere in the span, shuffled, with repeats
+            ids = rng.integers(995, top + 20, size)
+        else:  # one id
+            ids = np.array([top + int(rng.integers(-9, 9))])
+        mask = seen_ids.first_seen(ids.astype(np.int64))
+        expected, batch = [], set()
+        for i in ids.tolist():
+            expected.append(i not in seen and i not in batch)
+            batch.add(i)
+        got = np.ones(len(ids), bool) if mask is None else mask
+        assert got.tolist() == expected
+        seen |= batch
+        top = max(top, int(ids.max()))
+
+
+def test_neighbouring_partial_bars_merge_as_the_full_merge_does() -> None:
+    """Partial bars of batches in time order (a bar split across batches) merge without the full sort."""
+    trades = three_days(seed=10)
+    parts = []
+    for batch in as_batches(trades, [333, 1_000, 7]):
+        time = batch.column("time_us").to_numpy()
+        price, qty = batch.column("price").to_numpy(), batch.column("qty").to_numpy()
+        ids = batch.column("id").to_numpy()
+        parts.append(_reduce(time // 5_000_000, time, ids, price, qty, price * qty, qty, None))
+    merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    assert len(np.unique(merged["key"])) < len(merged["key"])  # bars were split
+    expected = _merge(merged)
+    got = _merge_neighbours(dict(merged))
+    assert set(got) == set(expected)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
 
 
 def test_id_gaps_are_counted_per_day() -> None:

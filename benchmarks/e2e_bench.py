@@ -1,0 +1,280 @@
+"""End to end, as a user runs it: `binance-assets materialize` of 10 big UM days against pandas `read_csv`
++ `resample` on the same zips, and of one monthly archive (wall time, CPU, peak RSS, trades/s).
+
+    python benchmarks/e2e_bench.py [--days 10] [--trades-per-day 2000000] [--monthly-trades 24000000]
+                                   [--repeat 3] [--only daily|monthly] [--workdir DIR]
+
+A mirror laid out like the bucket is generated once and cached in the workdir: BTCUSDT's daily trades
+archives (um_header, `--trades-per-day` trades each, trading every hour) with their daily 1m klines, and
+ETHUSDT's monthly trades archive of March 2024 (`--monthly-trades` trades, written a day at a time) with
+its monthly klines. A local Vision server on 127.0.0.1 (binance_assets_tests/vision_server.py) serves
+it. Each measurement is a fresh process:
+- ours: `binance-assets materialize` with a fresh DAGSTER_HOME (the repo's dagster.yaml, the embedded
+  store, an empty download cache) and the default settings (kline check, aggTrades fallback);
+- pandas: `read_csv` of each zip + `resample("5s")` to the same bars, nothing stored.
+Both are process wall times (imports included), run back to back `--repeat` times, best shown, with the
+process's CPU seconds (user + system) and its peak RSS (VmHWM, read at exit). "run" is the part of our
+wall time inside Dagster's run (the CLI's own progress line): the rest is imports and opening the
+instance, a fixed cost per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as dt
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import bars_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+
+DAILY_TICKER, MONTHLY_TICKER = "BTCUSDT", "ETHUSDT"
+FIRST_DAY = dt.date(2024, 1, 1)
+MONTH = dt.date(2024, 3, 1)
+HOURS = 24
+"""Each day trades in every hour (publish(spread=24)): a liquid ticker has trades in nearly every bar."""
+_PROGRESS = re.compile(r": \d+ days?, ([\d.]+) s, ([\d,]+) trades, ([\d,]+) bars")
+
+
+def _day_trades(day: dt.date, trades: int, first_id: int, seed: int) -> Any:
+    """`trades` UM trades over `day` (whole ms, ids from `first_id`), an hour's share at a time."""
+    import pandas as pd
+
+    from binance_assets_tests.archives import make_trades
+
+    midnight = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    frames, next_id = [], first_id
+    for hour in range(HOURS):
+        count = trades // HOURS + (hour < trades % HOURS)
+        start = midnight + dt.timedelta(hours=hour)
+        frames.append(
+            make_trades(count, start, 3600, first_id=next_id, seed=seed * 100 + hour, price=42_000.0,
+                        time_unit="ms")
+        )  # fmt: skip
+        next_id += count
+    return pd.concat(frames, ignore_index=True)
+
+
+def build_mirror(workdir: Path, days: int, per_day: int, monthly: int) -> Path:
+    """The mirror of both tickers (written once; a `.done` file marks each part complete)."""
+    import pandas as pd
+
+    from binance_assets.markets import MARKETS
+    from binance_assets_tests.archives import (
+        expected_klines,
+        trades_csv,
+        write_archive,
+        write_klines,
+        zip_archive,
+    )
+
+    market = MARKETS["um"]
+    root = workdir / "e2e-mirror"
+    daily_done = root / f".daily-{days}x{per_day}.done"
+    if not daily_done.exists():
+        started = time.perf_counter()
+        shutil.rmtree(root / "data/futures/um/daily/trades" / DAILY_TICKER, ignore_errors=True)
+        for index in range(days):
+            day = FIRST_DAY + dt.timedelta(days=index)
+            trades = _day_trades(day, per_day, 1 + index * per_day, seed=index)
+            key = market.trades_key(DAILY_TICKER, day.isoformat())
+            name = f"{DAILY_TICKER}-trades-{day}.csv"
+            write_archive(root, key, zip_archive(trades_csv(trades, "um_header"), name))
+            write_klines(root, "um", DAILY_TICKER, day.isoformat(), expected_klines(trades, [day]))
+        daily_done.write_text("")
+        print(f"generated {days} daily archives in {time.perf_counter() - started:.0f} s", flush=True)
+    monthly_done = root / f".monthly-{monthly}.done"
+    if monthly and not monthly_done.exists():
+        started = time.perf_counter()
+        month = MONTH.strftime("%Y-%m")
+        month_days = [MONTH + dt.timedelta(days=i) for i in range(31)]
+        key = market.trades_key(MONTHLY_TICKER, month)
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        klines, next_id = [], 1
+        with (
+            zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive,
+            archive.open(f"{MONTHLY_TICKER}-trades-{month}.csv", "w", force_zip64=True) as member,
+        ):
+            for index, day in enumerate(month_days):
+                count = monthly // len(month_days) + (index < monthly % len(month_days))
+                trades = _day_trades(day, count, next_id, seed=1000 + index)
+                text = trades_csv(trades, "um_header")
+                member.write(text if index == 0 else text[text.index(b"\n") + 1 :])  # one header
+                klines.append(expected_klines(trades, [day]))
+                next_id += count
+        write_archive(root, key, path.read_bytes())  # its .CHECKSUM
+        write_klines(root, "um", MONTHLY_TICKER, month, pd.concat(klines, ignore_index=True))
+        monthly_done.write_text("")
+        print(f"generated the monthly archive in {time.perf_counter() - started:.0f} s", flush=True)
+    return root
+
+
+def _report_at_exit(path: Path, extra: dict[str, Any]) -> None:
+    atexit.register(lambda: path.write_text(json.dumps({**extra, "rss_mb": bars_bench._peak_rss_mb()})))
+
+
+def cli_child(report: Path, argv: list[str]) -> None:
+    """`binance-assets ARGV` in this process (the console script's entry point), its peak RSS to `report`."""
+    _report_at_exit(report, {})
+    from binance_assets.cli import main
+
+    sys.argv = ["binance-assets", *argv]
+    sys.exit(main())
+
+
+def pandas_child(report: Path, zips: list[Path]) -> None:
+    """bars_bench's pandas baseline (`read_csv` + `resample`) on each zip, the bars counted."""
+    run = bars_bench._pandas_path()
+    started = time.perf_counter()
+    bars = sum(run(path) for path in zips)
+    _report_at_exit(report, {"work_s": time.perf_counter() - started, "bars": bars})
+
+
+def _run(command: list[str], env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """Run a child of this script; its wall and CPU seconds, its report and its stderr."""
+    report = workdir / "report.json"
+    report.unlink(missing_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, __file__, "--report", str(report), *command],
+        env=env, cwd=workdir, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command[:3])} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"wall": wall, "cpu": cpu, **json.loads(report.read_text()), "stderr": done.stderr}
+
+
+def materialize(url: str, workdir: Path, ticker: str, first: dt.date, last: dt.date) -> dict[str, Any]:
+    """`binance-assets materialize` in a fresh DAGSTER_HOME reading Vision from `url`."""
+    home = workdir / "dagster_home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "CLICKHOUSE_", "DAGSTER_"))}
+    env.update(
+        DAGSTER_HOME=str(home), BINANCE_VISION_URL=url, BINANCE_VISION_LISTING_URL=url, BINANCE_MARKETS="um"
+    )
+    argv = ["materialize", "--market", "um", "--ticker", ticker, "--start", str(first), "--end", str(last)]
+    result = _run(["--cli", *argv], env, workdir)
+    progress = _PROGRESS.search(result["stderr"])
+    if progress is None:
+        raise RuntimeError(f"no progress line in:\n{result['stderr'][-2000:]}")
+    run_s, trades, bars = progress.groups()
+    return {
+        **result,
+        "run": float(run_s),
+        "trades": int(trades.replace(",", "")),
+        "bars": int(bars.replace(",", "")),
+    }
+
+
+def _line(label: str, result: dict[str, Any], trades: int) -> str:
+    run = f"{result['run']:>6.2f}" if "run" in result else f"{'':>6}"
+    return (
+        f"{label:<34} {result['wall']:>7.2f} {run} {result['cpu']:>7.2f} "
+        f"{trades / result['wall'] / 1e6:>11.2f} {result['rss_mb']:>8.0f}"
+    )
+
+
+HEADER = f"{'':<34} {'wall s':>7} {'run s':>6} {'CPU s':>7} {'M trades/s':>11} {'peak MB':>8}"
+
+
+def daily(url: str, mirror: Path, workdir: Path, days: int, per_day: int, repeat: int) -> None:
+    from binance_assets.markets import MARKETS
+
+    last = FIRST_DAY + dt.timedelta(days=days - 1)
+    zips = [
+        mirror / MARKETS["um"].trades_key(DAILY_TICKER, (FIRST_DAY + dt.timedelta(days=i)).isoformat())
+        for i in range(days)
+    ]
+    ours, pandas = [], []
+    for _ in range(repeat):  # back to back, so both see the same machine load
+        ours.append(materialize(url, workdir, DAILY_TICKER, FIRST_DAY, last))
+        pandas.append(_run(["--pandas", *map(str, zips)], dict(os.environ), workdir))
+    best_ours, best_pandas = (min(runs, key=lambda r: r["wall"]) for runs in (ours, pandas))
+    trades = days * per_day
+    walls = {
+        name: ", ".join(f"{r['wall']:.2f}" for r in runs)
+        for name, runs in (("ours", ours), ("pandas", pandas))
+    }
+    print(f"\n{days} UM days x {per_day:,} trades ({trades:,}), best of {repeat} "
+          f"(walls: ours {walls['ours']}; pandas {walls['pandas']})")  # fmt: skip
+    print(HEADER)
+    print(_line("binance-assets materialize", best_ours, trades))
+    print(_line("pandas read_csv + resample", best_pandas, trades))
+    print(f"pandas work alone (no imports): {best_pandas['work_s']:.2f} s")
+    ratio = best_pandas["wall"] / best_ours["wall"]
+    cpu_ratio = best_pandas["cpu"] / best_ours["cpu"]
+    print(f"ours vs pandas: {ratio:.2f}x faster (target >= 1.5x); CPU {cpu_ratio:.2f}x")
+    if best_ours["trades"] != trades:
+        print(f"WARNING: materialize counted {best_ours['trades']:,} trades, expected {trades:,}")
+    if best_ours["bars"] != best_pandas["bars"]:
+        print(f"WARNING: ours made {best_ours['bars']:,} bars, pandas {best_pandas['bars']:,}")
+
+
+def monthly(url: str, workdir: Path, trades: int, repeat: int) -> None:
+    last = MONTH + dt.timedelta(days=30)
+    runs = [materialize(url, workdir, MONTHLY_TICKER, MONTH, last) for _ in range(repeat)]
+    best = min(runs, key=lambda r: r["wall"])
+    print(f"\nmonthly archive, {trades:,} trades over 31 days, best of {repeat}")
+    print(HEADER)
+    print(_line("binance-assets materialize", best, trades))
+    peak = max(r["rss_mb"] for r in runs)
+    print(f"inside the run: {trades / best['run'] / 1e6:.2f} M trades/s (target >= 5); "
+          f"highest peak RSS {peak:.0f} MB (target < 700 MB)")  # fmt: skip
+    if best["trades"] != trades:
+        print(f"WARNING: materialize counted {best['trades']:,} trades, expected {trades:,}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--days", type=int, default=10)
+    parser.add_argument("--trades-per-day", type=int, default=2_000_000)
+    parser.add_argument("--monthly-trades", type=int, default=24_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=("daily", "monthly"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "binance-assets-bench")
+    parser.add_argument("--report", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cli", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.add_argument("--pandas", nargs="+", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cli is not None:
+        cli_child(args.report, args.cli)
+    if args.pandas:
+        pandas_child(args.report, args.pandas)
+        return
+
+    from binance_assets_tests.vision_server import VisionServer
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    monthly_trades = 0 if args.only == "daily" else args.monthly_trades
+    mirror = build_mirror(args.workdir, args.days, args.trades_per_day, monthly_trades)
+    with tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp, VisionServer(mirror) as server:
+        if args.only != "monthly":
+            daily(server.url, mirror, Path(tmp), args.days, args.trades_per_day, args.repeat)
+        if args.only != "daily":
+            monthly(server.url, Path(tmp), args.monthly_trades, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
