@@ -2,13 +2,13 @@
 + `resample` on the same zips, and of one monthly archive (wall time, CPU, peak RSS, trades/s).
 
     python benchmarks/e2e_bench.py [--days 10] [--trades-per-day 2000000] [--monthly-trades 24000000]
-                                   [--repeat 3] [--only daily|monthly] [--workdir DIR]
+                                   [--repeat 3] [--only daily|monthly] [--mbps 0] [--workdir DIR]
 
 A mirror laid out like the bucket is generated once and cached in the workdir: BTCUSDT's daily trades
 archives (um_header, `--trades-per-day` trades each, trading every hour) with their daily 1m klines, and
 ETHUSDT's monthly trades archive of March 2024 (`--monthly-trades` trades, written a day at a time) with
 its monthly klines. A local Vision server on 127.0.0.1 (binance_assets_tests/vision_server.py) serves
-it. Each measurement is a fresh process:
+it, at loopback speed or `--mbps` per archive (a real link). Each measurement is a fresh process:
 - ours: `binance-assets materialize` with a fresh DAGSTER_HOME (the repo's dagster.yaml, the embedded
   store, an empty download cache) and the default settings (kline check, aggTrades fallback);
 - pandas: `read_csv` of each zip + `resample("5s")` to the same bars, nothing stored.
@@ -253,6 +253,9 @@ def main() -> None:
     parser.add_argument("--monthly-trades", type=int, default=24_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", choices=("daily", "monthly"))
+    parser.add_argument(
+        "--mbps", type=float, default=0.0, help="serve each archive at this many MB/s (0: loopback speed)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "binance-assets-bench")
     parser.add_argument("--report", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cli", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -270,6 +273,9 @@ def main() -> None:
     monthly_trades = 0 if args.only == "daily" else args.monthly_trades
     mirror = build_mirror(args.workdir, args.days, args.trades_per_day, monthly_trades)
     with tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp, VisionServer(mirror) as server:
+        server.bytes_per_second = args.mbps * 1e6
+        if args.mbps:
+            print(f"archives served at {args.mbps:g} MB/s each")
         if args.only != "monthly":
             daily(server.url, mirror, Path(tmp), args.days, args.trades_per_day, args.repeat)
         if args.only != "daily":

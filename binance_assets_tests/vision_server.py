@@ -64,6 +64,8 @@ class VisionServer:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.bytes_per_second = 0.0
+        """Objects are sent at this rate when set (0: as fast as the loopback goes)."""
         self.omit_next_marker = False
         self.ignore_marker = False
         self.max_concurrent = 0
@@ -285,7 +287,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(body[: len(body) // 2] if truncate else body)
+        self._write(body[: len(body) // 2] if truncate else body)
+
+    def _write(self, body: bytes) -> None:
+        """The body at the server's `bytes_per_second`, if set (benchmarks emulate a real link)."""
+        rate = self.server.vision.bytes_per_second
+        if not rate:
+            self.wfile.write(body)
+            return
+        started, piece = time.monotonic(), 1 << 20
+        for offset in range(0, len(body), piece):
+            self.wfile.write(body[offset : offset + piece])
+            time.sleep(max(0.0, started + (offset + piece) / rate - time.monotonic()))
 
     def _send_then_reset(self, body: bytes) -> None:
         self.send_response(200)
