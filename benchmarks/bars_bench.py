@@ -1,11 +1,15 @@
-"""Seconds, trades/s and peak RSS for one synthetic 3M-trade UM day: inflate floors, pandas, our path.
+"""Seconds, trades/s and peak RSS for one synthetic 3M-trade UM day: inflate floors, pandas, our path,
+and the CSV parsers alone.
 
     python benchmarks/bars_bench.py [--trades 3000000] [--workdir DIR] [--repeat 3]
 
 The archive (um_header layout, one UTC day) is generated once and cached in the workdir (delete it
 after changing the generator). Every measurement runs in a fresh subprocess that times its own work
 (imports excluded) and reports its own peak RSS (VmHWM), so peak RSS is per measurement; the best of
-`--repeat` runs is shown.
+`--repeat` runs is shown, with the CPU seconds (all threads) of its fastest pass. The parse-only stages
+read the CSV inflated in memory beforehand (the columns and types our reader parses, both cores), in
+our reader's 4 MB line-aligned chunks and whole: the CSV parser decision in README "Performance" rests
+on them.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ STAGES: dict[str, str] = {
     "isal": "inflate isal (raw stream)",
     "pandas": "pandas read_csv + resample",
     "ours": "ours: read_trades + aggregate_trades",
+    "pyarrow_csv": "parse only: pyarrow, 4 MB chunks",
+    "polars_csv": "parse only: polars, 4 MB chunks",
+    "pyarrow_csv_whole": "parse only: pyarrow, whole CSV",
+    "polars_csv_whole": "parse only: polars, whole CSV",
 }
 
 
@@ -154,6 +162,75 @@ def _our_path() -> Callable[[Path], int]:
     return run
 
 
+_PARSED = ("id", "price", "qty", "time", "is_buyer_maker")
+"""The columns our reader parses from a UM trades CSV (quote_qty is recomputed)."""
+_COLUMNS = ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker")
+
+
+def _csv_chunks(path: Path, whole: bool) -> list[bytes]:
+    """The zip's CSV without its header: whole, or cut at line ends every CHUNK_SIZE bytes as our
+    reader hands it to the parser."""
+    from binance_assets.vision.archive import CHUNK_SIZE
+
+    with zipfile.ZipFile(path) as archive:
+        text = archive.read(archive.infolist()[0])
+    text = text[text.index(b"\n") + 1 :]
+    if whole:
+        return [text]
+    chunks, start = [], 0
+    while start < len(text):
+        stop = (
+            text.rfind(b"\n", start, start + CHUNK_SIZE) + 1 if start + CHUNK_SIZE < len(text) else len(text)
+        )
+        chunks.append(text[start:stop])
+        start = stop
+    return chunks
+
+
+def _parser(name: str, whole: bool) -> Callable[[], Callable[[Path], int]]:
+    """A loader of `name`'s CSV reader (pyarrow or polars) on the inflated CSV, in memory beforehand,
+    as our reader would use it: the columns and types it parses, on both cores."""
+
+    def load() -> Callable[[Path], int]:
+        if name == "pyarrow":
+            import pyarrow as pa
+            import pyarrow.csv as pa_csv
+
+            types = dict.fromkeys(("id", "time"), pa.int64()) | dict.fromkeys(("price", "qty"), pa.float64())
+            read = pa_csv.ReadOptions(column_names=list(_COLUMNS), block_size=1 << 20)
+            convert = pa_csv.ConvertOptions(
+                column_types={**types, "is_buyer_maker": pa.bool_()}, include_columns=list(_PARSED)
+            )
+
+            def parse(chunk: bytes) -> int:
+                return pa_csv.read_csv(pa.py_buffer(chunk), read, convert_options=convert).num_rows
+        else:
+            import polars as pl
+
+            types = {"id": pl.Int64, "time": pl.Int64, "is_buyer_maker": pl.Boolean}
+            schema = {column: types.get(column, pl.Float64) for column in _COLUMNS}  # in file order
+            wanted = [_COLUMNS.index(c) for c in _PARSED]
+
+            def parse(chunk: bytes) -> int:
+                frame = pl.read_csv(chunk, has_header=False, schema=schema, columns=wanted)
+                return frame.to_arrow().num_rows  # the aggregator takes Arrow
+
+        chunks: dict[Path, list[bytes]] = {}
+
+        def prepare(path: Path) -> list[bytes]:
+            if path not in chunks:
+                chunks[path] = _csv_chunks(path, whole)
+            return chunks[path]
+
+        def run(path: Path) -> int:
+            return sum(parse(chunk) for chunk in prepare(path))
+
+        run.prepare = prepare  # type: ignore[attr-defined]
+        return run
+
+    return load
+
+
 LOADERS: dict[str, Callable[[], Callable[[Path], object]]] = {
     "zipfile": lambda: _inflate_zipfile,
     "zlib": _raw_inflater("zlib"),
@@ -161,6 +238,11 @@ LOADERS: dict[str, Callable[[], Callable[[Path], object]]] = {
     "isal": _raw_inflater("isal"),
     "pandas": _pandas_path,
     "ours": _our_path,
+    **{
+        f"{name}_csv{'_whole' if whole else ''}": _parser(name, whole)
+        for name in ("pyarrow", "polars")
+        for whole in (False, True)
+    },
 }
 
 
@@ -173,12 +255,17 @@ def child(load: Callable[[], Callable[[Path], object]], path: Path, passes: int)
     except Exception as error:  # reported, so the other stages still print
         print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
         return
+    prepare = getattr(work, "prepare", None)  # work kept out of the timing (the parse stages' inflate)
+    if prepare is not None:
+        prepare(path)
     times = []
     for _ in range(passes):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         bars = work(path)
-        times.append(time.perf_counter() - started)
-    print(json.dumps({"cold": times[0], "seconds": min(times), "rss_mb": _peak_rss_mb(), "bars": bars}))
+        times.append((time.perf_counter() - started, time.process_time() - cpu))
+    seconds, cpu = min(times)
+    report = {"cold": times[0][0], "seconds": seconds, "cpu": cpu, "rss_mb": _peak_rss_mb(), "bars": bars}
+    print(json.dumps(report))
 
 
 def _peak_rss_mb() -> float:
@@ -237,7 +324,7 @@ def main() -> None:
     path = build_archive(args.workdir, args.trades)
     print(f"{path}: {args.trades:,} trades, zip {path.stat().st_size / 1e6:.1f} MB")
     print(f"best of {args.repeat} processes x {args.passes} passes; ratios use warm seconds")
-    print(f"{'stage':<40} {'cold s':>7} {'warm s':>7} {'M trades/s':>11} {'peak RSS MB':>12}")
+    print(f"{'stage':<40} {'cold s':>7} {'warm s':>7} {'CPU s':>6} {'M trades/s':>11} {'peak RSS MB':>12}")
     results: dict[str, dict[str, Any]] = {}
     for stage, label in STAGES.items():
         if stage in ("zlib_ng", "isal") and importlib.util.find_spec(stage) is None:
@@ -251,7 +338,8 @@ def main() -> None:
         results[stage] = result
         rate = args.trades / result["seconds"] / 1e6
         cold, warm = result["cold"], result["seconds"]
-        print(f"{label:<40} {cold:>7.2f} {warm:>7.2f} {rate:>11.2f} {result['rss_mb']:>12.0f}")
+        cpu = result["cpu"]
+        print(f"{label:<40} {cold:>7.2f} {warm:>7.2f} {cpu:>6.2f} {rate:>11.2f} {result['rss_mb']:>12.0f}")
 
     ours, pandas, isal = (results.get(stage) for stage in ("ours", "pandas", "isal"))
     if ours and pandas:

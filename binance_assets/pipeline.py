@@ -9,6 +9,7 @@ fallback dataset and the run's figures.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,21 @@ _READERS = {"trades": TRADES, "aggTrades": AGG_TRADES}
 """The reader of each dataset (markets.DATASETS)."""
 
 _EMPTY_BARS = DAY_BARS_SCHEMA.empty_table()
+_TRIM_AFTER_BYTES = 16 << 20
+"""Archives from this size up leave enough freed heap behind to be worth handing back."""
+try:  # glibc: the heap's free pages go back to the OS only on request
+    _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):  # pragma: no cover - another libc
+    _MALLOC_TRIM = None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS. Parsing a big archive frees as much as it keeps: on a
+    24M-trade monthly archive glibc held about 150 MB of freed heap, on which the store's insert (chDB's
+    engine, the insert's blocks) stacked: 730 MB peak instead of about 620 MB."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
 
 LIQUIDITY_STATS: tuple[str, ...] = tuple(
     f.name for f in DAYS_SCHEMA if f.name in LIQUIDITY_TABLE.schema.names and f.name != "day"
@@ -192,6 +208,8 @@ class RunLoad:
         except ValueError as exc:  # rows the aggregator cannot take (an impossible id span)
             raise ArchiveFormatError(name, str(exc)) from None
         figures.aggregate_seconds += time.monotonic() - started
+        if local.size >= _TRIM_AFTER_BYTES:
+            release_freed_memory()
         self._ledger_rows.append(
             ledger_row(market.key, ticker, archive, local, aggregation.days, self.loaded_at)
         )

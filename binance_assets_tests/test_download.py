@@ -21,6 +21,7 @@ from binance_assets.vision.download import (
     parse_checksum,
 )
 from binance_assets.vision.errors import VisionError, VisionHTTPError
+from binance_assets_tests.archives import write_archive
 from binance_assets_tests.conftest import REAL
 from binance_assets_tests.vision_server import ChecksumStyle, VisionServer, put_archive
 
@@ -418,3 +419,14 @@ def test_errors_share_one_base() -> None:
     assert all(issubclass(error, VisionError) for error in (ArchiveNotFound, ChecksumMismatch, DownloadError))
     assert ChecksumMismatch.retryable and DownloadError.retryable and not ArchiveNotFound.retryable
     assert not ChecksumFileError.retryable and issubclass(ChecksumFileError, ValueError)
+
+
+def test_the_fake_vision_paces_objects_at_its_rate(vision_root: Path, vision_server: VisionServer) -> None:
+    """Benchmarks emulate a real link with `bytes_per_second`; the bytes arrive whole, no sooner."""
+    data = bytes(range(256)) * 8192  # 2 MB
+    write_archive(vision_root, "data/x.zip", data)
+    vision_server.bytes_per_second = 10e6
+    started = time.monotonic()
+    got = VisionDownloader(vision_server.url, vision_root.parent / "cache").fetch("data/x.zip")
+    assert time.monotonic() - started >= 0.19
+    assert got.path.read_bytes() == data

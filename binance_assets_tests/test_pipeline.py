@@ -4,6 +4,8 @@ a consumer that does not drain the stream gets an error, not an empty liquidity 
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -87,3 +89,27 @@ def test_results_read_before_the_stream_is_drained_raise(vision_root: Path, tmp_
 
     with pytest.raises(RuntimeError, match="a RunLoad is read once"):
         next(iter(load))
+
+
+def test_freed_heap_goes_back_to_the_os() -> None:
+    """In a fresh process: freed heap that glibc keeps (blocks below its raised mmap threshold, with a
+    live block on top) leaves the process's RSS only through release_freed_memory."""
+    script = """
+import numpy as np
+from binance_assets.pipeline import release_freed_memory
+
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) // 1024
+
+big = np.ones(2 << 20)  # 16 MB, mmapped; freeing it raises glibc's mmap threshold to 16 MB
+del big
+blocks = [np.ones(1 << 17) for _ in range(300)]  # 300 MB of 1 MB blocks on the heap
+top = np.ones(1 << 17)
+del blocks
+before = rss()
+release_freed_memory()
+print(before, rss())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    before, after = (int(v) for v in done.stdout.split())
+    assert before - after > 200, (before, after)
