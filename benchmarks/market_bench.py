@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import tempfile
 import time
 from contextlib import ExitStack
@@ -231,6 +232,13 @@ def report(results: dict[str, Figures], ticker_days: int, pure_wall: float) -> N
         print(f"{label:44s}" + "".join(f"{cell(results[n]):>12s}" for n in names))
 
 
+def _run_days(args: argparse.Namespace) -> int:
+    """The run length the backfills used: --max-days-per-run, else the setting's default."""
+    from binance_assets.settings import Settings
+
+    return args.max_days_per_run or Settings.from_env({}).max_days_per_run
+
+
 def _overhead(figures: Figures, pure_wall: float, ticker_days: int) -> float:
     return 1000 * (figures.wall_seconds - pure_wall) / ticker_days
 
@@ -264,8 +272,8 @@ def project(
         f"CPU on {CORES} cores": cpu_hours,
     }
     orchestration = {}
+    runs_full = full_tickers * math.ceil(full_days / _run_days(args))
     for name, figures in results.items():
-        runs_full = figures.runs / ticker_days * full_ticker_days
         submission = figures.queued_seconds / figures.runs * runs_full / 3600
         overhead = _overhead(figures, pure_wall, ticker_days) * full_ticker_days / 3.6e6
         label = f"orchestration, {name} ({runs_full:,.0f} runs; queueing them {submission:.1f} h)"
