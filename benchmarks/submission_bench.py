@@ -48,6 +48,12 @@ def main() -> None:
         action="store_true",
         help="DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS: one planned event per asset and run",
     )
+    parser.add_argument(
+        "--submit-workers",
+        type=int,
+        default=0,
+        help="dagster.yaml `backfills: num_submit_workers`: threads submitting a backfill's runs",
+    )
     parser.add_argument("--timeout-minutes", type=float, default=120)
     parser.add_argument("--workdir", type=Path, help="keep the mirror, home and logs here")
     args = parser.parse_args()
@@ -89,6 +95,11 @@ def main() -> None:
             instance_yaml = ROOT / "deploy" / "dagster.yaml"
         run_dir = work / f"{args.instance}-{time.strftime('%Y%m%d-%H%M%S')}"
         env = dagster_home(run_dir, instance_yaml, env)
+        if args.submit_workers:
+            with (Path(env["DAGSTER_HOME"]) / "dagster.yaml").open("a") as instance:
+                instance.write(
+                    f"\nbackfills:\n  use_threads: true\n  num_submit_workers: {args.submit_workers}\n"
+                )
         stop_sensors(env, run_dir)
         with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
             with daemon(env, run_dir) as process, peak_rss(process.pid) as peak:
