@@ -223,7 +223,6 @@ class VisionDownloader:
                 fill()
                 yield archive
                 self.evict(keep_keys=[key for key, _ in pending])
-                fill()
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
 
