@@ -1,8 +1,9 @@
 """Submitting a whole market's partition space to the real daemon: how soon the first run starts, how soon
 every run is queued.
 
-    python benchmarks/submission_bench.py [--tickers 600] [--days 3387] [--max-days-per-run 731]
+    python benchmarks/submission_bench.py [--tickers 600] [--days 3387] [--max-days-per-run N]
                                           [--instance sqlite|postgresql] [--planned-subset]
+                                          [--backfill-workers N] [--submit-workers N]
                                           [--timeout-minutes 120] [--workdir DIR]
 
 A local file:// mirror holds one small daily spot archive per ticker, on the last day: every other day of
@@ -41,7 +42,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tickers", type=int, default=600)
     parser.add_argument("--days", type=int, default=3_387)
-    parser.add_argument("--max-days-per-run", type=int, default=731, help="BINANCE_MAX_DAYS_PER_RUN")
+    parser.add_argument(
+        "--max-days-per-run", type=int, help="BINANCE_MAX_DAYS_PER_RUN (default: the setting's default)"
+    )
     parser.add_argument("--instance", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument(
         "--planned-subset",
@@ -54,12 +57,19 @@ def main() -> None:
         default=0,
         help="dagster.yaml `backfills: num_submit_workers`: threads submitting a backfill's runs",
     )
+    parser.add_argument(
+        "--backfill-workers",
+        type=int,
+        default=0,
+        help="dagster.yaml `backfills: num_workers`: backfills iterated at once (Dagster's default: cores+4)",
+    )
     parser.add_argument("--timeout-minutes", type=float, default=120)
     parser.add_argument("--workdir", type=Path, help="keep the mirror, home and logs here")
     args = parser.parse_args()
 
     from dagster import DagsterInstance
 
+    from binance_assets.settings import Settings
     from binance_assets_tests.archives import publish
     from binance_assets_tests.helpers import daemon
     from binance_assets_tests.postgres import postgres_server
@@ -67,10 +77,11 @@ def main() -> None:
     last = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=GRACE_DAYS + 1)
     days = [last - dt.timedelta(days=i) for i in reversed(range(args.days))]
     tickers = [f"T{index:03d}USDT" for index in range(args.tickers)]
-    runs = len(tickers) * math.ceil(len(days) / args.max_days_per_run)
+    run_days = args.max_days_per_run or Settings.from_env({}).max_days_per_run
+    runs = len(tickers) * math.ceil(len(days) / run_days)
     print(
         f"{len(tickers)} tickers x {len(days)} days ({days[0]} .. {last}) = {len(tickers) * len(days):,} "
-        f"partitions per asset; {runs:,} runs of at most {args.max_days_per_run} days expected",
+        f"partitions per asset; {runs:,} runs of at most {run_days} days expected",
         flush=True,
     )
     with ExitStack() as stack:
@@ -82,7 +93,7 @@ def main() -> None:
         env = mirror_env(
             mirror,
             BINANCE_MARKETS="spot",
-            BINANCE_MAX_DAYS_PER_RUN=str(args.max_days_per_run),
+            BINANCE_MAX_DAYS_PER_RUN=str(run_days),
             BINANCE_PUBLISH_GRACE_DAYS=str(GRACE_DAYS),
             BINANCE_KLINE_CHECK="false",
         )
@@ -95,11 +106,11 @@ def main() -> None:
             instance_yaml = ROOT / "deploy" / "dagster.yaml"
         run_dir = work / f"{args.instance}-{time.strftime('%Y%m%d-%H%M%S')}"
         env = dagster_home(run_dir, instance_yaml, env)
-        if args.submit_workers:
+        workers = {"num_workers": args.backfill_workers, "num_submit_workers": args.submit_workers}
+        if any(workers.values()):
             with (Path(env["DAGSTER_HOME"]) / "dagster.yaml").open("a") as instance:
-                instance.write(
-                    f"\nbackfills:\n  use_threads: true\n  num_submit_workers: {args.submit_workers}\n"
-                )
+                instance.write("\nbackfills:\n  use_threads: true\n")
+                instance.writelines(f"  {key}: {value}\n" for key, value in workers.items() if value)
         stop_sensors(env, run_dir)
         with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
             with daemon(env, run_dir) as process, peak_rss(process.pid) as peak:

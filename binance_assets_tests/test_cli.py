@@ -13,8 +13,11 @@ import pandas as pd
 import pytest
 from dagster import DagsterRunStatus, RunsFilter
 
+from binance_assets.assets import BARS, LIQUIDITY, asset_key
 from binance_assets.cli import main
+from binance_assets.cli.runs import BACKFILL_TICKER_DAYS
 from binance_assets.clickhouse.client import open_client
+from binance_assets.markets import MARKETS
 from binance_assets_tests.archives import expected_bars, expected_klines, publish, write_klines
 from binance_assets_tests.helpers import (
     DAYS,
@@ -86,6 +89,38 @@ def test_discover_registers_the_filtered_tickers_once(cli: Cli, vision_root: Pat
     assert again.stdout.splitlines()[0] == "um: 3 tickers listed, 2 wanted, 0 new"
     with cli.instance() as instance:
         assert instance.get_dynamic_partitions("um_tickers") == ["BTCUSDT", "ETHUSDT"]
+
+
+def test_a_long_backfill_is_split_into_backfills_of_whole_tickers(cli: Cli, vision_root: Path) -> None:
+    """40 tickers x every USD-M day (over 100,000 ticker-days) make two backfills, for the daemon
+    serialises each one's whole partition set as it submits its runs (see BACKFILL_TICKER_DAYS): each
+    holds at most that many ticker-days and whole tickers, and together exactly the request. They share
+    one timestamp, which the daemon's cache of the market's partitions is keyed on."""
+    first, last = dt.date(2019, 9, 8), TODAY - dt.timedelta(days=3)
+    tickers = [f"T{index:02d}USDT" for index in range(40)]
+    for seed, ticker in enumerate(tickers):
+        publish(vision_root, "um", ticker, [last], trades_per_day=5, seed=seed)
+    days = (last - first).days + 1
+    per_backfill = BACKFILL_TICKER_DAYS // days
+
+    result = cli("backfill", "--market", "um", *(f"--ticker={t}" for t in tickers), "--start", str(first),
+                 "--end", str(last))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with cli.instance() as instance:
+        by_id = {backfill.backfill_id: backfill for backfill in instance.get_backfills()}
+        assert sorted(by_id) == sorted(result.stdout.split())
+        backfills = [by_id[backfill_id] for backfill_id in result.stdout.split()]
+        targets = [backfill.asset_backfill_data.target_subset for backfill in backfills]
+    assert [backfill.title[-5:] for backfill in backfills] == ["[1/2]", "[2/2]"]
+    assert len({backfill.backfill_timestamp for backfill in backfills}) == 1
+    groups = [tickers[:per_backfill], tickers[per_backfill:]]
+    for target, group in zip(targets, groups, strict=True):
+        assert target.asset_keys == {asset_key(MARKETS["um"], BARS), asset_key(MARKETS["um"], LIQUIDITY)}
+        for subset in target.partitions_subsets_by_asset_key.values():
+            keys = {tuple(reversed(key.split("|"))) for key in subset.get_partition_keys()}  # date|ticker
+            assert len(keys) == len(group) * days <= BACKFILL_TICKER_DAYS
+            assert {ticker for ticker, _ in keys} == set(group)
+            assert {day for _, day in keys} == {str(first + dt.timedelta(days=i)) for i in range(days)}
 
 
 def test_materialize_fills_the_store_records_runs_and_sql_prints_them(cli: Cli, vision_root: Path) -> None:

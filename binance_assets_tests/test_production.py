@@ -156,6 +156,10 @@ def test_helm_values_run_the_image_with_the_instance_limits() -> None:
     }
     daemon = values["dagsterDaemon"]
     assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert daemon["backfills"] == {
+        "useThreads": laptop["backfills"]["use_threads"],
+        "numWorkers": laptop["backfills"]["num_workers"],
+    }
     assert daemon["runRetries"] == {
         "enabled": laptop["run_retries"]["enabled"],
         "maxRetries": laptop["run_retries"]["max_retries"],
