@@ -29,6 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
 from daemon_runs import ROOT, backfill_runs, dagster_home, mirror_env, peak_rss, stop_sensors, submit_backfill
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def main() -> None:
         "--backfill-workers",
         type=int,
         default=0,
-        help="dagster.yaml `backfills: num_workers`: backfills iterated at once (Dagster's default: cores+4)",
+        help="dagster.yaml `backfills: num_workers`: backfills iterated at once (dagster.yaml's: 1)",
     )
     parser.add_argument("--timeout-minutes", type=float, default=120)
     parser.add_argument("--workdir", type=Path, help="keep the mirror, home and logs here")
@@ -108,9 +109,10 @@ def main() -> None:
         env = dagster_home(run_dir, instance_yaml, env)
         workers = {"num_workers": args.backfill_workers, "num_submit_workers": args.submit_workers}
         if any(workers.values()):
-            with (Path(env["DAGSTER_HOME"]) / "dagster.yaml").open("a") as instance:
-                instance.write("\nbackfills:\n  use_threads: true\n")
-                instance.writelines(f"  {key}: {value}\n" for key, value in workers.items() if value)
+            instance_file = Path(env["DAGSTER_HOME"]) / "dagster.yaml"
+            config = yaml.safe_load(instance_file.read_text())
+            config["backfills"] = {"use_threads": True, **{k: v for k, v in workers.items() if v}}
+            instance_file.write_text(yaml.safe_dump(config))
         stop_sensors(env, run_dir)
         with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
             with daemon(env, run_dir) as process, peak_rss(process.pid) as peak:
