@@ -9,43 +9,54 @@ the archives read go to the ledger (`trust/ledger.py`); and checks verify the st
 
 import datetime as dt
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import PurePosixPath
 from typing import Any
 
-import pyarrow as pa
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    AssetOut,
+    AssetMaterialization,
     AssetsDefinition,
+    AssetSpec,
     BackfillPolicy,
     Backoff,
+    DagsterEventType,
     DailyPartitionsDefinition,
     DynamicPartitionsDefinition,
     Failure,
     FreshnessPolicy,
     Jitter,
+    MaterializeResult,
     MetadataValue,
     MultiPartitionKey,
     MultiPartitionsDefinition,
-    Output,
     RetryPolicy,
     multi_asset,
 )
 
+from binance_assets.clickhouse.day_writer import DayWriter, TickerDay
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.clickhouse.store import OpenStore
+from binance_assets.dagster_internals import add_partition_metadata, plan_partitions
 from binance_assets.failures import permanent_failure
 from binance_assets.markets import DatasetName, Market
 from binance_assets.partition_range import asset_run_days
-from binance_assets.pipeline import RunLoad
+from binance_assets.pipeline import FailedDay, RunLoad
 from binance_assets.plan import ArchiveLister, TickerPlan, plan_tickers
 from binance_assets.resources import VisionResource
-from binance_assets.run_metadata import check_metadata, day_metadata, fallback_days, run_metadata
+from binance_assets.run_metadata import (
+    FAILED_DAYS,
+    check_metadata,
+    day_figures,
+    failed_days,
+    fallback_days,
+    run_metadata,
+)
 from binance_assets.trust.checks import (
     LIMIT,
     CheckOutcome,
@@ -89,8 +100,17 @@ def market_partitions(market: Market) -> MultiPartitionsDefinition:
     )
 
 
-DEFAULT_RETRY = RetryPolicy(max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
-"""Transient failures (network, an archive not yet published) are retried after about 30 s, 60 s, 120 s."""
+def retry_policy(delay_seconds: float = 30.0) -> RetryPolicy:
+    """A run step's retries of transient failures (network, a busy store): three, after about 1, 3 and 7
+    times ``delay_seconds`` (BINANCE_RETRY_DELAY_SECONDS), each +/- ``delay_seconds``: by default 0-60 s,
+    60-120 s and 180-240 s (Dagster's exponential backoff is (2^n - 1) x delay). A retry writes only the
+    days the run has not written yet."""
+    return RetryPolicy(
+        max_retries=3, delay=delay_seconds, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+    )
+
+
+DEFAULT_RETRY = retry_policy()
 
 
 @contextmanager
@@ -149,22 +169,28 @@ def build_market_assets(
             AssetCheckSpec(MATCHES_KLINES, asset=bars_key, description=matches_binance_klines.__doc__)
         )
 
+    partitions = market_partitions(market)
+
     @multi_asset(
         name=f"{market.key}_trades_to_bars",
-        outs={
-            BARS: AssetOut(
-                key=asset_key(market, BARS),
-                io_manager_key="clickhouse_io_manager",
+        # The op writes both tables itself (clickhouse/day_writer.py), a day's bars with its liquidity row,
+        # and says which partitions it materialised: a day that fails fails alone.
+        specs=[
+            AssetSpec(
+                bars_key,
                 description=f"{market.key}: 5-second bars, right-labelled (trades in [ts-5s, ts))",
+                skippable=True,
+                partitions_def=partitions,
             ),
-            LIQUIDITY: AssetOut(
-                key=asset_key(market, LIQUIDITY),
-                io_manager_key="clickhouse_io_manager",
+            AssetSpec(
+                liquidity_key,
                 description=f"{market.key}: one row per ticker-day: trades, volumes, ids, source archive",
                 freshness_policy=liquidity_freshness(freshness_deadline),
+                skippable=True,
+                partitions_def=partitions,
             ),
-        },
-        partitions_def=market_partitions(market),
+        ],
+        partitions_def=partitions,
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=max_days_per_run),
         retry_policy=retry_policy,
         check_specs=checks,
@@ -173,18 +199,19 @@ def build_market_assets(
     )
     def trades_to_bars(
         context: AssetExecutionContext, vision: VisionResource, clickhouse: ClickHouseResource
-    ) -> Iterator[Output[Any] | AssetCheckResult]:
+    ) -> Iterator[MaterializeResult | AssetCheckResult]:
         days_by_ticker = asset_run_days(context)
-        ticker_days = sum(len(days) for days in days_by_ticker.values())
+        kept = _written_by_earlier_attempts(context, liquidity_key) if context.retry_number else set()
+        todo = {t: [d for d in days if (t, d) not in kept] for t, days in days_by_ticker.items()}
+        if kept:
+            context.log.info(f"{len(kept)} ticker-days written by earlier attempts of this run are kept")
         listing = vision.listing()
 
         def archives(ticker: str, name: DatasetName) -> list[ArchiveInfo]:
             return listing.list_trades_archives(market, ticker, dataset=name)
 
         with failing_fast():
-            plans = _plan(
-                context, market, archives, vision.publish_grace_days, days_by_ticker, dataset, fallback
-            )
+            plans = _plan(context, market, archives, vision.publish_grace_days, todo, dataset, fallback)
         downloader = vision.downloader()
         klines = None
         if kline_check or fallback:  # before the writes: the fallback compares day counts with them
@@ -193,35 +220,55 @@ def build_market_assets(
         if fallback and klines is not None:
             rebuild = Fallback(fallback, lambda ticker: archives(ticker, fallback), day_counts(klines))
         load = RunLoad(market, plans, downloader, fallback=rebuild)
+        writer = DayWriter(clickhouse.open, market.key, token=f"{context.run.run_id}/{context.retry_number}")
 
-        # 1. the bars: the IO manager drains the load's stream, day by day
+        # 1. each ticker-day's bars and liquidity row, written together as the load yields them
         started = time.monotonic()
-        yield Output(_bars_stream(context, load, ticker_days), output_name=BARS)
-        # 2. the liquidity rows the drained load made; each partition also gets its own day's figures
-        with failing_fast():
-            liquidity = load.liquidity
-        _add_partition_metadata(
-            context,
-            liquidity_key,
-            (
-                (MultiPartitionKey({"date": row["day"].isoformat(), "ticker": row["ticker"]}), figures)
-                for row, figures in day_metadata(load)
-            ),
-        )
+        figures: dict[TickerDay, dict[str, Any]] = {}
+        try:
+            with failing_fast():
+                for index, day in enumerate(load.days(), 1):
+                    writer.add(day.ticker, day.day, day.bars, day.liquidity)
+                    figures[day.ticker, day.day] = day_figures(day)
+                    if index % 25 == 0:
+                        context.log.info(f"{index} ticker-days: {load.figures.trades:,} trades")
+                writer.flush()
+        except BaseException:
+            # what is written stays materialised: a retry of this run resumes after it
+            for event in _materializations(market, writer.written, figures, {}):
+                context.log_event(event)
+            raise
+        failed, late = load.failed, load.late
         metadata = run_metadata(load, [p.ticker for p in plans], time.monotonic() - started)
-        yield Output(liquidity, output_name=LIQUIDITY, metadata=metadata)
-        # 3. the ledger: the archives read, now that their days are written; 4. the checks of the stored rows
+        _log_outcome(context, market, len(writer.written), failed, late)
+        # 2. the ledger: the archives read, now that their days are written; 3. the checks of the stored rows
+        written = sorted(kept | set(writer.written))
         run = RunSlice(
-            market.key, tuple(days_by_ticker), tuple(sorted({d for v in days_by_ticker.values() for d in v}))
+            market.key, tuple(sorted({t for t, _ in written})), tuple(sorted({d for _, d in written}))
         )
-        with clickhouse.open() as store:
-            write_ledger(store, load.ledger_rows)
-            results = _checks(market, store, run)
-            if kline_check and klines is not None:
-                outcome = matches_binance_klines(store, market.key, klines)
-                results.append(_check_result(bars_key, MATCHES_KLINES, outcome))
+        # nothing written (a run of late days only, or every day failed): nothing to check
+        results = [_nothing_checked(spec) for spec in checks if spec.name != FROM_FALLBACK]
+        if written:
+            with clickhouse.open() as store:
+                write_ledger(store, load.ledger_rows)
+                results = _checks(market, store, run)
+                if kline_check and klines is not None:
+                    outcome = matches_binance_klines(store, market.key, klines)
+                    results.append(_check_result(bars_key, MATCHES_KLINES, outcome))
+        # 4. the materialisations: Dagster's own, one per partition of the run, when every day is written;
+        # else one per day written, so that only the days not written show failed (or missing, when late)
+        if failed or late or kept:
+            for event in _materializations(market, writer.written, figures, metadata):
+                context.log_event(event)
+        else:
+            partitions = [(_partition(ticker, day), figures[ticker, day]) for ticker, day in writer.written]
+            add_partition_metadata(context, liquidity_key, partitions)
+            yield MaterializeResult(asset_key=bars_key)
+            yield MaterializeResult(asset_key=liquidity_key, metadata=metadata)
         yield from results
         yield _fallback_check(liquidity_key, load)
+        if failed:
+            raise _failure(context, market, failed, len(writer.written))
 
     return trades_to_bars
 
@@ -235,36 +282,106 @@ def _plan(
     dataset: DatasetName,
     fallback: DatasetName | None,
 ) -> list[TickerPlan]:
-    """Plan every ticker of the run from its listing; fail (retryably) before any write if a day is late."""
+    """Plan every ticker of the run from its listing (days not yet published are left for a later run)."""
     today = dt.datetime.now(dt.UTC).date()
     plans = plan_tickers(archives, days_by_ticker, today, grace_days, dataset, fallback)
-    late = {p.ticker: p.unpublished for p in plans if p.unpublished}
-    if late:
-        described = "; ".join(f"{t}: {', '.join(d.isoformat() for d in days)}" for t, days in late.items())
-        raise Failure(
-            description=f"{market.key} archives not yet published on Binance Vision ({described}); "
-            "Binance publishes hours to days late: this run will be retried.",
-            metadata={
-                "unpublished": MetadataValue.json({t: [d.isoformat() for d in v] for t, v in late.items()})
-            },
-        )
     for plan in plans:
         monthly = sum(1 for a in plan.serves if a.freq == "monthly")
         context.log.info(
             f"{market.key} {plan.ticker}: {len(plan.days)} days from {len(plan.serves) - monthly} daily and "
             f"{monthly} monthly archives ({plan.download_bytes / 1e6:.1f} MB), {len(plan.no_archive)} without"
             + (f", {len(plan.fallbacks)} from {fallback}" if plan.fallbacks else "")
+            + (f", {len(plan.unpublished)} not yet published" if plan.unpublished else "")
         )
     return plans
 
 
-def _bars_stream(context: AssetExecutionContext, load: RunLoad, ticker_days: int) -> Iterator[pa.Table]:
-    """The load's bars, day by day, logging progress every 25 ticker-days."""
-    with failing_fast():
-        for index, bars in enumerate(load, 1):
-            if index % 25 == 0 or index == ticker_days:
-                context.log.info(f"{index}/{ticker_days} ticker-days: {load.figures.trades:,} trades")
-            yield bars
+def _partition(ticker: str, day: dt.date) -> MultiPartitionKey:
+    return MultiPartitionKey({"date": day.isoformat(), "ticker": ticker})
+
+
+def _written_by_earlier_attempts(context: AssetExecutionContext, key: AssetKey) -> set[TickerDay]:
+    """The ticker-days this run materialised before this attempt (a step retry resumes after them)."""
+    written: set[TickerDay] = set()
+    cursor = None
+    while True:
+        page = context.instance.get_records_for_run(
+            context.run.run_id, cursor=cursor, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=10_000
+        )
+        for record in page.records:
+            event = record.event_log_entry.asset_materialization
+            if event is not None and event.asset_key == key and event.partition:
+                day, ticker = event.partition.split("|")
+                written.add((ticker, dt.date.fromisoformat(day)))
+        if not page.has_more:
+            return written
+        cursor = page.cursor
+
+
+def _materializations(
+    market: Market,
+    written: Iterable[TickerDay],
+    figures: Mapping[TickerDay, Mapping[str, Any]],
+    metadata: Mapping[str, Any],
+) -> Iterator[AssetMaterialization]:
+    """One materialisation per asset and day written: the day's figures, the run's totals on liquidity."""
+    for ticker, day in written:
+        partition = _partition(ticker, day)
+        yield AssetMaterialization(
+            asset_key(market, BARS), partition=partition, metadata=figures[ticker, day]
+        )
+        yield AssetMaterialization(
+            asset_key(market, LIQUIDITY), partition=partition, metadata={**metadata, **figures[ticker, day]}
+        )
+
+
+def _log_outcome(
+    context: AssetExecutionContext,
+    market: Market,
+    written: int,
+    failed: Sequence[FailedDay],
+    late: Sequence[TickerDay],
+) -> None:
+    context.log.info(f"{market.key}: {written} ticker-days written")
+    if late:
+        days = ", ".join(f"{ticker} {day}" for ticker, day in late)
+        context.log.warning(
+            f"{market.key}: not yet published on Binance Vision, left missing: {days}. The daily sensor, or "
+            "a re-run of the missing days, loads them once Binance publishes them."
+        )
+    if failed:
+        context.log.error(f"{market.key}: failed: {_describe_failures(failed)}")
+
+
+def _describe_failures(failed: Sequence[FailedDay]) -> str:
+    """``BTCUSDT 2024-01-30: why (BTCUSDT-trades-2024-01-30.zip)``, the days of one archive as a range."""
+    by_archive: dict[tuple[str, str], list[FailedDay]] = {}
+    for failure in failed:
+        by_archive.setdefault((failure.ticker, failure.archive), []).append(failure)
+    parts = []
+    for (ticker, archive), days in by_archive.items():
+        first, last = min(f.day for f in days), max(f.day for f in days)
+        span = f"{first}" if first == last else f"{first}..{last}"
+        name, reason = PurePosixPath(archive).name, permanent_failure(days[0].error)
+        reason = " ".join((reason or f"{days[0].error} (may heal: retried)").split())
+        parts.append(f"{ticker} {span}: {reason}" + ("" if name in reason else f" ({name})"))
+    return "; ".join(parts)
+
+
+def _failure(
+    context: AssetExecutionContext, market: Market, failed: Sequence[FailedDay], written: int
+) -> Failure:
+    """The run's failure: one line naming each failed day and its archive. Retried only when every
+    failure may heal by waiting; the retry redoes the failed days alone."""
+    keys = [str(_partition(f.ticker, f.day)) for f in failed]
+    plan_partitions(context, {asset_key(market, BARS): keys, asset_key(market, LIQUIDITY): keys})
+    transient = all(permanent_failure(f.error) is None for f in failed)
+    return Failure(
+        description=f"{market.key}: {len(failed)} ticker-day(s) failed, {written} written: "
+        + _describe_failures(failed),
+        metadata={FAILED_DAYS: MetadataValue.json(failed_days(failed))},
+        allow_retries=transient,
+    )
 
 
 FROM_FALLBACK = "built_from_fallback"
@@ -283,23 +400,6 @@ def _fallback_check(key: AssetKey, load: RunLoad) -> AssetCheckResult:
     return _check_result(key, FROM_FALLBACK, outcome, AssetCheckSeverity.WARN)
 
 
-def _add_partition_metadata(
-    context: AssetExecutionContext, key: AssetKey, metadata: Iterable[tuple[str, Mapping[str, Any]]]
-) -> None:
-    """Give each of the run's partitions its own metadata, as `context.add_asset_metadata(partition_key=)`
-    does after it checks the key. That check lists every key of the run's range, with an instance query
-    per dynamic key (dagster 1.13.27, StepExecutionContext.add_asset_metadata): quadratic in the run's
-    days, about 13 ms a day in a 365-day run and 40 ms in a 1096-day one. Our keys are the run's own days
-    (partition_range.py), so they go to the step's metadata accumulator directly."""
-    step = context.op_execution_context._step_execution_context
-    accumulator = step._metadata_accumulator
-    for partition, figures in metadata:
-        accumulator = accumulator.with_additional_asset_metadata(
-            asset_key=key, partition_key=partition, metadata=figures
-        )
-    step._metadata_accumulator = accumulator
-
-
 def _checks(market: Market, store: OpenStore, run: RunSlice) -> list[AssetCheckResult]:
     """The checks of the run's stored rows: ours (ERROR), the archives' (WARN)."""
     errors = {
@@ -316,6 +416,16 @@ def _checks(market: Market, store: OpenStore, run: RunSlice) -> list[AssetCheckR
         for severity, outcomes in ((AssetCheckSeverity.ERROR, errors), (AssetCheckSeverity.WARN, warnings))
         for (asset, name), outcome in outcomes.items()
     ]
+
+
+def _nothing_checked(spec: AssetCheckSpec) -> AssetCheckResult:
+    return AssetCheckResult(
+        asset_key=spec.asset_key,
+        check_name=spec.name,
+        passed=True,
+        metadata={"ticker_days_checked": 0},
+        description="no ticker-day written by this run",
+    )
 
 
 def _check_result(

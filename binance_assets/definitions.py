@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from dagster import Definitions, EnvVar, definitions, in_process_executor
 
-from binance_assets.assets import build_market_assets
+from binance_assets.assets import build_market_assets, retry_policy
 from binance_assets.clickhouse.client import without_password
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.clickhouse.resource import ClickHouseResource
@@ -65,6 +65,7 @@ def build_definitions(settings: Settings) -> Definitions:
             build_market_assets(
                 market,
                 settings.max_days_per_run,
+                retry_policy(settings.retry_delay),
                 kline_check=settings.kline_check,
                 freshness_deadline=settings.freshness_deadline,
                 dataset=settings.dataset,

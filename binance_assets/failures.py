@@ -4,8 +4,8 @@ Transient faults (5xx, timeouts, connection resets, an archive not yet published
 their retries: the downloader's own attempts, then the asset's RetryPolicy and the daemon's run retries.
 A fault that the same bytes would raise again (an archive that no longer matches its ``.CHECKSUM`` after
 the downloader's attempts, a corrupt zip, an unparsable row, an impossible layout, a full disk) fails the
-run at once, with one line naming the archive and the reason: retrying it only costs minutes. So does a
-bars output whose IO manager did not drain the stream (pipeline.UnfinishedLoad): it would again.
+run at once, with one line naming the archive and the reason: retrying it only costs minutes. So do a
+load's results read before its stream was drained (pipeline.UnfinishedLoad): they would be again.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -29,10 +29,12 @@ from binance_assets.trust.ledger import ledger_row
 from binance_assets.vision.agg_trades import AGG_TRADES
 from binance_assets.vision.archive import read_archive
 from binance_assets.vision.download import LocalArchive, VisionDownloader
+from binance_assets.vision.errors import VisionError
 from binance_assets.vision.listing import ArchiveInfo
 from binance_assets.vision.trades import TRADES
 from binance_assets.vision.zip_member import ArchiveFormatError
 
+T = TypeVar("T")
 _READERS = {"trades": TRADES, "aggTrades": AGG_TRADES}
 """The reader of each dataset (markets.DATASETS)."""
 
@@ -65,14 +67,31 @@ class UnfinishedLoad(RuntimeError):
     """A run's results were read before its bars stream was drained."""
 
 
+ARCHIVE_ERRORS = (VisionError, ArchiveFormatError)
+"""What one archive can raise (not verifiable, not downloadable, not readable): its days fail, the run's
+other archives go on."""
+
+
+@dataclass(frozen=True)
+class FailedDay:
+    """A ticker-day its archive could not give: the archive's key and the error."""
+
+    ticker: str
+    day: dt.date
+    archive: str
+    error: Exception
+
+
 @dataclass(frozen=True)
 class DayLoad:
-    """One ticker-day ready to write: its bars (hl5s columns) and its daily_liquidity row."""
+    """One ticker-day ready to write: its bars (hl5s columns), its daily_liquidity row and the key of the
+    archive it was built from ("none" for a day without one)."""
 
     ticker: str
     day: dt.date
     bars: pa.Table
     liquidity: dict[str, Any]
+    archive: str
 
 
 @dataclass
@@ -99,14 +118,16 @@ class _Read:
 class RunLoad:
     """Every planned ticker-day of a run: days without an archive first (zero rows), then archive by archive.
 
-    Archives download concurrently ahead of the one being aggregated; a corrupt or unverifiable archive
-    raises before any of its days is yielded, so its days keep whatever rows they had. With a
+    Archives download concurrently ahead of the one being aggregated. An archive that cannot be
+    downloaded, verified or read (ARCHIVE_ERRORS) yields none of its days: they become `failed`, keep
+    whatever rows they had, and the run's other archives go on. Days not yet published (the plans'
+    `unpublished`) are not read at all: they are `late`. With a
     ``fallback``, a day whose trades archive is broken or partial (trust/fallback.py) is built from the
     fallback dataset's archive instead, where that archive is listed (and, for a partial day, agrees with
     Binance's klines).
 
     Read once: iterate it (bars) or `days()` (bars and liquidity row per day) to the end; only then are
-    `liquidity`, `liquidity_rows`, `ledger_rows` and `fallbacks` readable. Before that they raise
+    `liquidity`, `liquidity_rows`, `ledger_rows`, `fallbacks` and `failed` readable. Before that they raise
     UnfinishedLoad, so a consumer that does not drain the stream fails instead of writing no liquidity.
     """
 
@@ -128,6 +149,7 @@ class RunLoad:
         self._liquidity_rows: list[dict[str, Any]] = []
         self._ledger_rows: list[dict[str, Any]] = []
         self._fallbacks: list[dict[str, Any]] = []
+        self._failed: list[FailedDay] = []
         self._started = False
         self._drained = False
 
@@ -146,12 +168,18 @@ class RunLoad:
         work = [(plan, archive, days) for plan in self.plans for archive, days in plan.serves.items()]
         keys = [archive.key for _, archive, _ in work]
         sizes = {archive.key: archive.size for _, archive, _ in work}
-        fetched = self.downloader.iter_fetch(keys, sizes)
+        fetched = self.downloader.iter_fetch(keys, sizes, errors=ARCHIVE_ERRORS)
         for (plan, archive, days), local in zip(work, fetched, strict=True):
-            read = self._read(plan.ticker, archive, local)
-            replaced = {}
-            if self.fallback is not None and archive.dataset != self.fallback.dataset:
-                replaced = self._rebuilt(plan.ticker, read, days, self.fallback)
+            try:
+                if isinstance(local, Exception):
+                    raise local
+                read = self._read(plan.ticker, archive, local)
+                replaced = {}
+                if self.fallback is not None and archive.dataset != self.fallback.dataset:
+                    replaced = self._rebuilt(plan.ticker, read, days, self.fallback)
+            except ARCHIVE_ERRORS as error:
+                self._failed += [FailedDay(plan.ticker, day, archive.key, error) for day in days]
+                continue
             for day in days:
                 if day in plan.fallbacks:
                     self._fallbacks.append(_fallback_row(plan.ticker, day, plan.fallbacks[day], archive))
@@ -172,6 +200,16 @@ class RunLoad:
         return self._finished("liquidity_rows", self._liquidity_rows)
 
     @property
+    def failed(self) -> list[FailedDay]:
+        """The ticker-days whose archive failed, in load order."""
+        return self._finished("failed", self._failed)
+
+    @property
+    def late(self) -> list[tuple[str, dt.date]]:
+        """The (ticker, day)s not yet published on Vision, left for a later run."""
+        return [(plan.ticker, day) for plan in self.plans for day in plan.unpublished]
+
+    @property
     def ledger_rows(self) -> list[dict[str, Any]]:
         """One archive-ledger row (ledger.ledger_row) per archive loaded, in load order."""
         return self._finished("ledger_rows", self._ledger_rows)
@@ -181,7 +219,7 @@ class RunLoad:
         """One row per ticker-day built from the fallback dataset: ticker, day, reason, archive."""
         return self._finished("fallbacks", self._fallbacks)
 
-    def _finished(self, name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _finished(self, name: str, rows: list[T]) -> list[T]:
         if not self._drained:
             raise UnfinishedLoad(
                 f"{self.market.key}: {name} of the run read before its bars stream was drained "
@@ -262,7 +300,7 @@ class RunLoad:
             "loaded_at": self.loaded_at,
         }
         self._liquidity_rows.append(liquidity)
-        return DayLoad(ticker, day, keyed, liquidity)
+        return DayLoad(ticker, day, keyed, liquidity, read.archive.key if read else "none")
 
 
 def _fallback_row(ticker: str, day: dt.date, reason: str, archive: ArchiveInfo) -> dict[str, Any]:

@@ -7,12 +7,12 @@ day's figures (`day_metadata`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from dagster import MetadataValue
 
-from binance_assets.pipeline import RunLoad
+from binance_assets.pipeline import DayLoad, FailedDay, RunLoad
 from binance_assets.trust.checks import CheckOutcome
 
 RUN_TICKER_DAYS = "run_ticker_days"
@@ -21,13 +21,15 @@ RUN_TRADE_COUNT = "run_trade_count"
 RUN_BAR_COUNT = "run_bar_count"
 BYTES_DOWNLOADED = "bytes_downloaded"
 FALLBACK_DAYS = "fallback_days"
+FAILED_DAYS = "failed_days"
+LATE_DAYS = "late_days"
 """The run's totals that cli/runs.py reads back."""
 FIRST_FAILURE = "first_failure"
 """A failed check's first failing ticker-day, which cli/runs.py prints."""
 
 
 def run_metadata(load: RunLoad, tickers: Sequence[str], seconds_total: float) -> dict[str, Any]:
-    """The run's totals, from a drained load."""
+    """The run's totals, from a drained load: the days it wrote, and those it did not (failed, late)."""
     rows, figures = load.liquidity_rows, load.figures
     sources = [row["source"] for row in rows]
     return {
@@ -47,27 +49,33 @@ def run_metadata(load: RunLoad, tickers: Sequence[str], seconds_total: float) ->
         "seconds_aggregate": round(figures.aggregate_seconds, 3),
         "seconds_total": round(seconds_total, 3),
         "tickers": MetadataValue.json(sorted(tickers)),
+        FAILED_DAYS: MetadataValue.json(failed_days(load.failed)),
+        LATE_DAYS: MetadataValue.json([{"ticker": t, "day": d.isoformat()} for t, d in load.late]),
     }
 
 
-def day_metadata(load: RunLoad) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """Each ticker-day's liquidity row, with the figures its own partition's materialisation carries."""
-    archive_keys = {archive["sha256"]: archive["key"] for archive in load.ledger_rows}
-    for row in load.liquidity_rows:
-        yield (
-            row,
-            {
-                "trade_count": int(row["trade_count"]),
-                "volume": float(row["volume"]),
-                "quote_volume": float(row["quote_volume"]),
-                "bar_count": int(row["bar_count"]),
-                "missing_trade_ids": int(row["missing_trade_ids"]),
-                "source": row["source"],
-                "dataset": row["dataset"],
-                "archive": archive_keys.get(row["archive_sha256"], "none"),
-                "archive_sha256": row["archive_sha256"] or "none",
-            },
-        )
+def day_figures(day: DayLoad) -> dict[str, Any]:
+    """The figures of one ticker-day, which its own partition's materialisations carry."""
+    row = day.liquidity
+    return {
+        "trade_count": int(row["trade_count"]),
+        "volume": float(row["volume"]),
+        "quote_volume": float(row["quote_volume"]),
+        "bar_count": int(row["bar_count"]),
+        "missing_trade_ids": int(row["missing_trade_ids"]),
+        "source": row["source"],
+        "dataset": row["dataset"],
+        "archive": day.archive,
+        "archive_sha256": row["archive_sha256"] or "none",
+    }
+
+
+def failed_days(failed: Sequence[FailedDay]) -> list[dict[str, Any]]:
+    """The days whose archive failed, as JSON: ticker, day, archive, error."""
+    return [
+        {"ticker": f.ticker, "day": f.day.isoformat(), "archive": f.archive, "error": str(f.error)}
+        for f in failed
+    ]
 
 
 def fallback_days(load: RunLoad) -> list[dict[str, Any]]:

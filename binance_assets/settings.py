@@ -211,6 +211,7 @@ class Settings(BaseModel):
     publish_grace_days: int = Field(
         DEFAULT_PUBLISH_GRACE_DAYS, ge=1, le=90, validation_alias="BINANCE_PUBLISH_GRACE_DAYS"
     )
+    retry_delay: float = Field(30.0, ge=0.0, le=3600.0, validation_alias="BINANCE_RETRY_DELAY_SECONDS")
     kline_check: Flag = Field(True, validation_alias="BINANCE_KLINE_CHECK")
     freshness_deadline: Clock = Field("12:00", validation_alias="BINANCE_FRESHNESS_DEADLINE")
     dataset: Annotated[DatasetName, _one_of(*DATASETS)] = Field("trades", validation_alias="BINANCE_DATASET")

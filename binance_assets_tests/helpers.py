@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, RetryPolicy, materialize
 
-from binance_assets.assets import build_market_assets
+from binance_assets.assets import build_market_assets, market_partitions
 from binance_assets.bars import DAY_BARS_SCHEMA, DAYS_SCHEMA, Aggregation
 from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
@@ -48,6 +48,15 @@ def query(store_url: str, sql: str) -> pd.DataFrame:
     if "day" in frame:
         frame["day"] = pd.to_datetime(frame["day"]).dt.date
     return frame
+
+
+def partition_status(
+    instance: DagsterInstance, key: AssetKey, partitions: list[str]
+) -> dict[str, str | None]:
+    """Dagster's status of each UM partition of asset ``key`` (MATERIALIZED, FAILED, ...; None: missing)."""
+    partitions_def = market_partitions(MARKETS["um"])
+    statuses = instance.get_status_by_partition(key, partitions, partitions_def) or {}
+    return {p: status.value if (status := statuses.get(p)) else None for p in partitions}
 
 
 def resources(server: VisionServer, store_url: str, tmp_path: Path, **vision: object) -> dict[str, object]:

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, DagsterInstance, RetryPolicy
 
-from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.markets import MARKETS
 from binance_assets_tests.archives import expected_bars, expected_day_stats, publish, write_archive
-from binance_assets_tests.helpers import materialize_range, query, resources
+from binance_assets_tests.helpers import materialize_range, partition_status, query, resources
 from binance_assets_tests.vision_server import VisionServer
 
 UM = MARKETS["um"]
@@ -130,20 +129,114 @@ def test_bad_archive_fails_and_leaves_old_rows_then_rerun_repairs(
     assert query(store_url, "SELECT count() - uniqExact(ticker, ts) AS d FROM binance.hl5s")["d"].iloc[0] == 0
 
 
-def test_recent_day_not_yet_published_fails_retryably(
+def test_a_day_not_yet_published_waits_alone(
     vision_server: VisionServer,
     mirror: dict[str, pd.DataFrame],
     instance: DagsterInstance,
     store_url: str,
     tmp_path: Path,
 ) -> None:
+    """Yesterday is not published yet: the day before is written and materialised, the run succeeds, and
+    yesterday stays missing (neither materialised nor failed) until a later run; a run of yesterday alone
+    writes nothing and succeeds."""
     yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    publish(vision_server.root, "um", "ETHUSDT", [yesterday - dt.timedelta(days=1)], seed=9)
+    before = yesterday - dt.timedelta(days=1)
+    publish(vision_server.root, "um", "ETHUSDT", [before], seed=9)
     res = resources(vision_server, store_url, tmp_path)
-    first, last = (yesterday - dt.timedelta(days=1)).isoformat(), yesterday.isoformat()
-    result = materialize_range(instance, res, "ETHUSDT", first, last)
+    result = materialize_range(instance, res, "ETHUSDT", before.isoformat(), yesterday.isoformat())
+    assert result.success
+    logs = "\n".join(entry.user_message for entry in instance.all_logs(result.run_id))
+    assert f"left missing: ETHUSDT {yesterday}" in logs and "will be retried" not in logs
+    key = AssetKey(["binance", "um", "daily_liquidity"])
+    materialized = {m.partition for m in result.asset_materializations_for_node("um_trades_to_bars")}
+    assert materialized == {f"{before}|ETHUSDT"}
+    status = partition_status(instance, key, [f"{before}|ETHUSDT", f"{yesterday}|ETHUSDT"])
+    assert status == {f"{before}|ETHUSDT": "MATERIALIZED", f"{yesterday}|ETHUSDT": None}
+    days = query(store_url, "SELECT day FROM binance.daily_liquidity FINAL")["day"].tolist()
+    assert days == [before]
+
+    assert materialize_range(instance, res, "ETHUSDT", yesterday.isoformat(), yesterday.isoformat()).success
+    assert query(store_url, "SELECT count() AS n FROM binance.hl5s WHERE day = today() - 1")["n"].iloc[0] == 0
+
+
+ETH_DAYS = [f"{day}|ETHUSDT" for day in ("2024-01-30", "2024-01-31", "2024-02-01", "2024-02-02")]
+BARS_KEY, LIQUIDITY_KEY = (
+    AssetKey(["binance", "um", "hl5s_bars"]),
+    AssetKey(["binance", "um", "daily_liquidity"]),
+)
+
+
+@pytest.mark.parametrize("planned_events", ["per partition", "one per run"])
+def test_a_corrupt_day_fails_alone_and_its_rerun_repairs_it(
+    vision_server: VisionServer,
+    mirror: dict[str, pd.DataFrame],
+    instance: DagsterInstance,
+    store_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    planned_events: str,
+) -> None:
+    """One corrupt day in a four-day run: the other three are written and materialised, only the bad day
+    shows FAILED on both assets (also with the Helm values' one planned event per run), the run is not
+    retried, and its one-line failure names the day and its archive. A run of that day alone repairs it."""
+    if planned_events == "one per run":
+        monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+    archive = vision_server.root / UM.trades_key("ETHUSDT", "2024-02-01")
+    good = archive.read_bytes()
+    write_archive(vision_server.root, UM.trades_key("ETHUSDT", "2024-02-01"), good[: len(good) // 2])
+    res = resources(vision_server, store_url, tmp_path)
+    retry = RetryPolicy(max_retries=2, delay=0.01)
+    result = materialize_range(instance, res, "ETHUSDT", "2024-01-30", "2024-02-02", retry_policy=retry)
+
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "not yet published" in str(failure.event_specific_data.error.message)
-    with ClickHouseResource(url=store_url).open() as store:  # creates the tables the run never made
-        assert store.client.command("SELECT count() FROM binance.daily_liquidity") == 0
+    (failure,) = result.get_step_failure_events()
+    message = failure.step_failure_data.error.message
+    assert "ETHUSDT 2024-02-01: ETHUSDT-trades-2024-02-01.zip: not a readable zip" in message
+    assert "1 ticker-day(s) failed, 3 written" in message
+    assert len(message.strip().splitlines()) == 1
+    assert len([e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]) == 0
+    for key in (BARS_KEY, LIQUIDITY_KEY):
+        status = partition_status(instance, key, ETH_DAYS)
+        assert status == dict.fromkeys(ETH_DAYS, "MATERIALIZED") | {ETH_DAYS[2]: "FAILED"}, key
+    stored = query(store_url, "SELECT day, trade_count FROM binance.daily_liquidity FINAL ORDER BY day")
+    expected = expected_day_stats(mirror["ETHUSDT"]).set_index("day")
+    assert stored["day"].tolist() == [dt.date(2024, 1, 30), dt.date(2024, 1, 31), dt.date(2024, 2, 2)]
+    assert stored["trade_count"].tolist() == [expected.loc[d, "trade_count"] for d in stored["day"]]
+    bar_days = query(store_url, "SELECT DISTINCT day FROM binance.hl5s ORDER BY day")["day"].tolist()
+    assert bar_days == stored["day"].tolist()
+
+    write_archive(vision_server.root, UM.trades_key("ETHUSDT", "2024-02-01"), good)
+    before = vision_server.requests
+    assert run_range(instance, res, "ETHUSDT", "2024-02-01", "2024-02-01")
+    assert not any("2024-01-3" in r or "2024-02-02" in r for r in vision_server.requests[len(before) :])
+    for key in (BARS_KEY, LIQUIDITY_KEY):
+        assert partition_status(instance, key, ETH_DAYS) == dict.fromkeys(ETH_DAYS, "MATERIALIZED")
+    stats = query(store_url, "SELECT day, trade_count FROM binance.daily_liquidity FINAL ORDER BY day")
+    assert stats["trade_count"].tolist() == [expected.loc[d, "trade_count"] for d in stats["day"]]
+
+
+def test_a_retry_resumes_after_the_days_already_written(
+    vision_server: VisionServer,
+    mirror: dict[str, pd.DataFrame],
+    instance: DagsterInstance,
+    store_url: str,
+    tmp_path: Path,
+) -> None:
+    """A day whose archive answers 500 through two step attempts: the third attempt downloads and writes
+    that day alone, and every day is materialised once."""
+    vision_server.fail("ETHUSDT-trades-2024-02-01.zip$", 500, times=2)
+    res = resources(vision_server, store_url, tmp_path, download_retries=0)
+    retry = RetryPolicy(max_retries=3, delay=0.01)
+    result = materialize_range(instance, res, "ETHUSDT", "2024-01-30", "2024-02-02", retry_policy=retry)
+
+    assert result.success
+    assert len([e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]) == 2
+    zips = [r for r in vision_server.requests if r.endswith(".zip")]
+    for day in ("2024-01-30", "2024-01-31", "2024-02-02"):
+        assert sum(f"ETHUSDT-trades-{day}.zip" in r for r in zips) == 1, day
+    materialized = [m.partition for m in result.asset_materializations_for_node("um_trades_to_bars")]
+    assert sorted(materialized) == sorted(ETH_DAYS * 2)
+    stats = query(store_url, "SELECT day, trade_count FROM binance.daily_liquidity FINAL ORDER BY day")
+    expected = expected_day_stats(mirror["ETHUSDT"]).set_index("day")
+    assert stats["trade_count"].tolist() == [expected.loc[d, "trade_count"] for d in stats["day"]]
+    assert len(stats) == 4

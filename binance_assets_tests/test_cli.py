@@ -18,7 +18,7 @@ from binance_assets.cli import main
 from binance_assets.cli.runs import BACKFILL_TICKER_DAYS
 from binance_assets.clickhouse.client import open_client
 from binance_assets.markets import MARKETS
-from binance_assets_tests.archives import expected_bars, expected_klines, publish, write_klines
+from binance_assets_tests.archives import expected_bars, expected_klines, publish, write_archive, write_klines
 from binance_assets_tests.helpers import (
     DAYS,
     RANGE_END,
@@ -165,21 +165,50 @@ def test_materialize_fills_the_store_records_runs_and_sql_prints_them(cli: Cli, 
     ]
 
 
-def test_materialize_failure_exits_1_with_the_step_message(cli: Cli, vision_root: Path) -> None:
-    """Yesterday is not published yet: the run fails (no retry asked) and nothing is written."""
+def test_materialize_loads_the_published_days_and_leaves_a_late_one_missing(
+    cli: Cli, vision_root: Path
+) -> None:
+    """Yesterday is not published yet: the day before is written, yesterday waits, and the run succeeds."""
     yesterday = TODAY - dt.timedelta(days=1)
     publish(vision_root, "um", "ETHUSDT", [yesterday - dt.timedelta(days=1)], trades_per_day=10)
     result = cli(
         "materialize", "--market", "um", "--ticker", "ETHUSDT",
         "--start", str(yesterday - dt.timedelta(days=1)), "--end", str(yesterday), "--no-retries",
     )  # fmt: skip
-    assert result.returncode == 1
-    line = error_line(result)
-    assert f"um ETHUSDT {yesterday - dt.timedelta(days=1)}..{yesterday}: run " in line
-    assert f"not yet published on Binance Vision (ETHUSDT: {yesterday})" in line
+    assert result.returncode == 0, result.stderr
+    assert (
+        "ticker-days: 1 done (0 without archive), 0 failed, 1 not yet published, 0 skipped" in result.stdout
+    )
+    assert "will be retried" not in result.stdout + result.stderr
     with cli.instance() as instance:
         (run,) = instance.get_runs(RunsFilter(tags={"binance/reason": "cli"}))
-        assert run.status == DagsterRunStatus.FAILURE and run.run_id in line
+        assert run.status == DagsterRunStatus.SUCCESS
+
+
+def test_materialize_runs_every_ticker_and_names_each_failed_day(cli: Cli, vision_root: Path) -> None:
+    """A corrupt day of one ticker: the other days and the other ticker are written; the summary names
+    the failed ticker-day, the error line its run, and the exit status is 1."""
+    days = [dt.date(2024, 1, 30) + dt.timedelta(days=i) for i in range(3)]
+    for seed, ticker in enumerate(("ETHUSDT", "BTCUSDT")):
+        publish(vision_root, "um", ticker, days, trades_per_day=10, seed=seed)
+    write_archive(vision_root, MARKETS["um"].trades_key("ETHUSDT", str(days[1])), b"not a zip")
+    result = cli(
+        "materialize", "--market", "um", "--ticker", "ETHUSDT", "--ticker", "BTCUSDT",
+        "--start", str(days[0]), "--end", str(days[-1]), "--no-retries",
+    )  # fmt: skip
+    assert result.returncode == 1
+    summary, failure = result.stdout.splitlines()[-2:]
+    assert "ticker-days: 5 done (0 without archive), 1 failed, 0 skipped" in summary
+    assert failure.startswith(f"  failed: um ETHUSDT {days[1]}: ") and "not a readable zip" in failure
+    line = error_line(result)
+    assert f"um ETHUSDT {days[0]}..{days[-1]}: run " in line and f"ETHUSDT {days[1]}: " in line
+    liquidity = query(
+        cli.store_url, "SELECT ticker, day FROM binance.daily_liquidity FINAL ORDER BY ticker, day"
+    )
+    assert liquidity.values.tolist() == [["BTCUSDT", d] for d in days] + [
+        ["ETHUSDT", days[0]],
+        ["ETHUSDT", days[2]],
+    ]
 
 
 CHECKS = (

@@ -14,13 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dagster import (
-    AssetKey,
-    ConfigurableIOManager,
     DagsterEventType,
     DagsterInstance,
     ExecuteInProcessResult,
-    InputContext,
-    OutputContext,
     RetryPolicy,
 )
 
@@ -159,28 +155,6 @@ def test_a_transient_fault_outlasting_the_downloads_is_retried_by_the_run(
     result = materialize_range(instance, res, "ETHUSDT", FIRST, LAST, RETRY_AT_ONCE)
     assert not result.success and retries(result) == 2
     assert "503 ServiceUnavailable" in failure_message(result)
-
-
-class UndrainedIOManager(ConfigurableIOManager):
-    """Takes each output without reading it, so the bars stream stays unread."""
-
-    def handle_output(self, context: OutputContext, obj: object) -> None:
-        pass
-
-    def load_input(self, context: InputContext) -> object:
-        raise NotImplementedError
-
-
-def test_an_io_manager_that_does_not_drain_the_bars_fails_the_run_at_once(
-    vision_server: VisionServer, eth: pd.DataFrame, instance: DagsterInstance, store_url: str, tmp_path: Path
-) -> None:
-    res = {**resources(vision_server, store_url, tmp_path), "clickhouse_io_manager": UndrainedIOManager()}
-    result = materialize_range(instance, res, "ETHUSDT", FIRST, LAST, RETRY_AT_ONCE)
-    assert not result.success and retries(result) == 0
-    assert "liquidity of the run read before its bars stream was drained" in failure_message(result)
-    assert not instance.fetch_materializations(
-        AssetKey(["binance", "um", "daily_liquidity"]), limit=10
-    ).records
 
 
 def part_files(cache: Path) -> list[Path]:

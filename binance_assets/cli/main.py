@@ -133,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="wait until dagster-daemon has run the backfill: progress on stderr, then the summary",
             )
+            only = command.add_mutually_exclusive_group()
+            only.add_argument(
+                "--only-failed",
+                action="store_true",
+                help="only the ticker-days Dagster shows failed (the UI's re-run of failed partitions)",
+            )
+            only.add_argument(
+                "--only-missing",
+                action="store_true",
+                help="only the ticker-days Dagster does not show materialised: failed, or never loaded",
+            )
         if name == "materialize":
             command.add_argument(
                 "--no-retries", action="store_true", help="fail at once instead of retrying a failed run step"

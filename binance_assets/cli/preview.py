@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from binance_assets.cli.common import (
-    CliError,
     Listed,
     Request,
     count_of,
@@ -19,16 +18,14 @@ from binance_assets.cli.common import (
     say,
     size_of,
 )
-from binance_assets.cli.runner import Totals, progress_line, run_all
+from binance_assets.cli.runner import RunFailed, Totals, progress_line, run_all
 from binance_assets.definitions import build_resources
 from binance_assets.markets import Market
 from binance_assets.pipeline import DayLoad, RunLoad
 from binance_assets.plan import TickerPlan, plan_ticker, run_ranges
 from binance_assets.resources import VisionResource
 from binance_assets.settings import Settings
-from binance_assets.vision.errors import VisionError
 from binance_assets.vision.listing import ArchiveInfo
-from binance_assets.vision.trades import TradesFormatError
 
 
 def wants_preview(args: argparse.Namespace, settings: Settings) -> bool:
@@ -73,27 +70,28 @@ class DryRuns:
         what = f"{market.key} {ticker} {first}..{last}"
         started = time.monotonic()
         plan = self.planner(ticker, first, last)
-        if plan.unpublished:
-            late = ", ".join(day.isoformat() for day in plan.unpublished)
-            raise CliError(f"{what}: the run would fail: archives not yet published on Vision ({late})")
         load = RunLoad(market, [plan], self.vision.downloader())
         archive_of = {day: archive for archive, days in plan.serves.items() for day in days}
-        try:
-            lines = sorted((day.day, _day_line(market, day, archive_of.get(day.day))) for day in load.days())
-        except (VisionError, TradesFormatError) as error:  # what fails a run's step
-            raise CliError(f"{what}: the run would fail: {one_line(str(error))}") from None
+        lines = sorted((day.day, _day_line(market, day, archive_of.get(day.day))) for day in load.days())
         say("\n".join(line for _, line in lines))
         days = count_of(len(plan.days), "day")
         seconds = time.monotonic() - started
         figures = load.figures
         say(progress_line(what, days, seconds, figures.trades, figures.bars), progress=True)
-        return Totals(
+        failures = tuple(f"{f.ticker} {f.day}: {one_line(str(f.error))}" for f in load.failed)
+        totals = Totals(
             done=figures.days,
             without_archive=len(plan.no_archive),
+            failed=len(failures),
+            late=len(plan.unpublished),
             trades=figures.trades,
             bars=figures.bars,
             downloaded=figures.downloaded_bytes,
+            failures=failures,
         )
+        if failures:
+            raise RunFailed(f"{what}: the run would fail: {failures[0]}", totals)
+        return totals
 
 
 def _day_line(market: Market, load: DayLoad, archive: ArchiveInfo | None) -> str:

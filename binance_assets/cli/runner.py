@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,53 +23,71 @@ class Totals:
     """Ticker-days written (or, in a dry run, aggregated), days without an archive included."""
     without_archive: int = 0
     failed: int = 0
+    late: int = 0
+    """Ticker-days not yet published on Vision: left missing for the daily sensor or a re-run."""
     skipped: int = 0
-    """Ticker-days not run: after a failed run (materialize), or by a backfill that ended without them."""
+    """Ticker-days not run: by a backfill that ended without them."""
     trades: int = 0
     bars: int = 0
     downloaded: int = 0
     """Bytes."""
     fallbacks: tuple[str, ...] = ()
     """``TICKER YYYY-MM-DD: why`` of each ticker-day built from the fallback dataset (aggTrades)."""
+    failures: tuple[str, ...] = ()
+    """``TICKER YYYY-MM-DD[..YYYY-MM-DD]: why`` of each failed ticker-day (or span of one archive)."""
 
     def __add__(self, other: Totals) -> Totals:
         return Totals(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def summary(self, verb: str, market: Market, seconds: float) -> str:
-        """One line of counts, then one line per ticker-day built from the fallback dataset."""
+        """One line of counts, then one line per ticker-day built from the fallback dataset, and one per
+        failure."""
         fallback = f", {len(self.fallbacks):,} built from aggTrades" if self.fallbacks else ""
+        late = f", {self.late:,} not yet published" if self.late else ""
         lines = [
             f"{verb} {market.key}: {count_of(self.tickers, 'ticker')}; ticker-days: {self.done:,} done "
-            f"({self.without_archive:,} without archive{fallback}), {self.failed:,} failed, "
+            f"({self.without_archive:,} without archive{fallback}), {self.failed:,} failed{late}, "
             f"{self.skipped:,} skipped; {self.trades:,} trades, {self.bars:,} bars, "
             f"{size_of(self.downloaded)} downloaded; {seconds:.1f} s"
         ]
-        return "\n".join(lines + [f"  from aggTrades: {market.key} {day}" for day in self.fallbacks])
+        lines += [f"  from aggTrades: {market.key} {day}" for day in self.fallbacks]
+        return "\n".join(lines + [f"  failed: {market.key} {failure}" for failure in self.failures])
+
+
+class RunFailed(CliError):
+    """A run that did not write all its days: ``totals`` holds what it did (the days it wrote, the days
+    that failed and why)."""
+
+    def __init__(self, message: str, totals: Totals, code: int = 1) -> None:
+        super().__init__(message, code)
+        self.totals = totals
 
 
 RunRange = Callable[[str, dt.date, dt.date], Totals]
-"""Runs (or previews) one ticker's consecutive days, inclusive; raises CliError when it fails."""
+"""Runs (or previews) one ticker's consecutive days, inclusive; raises CliError when it fails (RunFailed
+when it wrote some of them)."""
 
 
 def run_all(request: Request, settings: Settings, run: RunRange, verb: str) -> int:
-    """Each ticker's ranges in order, BINANCE_PARALLEL_TICKERS tickers at once; after a failure no run
-    starts (the ticker-days left are skipped). Prints the summary, then raises the first failure."""
+    """Each ticker's ranges in order, BINANCE_PARALLEL_TICKERS tickers at once. Every range runs, whatever
+    failed before it: a failure costs its own days. Prints the summary (each failed ticker-day named),
+    then raises the first failure."""
     started = time.monotonic()
     ranges = run_ranges(request.days, settings.max_days_per_run)
-    stop = threading.Event()
 
     def ticker_runs(ticker: str) -> tuple[Totals, CliError | None]:
         totals, error = Totals(tickers=1), None
         for first, last in ranges:
-            days = (last - first).days + 1
-            if stop.is_set():
-                totals += Totals(skipped=days)
-                continue
             try:
                 totals += run(ticker, first, last)
+            except RunFailed as failure:
+                totals, error = totals + failure.totals, error or failure
             except CliError as failure:
-                stop.set()
-                totals, error = totals + Totals(failed=days), failure
+                days = (last - first).days + 1
+                totals, error = (
+                    totals + Totals(failed=days, failures=(f"{ticker} {first}..{last}",)),
+                    error or failure,
+                )
         return totals, error
 
     with ThreadPoolExecutor(max_workers=ticker_workers(request, settings)) as pool:

@@ -15,6 +15,8 @@ from typing import Any
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
+    AssetMaterialization,
+    AssetPartitionStatus,
     AssetsDefinition,
     DagsterEventType,
     DagsterInstance,
@@ -26,10 +28,18 @@ from dagster import (
     materialize,
 )
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, PartitionBackfill
+from dagster._core.execution.plan.objects import StepFailureData
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
 from dagster._core.utils import make_new_backfill_id
 
-from binance_assets.assets import BARS, DEFAULT_RETRY, LIQUIDITY, asset_key, build_market_assets
+from binance_assets.assets import (
+    BARS,
+    LIQUIDITY,
+    asset_key,
+    build_market_assets,
+    market_partitions,
+    retry_policy,
+)
 from binance_assets.cli.common import (
     PROG,
     REASON,
@@ -45,18 +55,10 @@ from binance_assets.cli.common import (
     say,
 )
 from binance_assets.cli.preview import run_preview, wants_preview
-from binance_assets.cli.runner import Totals, progress_line, run_all, ticker_workers
+from binance_assets.cli.runner import RunFailed, Totals, progress_line, run_all, ticker_workers
 from binance_assets.definitions import build_definitions, build_resources
 from binance_assets.markets import MARKETS, Market
-from binance_assets.run_metadata import (
-    BYTES_DOWNLOADED,
-    FALLBACK_DAYS,
-    FIRST_FAILURE,
-    RUN_BAR_COUNT,
-    RUN_DAYS_WITHOUT_ARCHIVE,
-    RUN_TICKER_DAYS,
-    RUN_TRADE_COUNT,
-)
+from binance_assets.run_metadata import BYTES_DOWNLOADED, FAILED_DAYS, FALLBACK_DAYS, FIRST_FAILURE, LATE_DAYS
 from binance_assets.sensors import RANGE_END, RANGE_START
 from binance_assets.settings import Settings
 from binance_assets.vision.listing import VisionListing
@@ -91,7 +93,7 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
         assets=build_market_assets(
             request.market,
             settings.max_days_per_run,
-            retry_policy=None if args.no_retries else DEFAULT_RETRY,
+            retry_policy=None if args.no_retries else retry_policy(settings.retry_delay),
             kline_check=settings.kline_check,
             freshness_deadline=settings.freshness_deadline,
             dataset=settings.dataset,
@@ -116,6 +118,7 @@ class InProcessRuns:
 
     def __call__(self, ticker: str, first: dt.date, last: dt.date) -> Totals:
         what = f"{self.market.key} {ticker} {first}..{last}"
+        days = (last - first).days + 1
         started = time.monotonic()
         result = materialize(
             [self.assets],
@@ -131,19 +134,24 @@ class InProcessRuns:
             raise_on_error=False,
         )
         seconds = time.monotonic() - started
+        materializations = result.asset_materializations_for_node(self.assets.node_def.name)
+        failure = next((e.step_failure_data for e in result.get_step_failure_events()), None)
+        totals = run_totals(self.market, materializations, failure, days, success=result.success)
         if not result.success:
-            raise CliError(f"{what}: run {result.run_id} failed after {seconds:.1f} s: {_failure(result)}")
-        totals = _run_totals(result, self.assets.node_def.name, self.market)
-        days = count_of((last - first).days + 1, "day")
-        say(progress_line(what, days, seconds, totals.trades, totals.bars), progress=True)
+            raise RunFailed(
+                f"{what}: run {result.run_id} failed after {seconds:.1f} s: {_failure(result)}", totals
+            )
+        say(progress_line(what, count_of(days, "day"), seconds, totals.trades, totals.bars), progress=True)
         checks = result.get_asset_check_evaluations()
         say("\n".join(_check_line(check) for check in checks), progress=True)
         failed = [c for c in checks if not c.passed and c.severity == AssetCheckSeverity.ERROR]
         if failed:
             more = f" (and {count_of(len(failed) - 1, 'other ERROR check')})" if len(failed) > 1 else ""
-            failure = _check_line(failed[0]).strip()
-            raise CliError(
-                f"{what}: run {result.run_id} wrote its rows, but check {failure}{more}", CHECK_FAILED
+            failure_line = _check_line(failed[0]).strip()
+            raise RunFailed(
+                f"{what}: run {result.run_id} wrote its rows, but check {failure_line}{more}",
+                totals,
+                CHECK_FAILED,
             )
         return totals
 
@@ -159,30 +167,45 @@ def _check_line(check: AssetCheckEvaluation) -> str:
     return f"  {check.check_name} ({check.severity.value}) {outcome}"
 
 
-def _run_totals(result: ExecuteInProcessResult, node: str, market: Market) -> Totals:
-    """The run's counts, from daily_liquidity's output metadata (each partition's materialisation
-    carries the run's totals)."""
+def run_totals(
+    market: Market,
+    materializations: Sequence[AssetMaterialization],
+    failure: StepFailureData | None,
+    days: int,
+    *,
+    success: bool,
+) -> Totals:
+    """A run's counts, from its daily_liquidity materialisations (each carries its day's figures and the
+    run's totals: run_metadata.py) and its failure (the failed days it names)."""
     key = asset_key(market, LIQUIDITY)
-    return _metadata_totals(
-        next(m.metadata for m in result.asset_materializations_for_node(node) if m.asset_key == key)
+    by_day = {m.partition: m.metadata for m in materializations if m.asset_key == key}
+    run = next(iter(by_day.values()), {})
+    failed = (
+        _json(failure.user_failure_data.metadata, FAILED_DAYS)
+        if failure and failure.user_failure_data
+        else []
     )
-
-
-def _metadata_totals(metadata: Mapping[str, MetadataValue]) -> Totals:
-    """A run's counts, from daily_liquidity's output metadata (run_metadata.py)."""
-
-    def value(name: str) -> int:
-        return int(metadata[name].value)
-
-    fallbacks = metadata[FALLBACK_DAYS].value if FALLBACK_DAYS in metadata else []
+    if success:  # a day a successful run did not write was not yet published
+        late, unwritten = days - len(by_day), 0
+    else:  # a run that failed before it could name its failed days failed them all
+        late, unwritten = len(_json(run, LATE_DAYS)), len(failed) or days - len(by_day)
     return Totals(
-        done=value(RUN_TICKER_DAYS),
-        without_archive=value(RUN_DAYS_WITHOUT_ARCHIVE),
-        trades=value(RUN_TRADE_COUNT),
-        bars=value(RUN_BAR_COUNT),
-        downloaded=value(BYTES_DOWNLOADED),
-        fallbacks=tuple(f"{row['ticker']} {row['day']}: {row['reason']}" for row in fallbacks),
+        done=len(by_day),
+        without_archive=sum(1 for m in by_day.values() if m["source"].value == "none"),
+        failed=unwritten,
+        late=late,
+        trades=sum(int(m["trade_count"].value) for m in by_day.values()),
+        bars=sum(int(m["bar_count"].value) for m in by_day.values()),
+        downloaded=int(run[BYTES_DOWNLOADED].value) if BYTES_DOWNLOADED in run else 0,
+        fallbacks=tuple(
+            f"{row['ticker']} {row['day']}: {row['reason']}" for row in _json(run, FALLBACK_DAYS)
+        ),
+        failures=tuple(f"{row['ticker']} {row['day']}: {' '.join(row['error'].split())}" for row in failed),
     )
+
+
+def _json(metadata: Mapping[str, MetadataValue], name: str) -> list[dict[str, Any]]:
+    return list(metadata[name].value) if name in metadata else []
 
 
 def _failure(result: ExecuteInProcessResult) -> str:
@@ -224,17 +247,28 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     instance = prepare_instance(request, settings)
     market = request.market
-    asset_graph = build_definitions(settings).resolve_asset_graph()
-    group = max(1, min(len(request.days), BACKFILL_TICKER_DAYS // len(request.days)))
+    definitions = build_definitions(settings)
+    asset_graph = definitions.resolve_asset_graph()
+    keys = {ticker: [f"{day}|{ticker}" for day in request.days] for ticker in request.tickers}
+    if args.only_failed or args.only_missing:
+        keys = _unmaterialized(instance, market, keys, failed_only=args.only_failed)
+        which = "failed" if args.only_failed else "failed or missing"
+        say(f"{sum(map(len, keys.values())):,} ticker-days {which} in Dagster", progress=True)
+        if not keys:
+            say(f"nothing to backfill: no ticker-day of {market.key} {request.describe()} is {which}")
+            return 0
+    longest = max(map(len, keys.values()))
+    group = max(1, min(longest, BACKFILL_TICKER_DAYS // longest))
+    tickers_left = list(keys)
     backfill_ids = []
     requested = time.time()  # one time for all: see BACKFILL_TICKER_DAYS
-    parts = math.ceil(len(request.tickers) / group)
-    for part, start in enumerate(range(0, len(request.tickers), group), start=1):
-        tickers = request.tickers[start : start + group]
+    parts = math.ceil(len(tickers_left) / group)
+    for part, start in enumerate(range(0, len(tickers_left), group), start=1):
+        tickers = tickers_left[start : start + group]
         backfill = PartitionBackfill.from_asset_partitions(
             backfill_id=make_new_backfill_id(),
             asset_graph=asset_graph,
-            partition_names=[f"{day}|{ticker}" for ticker in tickers for day in request.days],
+            partition_names=[key for ticker in tickers for key in keys[ticker]],
             asset_selection=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
             backfill_timestamp=requested,
             tags={"binance/market": market.key, "binance/reason": REASON},
@@ -254,12 +288,35 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     totals = sum(
         (_backfill_run_totals(instance, run, market) for run in runs), Totals(tickers=len(request.tickers))
     )
-    totals += Totals(skipped=len(request.tickers) * len(request.days) - totals.done - totals.failed)
+    requested_days = sum(map(len, keys.values()))
+    totals += Totals(skipped=requested_days - totals.done - totals.failed - totals.late)
     say(totals.summary("backfilled", market, time.monotonic() - started))
     failed = [run.run_id for run in runs if run.status != DagsterRunStatus.SUCCESS]
     if failed:
         raise CliError(f"{count_of(len(failed), 'run')} of the backfill did not succeed: {', '.join(failed)}")
     return 0
+
+
+def _unmaterialized(
+    instance: DagsterInstance, market: Market, keys: Mapping[str, Sequence[str]], *, failed_only: bool
+) -> dict[str, list[str]]:
+    """The keys, per ticker, that Dagster shows FAILED on either asset (failed_only), or not MATERIALIZED
+    on both (failed, or never loaded)."""
+    partitions = market_partitions(market)
+    flat = [key for ticker_keys in keys.values() for key in ticker_keys]
+    statuses = [
+        instance.get_status_by_partition(asset_key(market, name), flat, partitions) or {}
+        for name in (BARS, LIQUIDITY)
+    ]
+
+    def wanted(key: str) -> bool:
+        found = [status.get(key) for status in statuses]
+        if failed_only:
+            return AssetPartitionStatus.FAILED in found
+        return any(value != AssetPartitionStatus.MATERIALIZED for value in found)
+
+    chosen = {ticker: [key for key in ticker_keys if wanted(key)] for ticker, ticker_keys in keys.items()}
+    return {ticker: ticker_keys for ticker, ticker_keys in chosen.items() if ticker_keys}
 
 
 _POLL_SECONDS = 2.0
@@ -293,11 +350,11 @@ def _run_partitions(run: DagsterRun) -> tuple[str, str]:
 
 
 def _backfill_run_totals(instance: DagsterInstance, run: DagsterRun, market: Market) -> Totals:
-    """A finished run's counts: from its daily_liquidity materialisation, or its range as failed days."""
-    if run.status != DagsterRunStatus.SUCCESS:
-        first, last = (dt.date.fromisoformat(key.split("|")[0]) for key in _run_partitions(run))
-        return Totals(failed=(last - first).days + 1)
+    """A finished run's counts, from its materialisations and its step failure."""
+    first, last = (dt.date.fromisoformat(key.split("|")[0]) for key in _run_partitions(run))
     records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
-    key = asset_key(market, LIQUIDITY)
-    materializations = (r.event_log_entry.asset_materialization for r in records)
-    return _metadata_totals(next(m.metadata for m in materializations if m and m.asset_key == key))
+    materializations = [m for r in records if (m := r.event_log_entry.asset_materialization)]
+    failures = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_FAILURE).records
+    failure = next((r.event_log_entry.dagster_event.step_failure_data for r in failures[-1:]), None)
+    success = run.status == DagsterRunStatus.SUCCESS
+    return run_totals(market, materializations, failure, (last - first).days + 1, success=success)

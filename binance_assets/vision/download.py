@@ -188,9 +188,14 @@ class VisionDownloader:
         return self._retrying(key, lambda: self._fetch_once(key, folder, started))
 
     def iter_fetch(
-        self, keys: Iterable[str], sizes: Mapping[str, int] | None = None
-    ) -> Iterator[LocalArchive]:
-        """Fetch ``keys`` concurrently, yielding archives in key order as soon as each is ready.
+        self,
+        keys: Iterable[str],
+        sizes: Mapping[str, int] | None = None,
+        *,
+        errors: type[Exception] | tuple[type[Exception], ...] = (),
+    ) -> Iterator[LocalArchive | Exception]:
+        """Fetch ``keys`` concurrently, yielding archives in key order as soon as each is ready; an error of
+        a type in ``errors`` is yielded in its key's place (the other keys go on), any other one raised.
 
         Downloads run at most ``2 * concurrency`` keys ahead of the consumer, so archive 1 can be
         processed while the next ones download; with a cache limit and the archives' listed ``sizes``, the
@@ -219,9 +224,12 @@ class VisionDownloader:
         try:
             fill()
             while pending:
-                archive = pending.popleft()[1].result()
+                future = pending.popleft()[1]
+                error = future.exception()
+                if error is not None and not isinstance(error, errors):
+                    raise error
                 fill()
-                yield archive
+                yield error if error is not None else future.result()
                 self.evict(keep_keys=[key for key, _ in pending])
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
