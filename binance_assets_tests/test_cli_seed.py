@@ -278,6 +278,12 @@ def test_status_reports_each_tickers_span_and_exactly_its_gaps(
     assert out == format_table(header, expected).splitlines()
     code, out, _ = run(capsys, "status", "--ticker", "BTCUSDT")
     assert code == 0 and [line.split()[:2] for line in out[2:-1]] == [["spot", "BTCUSDT"], ["um", "BTCUSDT"]]
+    # over a requested range, the days not loaded before the first and after the last loaded day count too
+    code, out, _ = run(capsys, "status", "--market", "um", "--start", "2023-12-31", "--end", "2024-01-12")
+    assert code == 0
+    btc, eth = (line.split()[:11] for line in out[2:-1])
+    assert btc[9:] == ["10", "2023-12-31,"] and "2024-01-04..2024-01-12" in out[2]
+    assert eth[9] == "6" and out[3].count("2024-01-11..2024-01-12") == 1
 
 
 def test_run_py_settings_errors_and_warnings_are_one_line_each(

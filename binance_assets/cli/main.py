@@ -166,11 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="what the store holds, per ticker",
         description="Per ticker, from the liquidity table: first and last day loaded, days loaded and how "
-        "many of them had no archive (zero rows), the first and last day with data, days missing between "
-        "them (and which), trades, last load time.",
+        "many of them had no archive (zero rows), the first and last day with data, the days not loaded "
+        "(failed, late or never run) from --start to --end (default: the loaded span) and which, trades, "
+        "last load time.",
     )
     status.add_argument("--market", type=_market, help="one market (default: all)")
     status.add_argument("--ticker", type=_ticker, action="append", help="symbol such as BTCUSDT; repeatable")
+    status.add_argument(
+        "--start",
+        type=_day,
+        metavar="YYYY-MM-DD",
+        help="count missing days from here (default: first loaded)",
+    )
+    status.add_argument(
+        "--end", type=_day, metavar="YYYY-MM-DD", help="count missing days up to here (default: last loaded)"
+    )
     status.set_defaults(handler=_lazy("binance_assets.cli.store", "cmd_status"))
 
     sql = commands.add_parser(

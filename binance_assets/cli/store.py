@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -85,12 +86,16 @@ def _foreign_columns(store: OpenStore, spec: TableSpec) -> list[str]:
 
 
 STATUS_SQL = """
-WITH arraySort(groupArray(day)) AS days
+WITH arraySort(groupArray(day)) AS loaded,
+  ifNull({start:Nullable(Date)}, loaded[1]) AS range_start,
+  ifNull({end:Nullable(Date)}, loaded[-1]) AS range_end,
+  arrayFilter(d -> d BETWEEN range_start AND range_end, loaded) AS in_range,
+  arrayConcat([range_start - 1], in_range, [range_end + 1]) AS days
 SELECT market, ticker, min(day) AS first_day, max(day) AS last_day, count() AS days_loaded,
   countIf(source = 'none') AS without_archive, countIf(dataset = 'aggTrades') AS from_aggtrades,
   if(without_archive = days_loaded, NULL, minIf(day, source != 'none')) AS data_from,
   if(without_archive = days_loaded, NULL, maxIf(day, source != 'none')) AS data_to,
-  dateDiff('day', first_day, last_day) + 1 - days_loaded AS days_missing,
+  dateDiff('day', range_start, range_end) + 3 - length(days) AS days_missing,
   arrayStringConcat(arrayMap(
     i -> if(dateDiff('day', days[i - 1], days[i]) = 2, toString(days[i - 1] + 1),
             concat(toString(days[i - 1] + 1), '..', toString(days[i] - 1))),
@@ -104,11 +109,18 @@ ORDER BY market, ticker
 """
 """One query for a whole market: per ticker, its loaded span, how many of its loaded days had no archive
 (zero rows, `source = 'none'`: before listing, after delisting, a hole) and how many were built from
-aggTrades, the span of the days with data, the days missing inside the loaded span (as ranges)."""
+aggTrades, the span of the days with data, and the days not loaded (failed, late or never run) over the
+range asked (`--start`, `--end`; by default the loaded span), as a count and as ranges."""
 
 
-def status_sql(store: Store, market: str | None, tickers: Sequence[str]) -> tuple[str, dict[str, Any]]:
-    where, params = ["1"], {}
+def status_sql(
+    store: Store,
+    market: str | None,
+    tickers: Sequence[str],
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> tuple[str, dict[str, Any]]:
+    where, params = ["1"], {"start": start, "end": end}
     if market:
         where.append("market = {market:String}")
         params["market"] = market
@@ -123,7 +135,8 @@ def status_sql(store: Store, market: str | None, tickers: Sequence[str]) -> tupl
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Per ticker: what the liquidity table says was loaded, gaps included."""
     with _store(settings) as store:
-        sql, params = status_sql(store.store, args.market.key if args.market else None, args.ticker or ())
+        market = args.market.key if args.market else None
+        sql, params = status_sql(store.store, market, args.ticker or (), args.start, args.end)
         if not _exists(store, "TABLE", store.qualified(LIQUIDITY_TABLE)):
             label = store.store.label(LIQUIDITY_TABLE)
             raise CliError(f"table {label} does not exist: nothing loaded yet (see {PROG} init)")
