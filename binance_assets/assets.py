@@ -268,7 +268,7 @@ def build_market_assets(
         yield from results
         yield _fallback_check(liquidity_key, load)
         if failed:
-            raise _failure(context, market, failed, len(writer.written))
+            raise _failure(context, market, failed, writer)
 
     return trades_to_bars
 
@@ -369,10 +369,17 @@ def _describe_failures(failed: Sequence[FailedDay]) -> str:
 
 
 def _failure(
-    context: AssetExecutionContext, market: Market, failed: Sequence[FailedDay], written: int
+    context: AssetExecutionContext, market: Market, failed: Sequence[FailedDay], writer: DayWriter
 ) -> Failure:
     """The run's failure: one line naming each failed day and its archive. Retried only when every
-    failure may heal by waiting; the retry redoes the failed days alone."""
+    failure may heal by waiting; the retry redoes the failed days alone. A failed day keeps its rows, but
+    not bars without their liquidity row (day_writer.py)."""
+    discarded = writer.discard_incomplete((f.ticker, f.day) for f in failed)
+    if discarded:
+        context.log.warning(
+            f"{market.key}: bars without a liquidity row deleted on {len(discarded)} failed days"
+        )
+    written = len(writer.written)
     keys = [str(_partition(f.ticker, f.day)) for f in failed]
     plan_partitions(context, {asset_key(market, BARS): keys, asset_key(market, LIQUIDITY): keys})
     transient = all(permanent_failure(f.error) is None for f in failed)

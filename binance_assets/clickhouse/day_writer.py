@@ -5,21 +5,30 @@ of one ticker fits) and written with one store open: for each ticker of the batc
 rows are deleted (the day is no longer marked complete), then its bars; the batch's bars go in as one
 INSERT, then its liquidity rows as one INSERT (each INSERT is one block: all its rows or none). So a day
 is marked complete only once its bars are in, and a failure between two batches leaves every day either
-written or as it was (docs/design.md "Writes, failures and recovery"). No Dagster here.
+written or as it was (docs/design.md "Writes, failures and recovery"). A kill inside a batch can leave
+its days with bars and no liquidity row: the next run writes them again, or, if they fail there,
+`discard_incomplete` deletes those bars. No Dagster here.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
 import pyarrow as pa
 
 from binance_assets.clickhouse.store import OpenStore
-from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE, Slice, conform
+from binance_assets.clickhouse.tables import (
+    BARS_TABLE,
+    LIQUIDITY_TABLE,
+    Slice,
+    TableSpec,
+    conform,
+    days_of_slice_sql,
+)
 
 FLUSH_ROWS = 600_000
 """Bars buffered before a write: a month of 5 s bars (535,680) fits; about 60 MB."""
@@ -77,3 +86,26 @@ class DayWriter:
         done = [(row["ticker"], row["day"]) for row in rows]
         self.written += done
         return done
+
+    def discard_incomplete(self, days: Iterable[TickerDay]) -> list[TickerDay]:
+        """Delete the bars of those of ``days`` that have no liquidity row (left by a write killed in the
+        middle of a batch), so a day that fails has either its complete rows or none; return them."""
+        by_ticker: dict[str, set[dt.date]] = defaultdict(set)
+        for ticker, day in days:
+            by_ticker[ticker].add(day)
+        if not by_ticker:
+            return []
+        discarded = []
+        with self.connect() as store:
+
+            def days_with_rows(spec: TableSpec, s: Slice) -> set[dt.date]:
+                sql, params = days_of_slice_sql(store.store.database, store.store.name(spec), s)
+                return {day for (day,) in store.client.query(sql, parameters=params).result_rows}
+
+            for ticker, ticker_days in sorted(by_ticker.items()):
+                s = Slice(self.market, ticker, frozenset(ticker_days))
+                incomplete = frozenset(days_with_rows(BARS_TABLE, s) - days_with_rows(LIQUIDITY_TABLE, s))
+                if incomplete:
+                    store.clear(BARS_TABLE, Slice(self.market, ticker, incomplete))
+                    discarded += [(ticker, day) for day in sorted(incomplete)]
+        return discarded

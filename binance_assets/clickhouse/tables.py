@@ -232,6 +232,12 @@ def count_slice_sql(database: str, table: str, s: Slice) -> tuple[str, dict[str,
     return f"SELECT count() FROM {qualified(database, table)} WHERE {where}", params
 
 
+def days_of_slice_sql(database: str, table: str, s: Slice) -> tuple[str, dict[str, Any]]:
+    """The slice's days that have rows."""
+    where, params = _slice_where(s)
+    return f"SELECT DISTINCT day FROM {qualified(database, table)} WHERE {where}", params
+
+
 def select_slice_sql(
     database: str, table: str, s: Slice, order_by: Sequence[str] = ()
 ) -> tuple[str, dict[str, Any]]:
