@@ -155,15 +155,20 @@ def test_helm_values_run_the_image_with_the_instance_limits() -> None:
     run_pod = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]
     assert {"cpu", "memory"} <= set(run_pod["resources"]["requests"])
 
+    # The laptop's limits, raised for a cluster: the same tags; each market's op pool as wide as its run
+    # limit; the total the markets' sum; a UI backfill may use the whole queue.
     runs, pools = laptop["concurrency"]["runs"], laptop["concurrency"]["pools"]
-    assert values["concurrency"] == {
-        "enabled": True,
-        "runs": {
-            "maxConcurrentRuns": runs["max_concurrent_runs"],
-            "tagConcurrencyLimits": runs["tag_concurrency_limits"],
-        },
-        "pools": {"defaultLimit": pools["default_limit"]},
-    }
+    concurrency = values["concurrency"]
+    assert concurrency["enabled"] is True and set(concurrency) == {"enabled", "runs", "pools"}
+    limits = {limit["key"]: limit for limit in concurrency["runs"]["tagConcurrencyLimits"]}
+    assert [{**limit, "limit": 0} for limit in concurrency["runs"]["tagConcurrencyLimits"]] == [
+        {**limit, "limit": 0} for limit in runs["tag_concurrency_limits"]
+    ]
+    per_market, total = limits["binance/market"]["limit"], concurrency["runs"]["maxConcurrentRuns"]
+    markets = Settings.from_env({"BINANCE_MARKETS": env["BINANCE_MARKETS"]["value"]}).markets
+    assert concurrency["pools"] == {"defaultLimit": per_market}
+    assert total == per_market * len(markets) == limits["dagster/backfill"]["limit"]
+    assert per_market > pools["default_limit"] and total > runs["max_concurrent_runs"]
     daemon = values["dagsterDaemon"]
     assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
     assert daemon["backfills"] == {
@@ -188,18 +193,93 @@ def test_helm_values_run_the_image_with_the_instance_limits() -> None:
 
 
 def test_the_user_deployment_sets_every_variable_the_image_instance_reads() -> None:
-    """The code server and its run pods load deploy/dagster.yaml (baked into the image), not the chart's
-    instance: each variable it reads must be set for the user deployment, to what `postgresql:` says."""
+    """The code server loads deploy/dagster.yaml (baked into the image), not the chart's instance: each
+    variable it reads is set for the user deployment, to what `postgresql:` says, but the password, which
+    the chart sets from its secret (a second entry would duplicate it). Run pods load the chart's instance."""
     values = load_yaml(DEPLOY / "helm-values.yaml")
     (deployment,) = values["dagster-user-deployments"]["deployments"]
+    names = [item["name"] for item in deployment["env"]]
+    assert len(names) == len(set(names))
     env = {item["name"]: item for item in deployment["env"]}
-    assert variables_set(load_yaml(DEPLOY / "dagster.yaml")) <= set(env)
+    assert "DAGSTER_PG_PASSWORD" not in env
+    assert variables_set(load_yaml(DEPLOY / "dagster.yaml")) == set(DAGSTER_INSTANCE_VARIABLES)
+    assert set(DAGSTER_INSTANCE_VARIABLES) - {"DAGSTER_PG_PASSWORD"} <= set(env)
     database = values["postgresql"]
     assert env["DAGSTER_PG_HOST"]["value"] == database["postgresqlHost"]
     assert env["DAGSTER_PG_PORT"]["value"] == str(database["service"]["port"])
     assert env["DAGSTER_PG_USER"]["value"] == database["postgresqlUsername"]
     assert env["DAGSTER_PG_DB"]["value"] == database["postgresqlDatabase"]
-    assert env["DAGSTER_PG_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "postgresql-password"
+    assert values.get("global", {}).get("postgresqlSecretName", "dagster-postgresql-secret") == (
+        "dagster-postgresql-secret"  # the secret the README creates, which the chart reads the password from
+    )
+
+
+def test_the_image_is_immutable_and_its_dependencies_locked() -> None:
+    values = load_yaml(DEPLOY / "helm-values.yaml")
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    image = deployment["image"]
+    assert re.fullmatch(r"[\w.-]+@sha256:[0-9a-f]{64}", image["tag"]), image["tag"]
+    assert image["pullPolicy"] == "IfNotPresent"  # a digest never changes: nothing stale to refresh
+    lock = [
+        line for line in (DEPLOY / "requirements.lock").read_text().splitlines() if not line.startswith("#")
+    ]
+    pins = dict(line.split("==") for line in lock)
+    assert all(re.fullmatch(r"[\w.-]+==[\w.+!-]+", line) for line in lock)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    needed = [*project["dependencies"], *project["optional-dependencies"]["production"]]
+    names = {re.split(r"[<>=!~;\[ ]", requirement)[0].lower() for requirement in needed}
+    assert names <= {name.lower() for name in pins}, sorted(names - {n.lower() for n in pins})
+    for requirement in project["optional-dependencies"]["production"]:
+        name, version = requirement.split("==")
+        assert pins[name] == version
+
+
+def test_run_logs_are_kept_on_a_volume_the_webserver_reads() -> None:
+    values = load_yaml(DEPLOY / "helm-values.yaml")
+    manager = values["computeLogManager"]
+    custom = manager["config"]["customComputeLogManager"]
+    assert manager["type"] == "CustomComputeLogManager" and custom["class"] == "LocalComputeLogManager"
+    base_dir = custom["config"]["base_dir"]
+    claim = load_yaml(DEPLOY / "compute-logs-pvc.yaml")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    run_pod = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    for pod_volumes, mounts in (
+        (run_pod["podSpecConfig"]["volumes"], run_pod["containerConfig"]["volumeMounts"]),
+        (values["dagsterWebserver"]["volumes"], values["dagsterWebserver"]["volumeMounts"]),
+    ):
+        (volume,) = pod_volumes
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        assert {"name": volume["name"], "mountPath": base_dir} in mounts
+    assert run_pod["jobSpecConfig"]["ttlSecondsAfterFinished"] >= 86400
+
+
+def test_init_runs_as_a_helm_hook_with_the_user_deployment_image_and_env() -> None:
+    """deploy/init-chart: one Job, before every install and upgrade, running `binance-assets init`."""
+    chart = load_yaml(DEPLOY / "init-chart" / "Chart.yaml")
+    assert chart["apiVersion"] == "v2" and chart["type"] == "application"
+    template = (DEPLOY / "init-chart" / "templates" / "init-job.yaml").read_text()
+    assert "helm.sh/hook: pre-install,pre-upgrade" in template
+    assert 'command: ["binance-assets", "init"]' in template
+    values = load_yaml(DEPLOY / "helm-values.yaml")
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert '(index .Values "dagster-user-deployments").deployments 0' in template
+    for path in ("image.repository", "image.tag", "image.pullPolicy", "env"):
+        assert f"$deployment.{path}" in template
+        node: Any = deployment
+        for key in path.split("."):
+            node = node[key]
+    assert "init" in cli_commands()
+    directives = re.sub(r"^\{\{-.*\}\}\n", "", template, flags=re.MULTILINE)  # lines only of {{- ... }}
+    rendered = yaml.safe_load(re.sub(r"\{\{.*?\}\}", "x", directives))
+    assert rendered["kind"] == "Job" and rendered["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def cli_commands() -> set[str]:
+    from binance_assets.cli.main import build_parser
+
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return set(subparsers.choices)
 
 
 def k8s_config(node: Any) -> Any:
@@ -259,7 +339,9 @@ def test_dockerfile_builds_a_slim_non_root_image_without_build_tools() -> None:
     for stage in (build, final):
         assert stage[0][1].startswith("python:${PYTHON_VERSION}-slim"), stage[0]
     (install,) = [a for i, a in build if i == "RUN" and a.startswith("pip install")]
-    assert install == 'pip install --no-cache-dir ".[production]"'
+    assert install == 'pip install --no-cache-dir --constraint deploy/requirements.lock ".[production]"'
+    assert ("COPY", "deploy/requirements.lock ./deploy/requirements.lock") in build
+    assert "!deploy/requirements.lock" in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     pins = {d.split("==")[0]: d.split("==")[1] for d in extras["production"]}
     assert set(pins) == {"dagster-postgres", "dagster-k8s"} and len(set(pins.values())) == 1  # one release
