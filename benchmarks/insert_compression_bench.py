@@ -6,9 +6,10 @@ For each method, median of --repeat runs:
   as `OpenStore.insert` does for a server) and the ratio to uncompressed;
 - the client's CPU seconds to build and compress that body (drained, nothing sent);
 - wall seconds of the whole INSERT into a fresh embedded store (chDB) through clickhouse-connect's
-  `raw_insert` with that Content-Encoding, INSERT_SETTINGS and a token. chDB has no HTTP input stage:
-  clickhouse-connect decompresses the body in the client before the engine reads it, so this is the
-  cost of compressing plus decompressing, with no network; a server decompresses on its side instead;
+  `raw_insert` with that Content-Encoding (`store.insert_arrow_stream`), INSERT_SETTINGS and a token.
+  chDB has no HTTP input stage: clickhouse-connect decompresses the body in the client before the
+  engine reads it, so this is the cost of compressing plus decompressing, with no network; a server
+  decompresses on its side instead;
 - the seconds the body takes on a 1 Gbit/s and a 10 Gbit/s link (its bytes divided by 125 MB/s or
   1.25 GB/s: computed, not measured).
 
@@ -31,7 +32,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from binance_assets.clickhouse.store import INSERT_SETTINGS, Store, arrow_stream, compressed
+from binance_assets.clickhouse.store import (
+    INSERT_SETTINGS,
+    Store,
+    arrow_stream,
+    compressed,
+    insert_arrow_stream,
+)
 from binance_assets.clickhouse.tables import BARS_TABLE
 
 BARS_PER_DAY = 17_280
@@ -82,14 +89,7 @@ def insert_seconds(rows: pa.Table, method: str | None) -> float:
     with tempfile.TemporaryDirectory() as tmp, Store(f"chdb://{Path(tmp) / 'store'}").open() as store:
         settings = {**INSERT_SETTINGS, "insert_deduplication_token": uuid.uuid4().hex}
         started = time.perf_counter()
-        store.client.raw_insert(
-            store.qualified(BARS_TABLE),
-            rows.column_names,
-            compressed(arrow_stream(rows), method),
-            settings=settings,
-            fmt="ArrowStream",
-            compression=method,
-        )
+        insert_arrow_stream(store.client, store.qualified(BARS_TABLE), rows, settings, method)
         seconds = time.perf_counter() - started
         assert store.client.command("SELECT count() FROM binance.hl5s") == rows.num_rows
     return seconds

@@ -345,14 +345,7 @@ class OpenStore:
         if self.store.cluster:
             settings.update(CLUSTER_INSERT_SETTINGS)
         method = None if self.store.embedded or self.store.compression == "none" else self.store.compression
-        self.client.raw_insert(
-            self.qualified(spec),
-            rows.column_names,
-            compressed(arrow_stream(rows), method),
-            settings=settings,
-            fmt="ArrowStream",
-            compression=method,
-        )
+        insert_arrow_stream(self.client, self.qualified(spec), rows, settings, method)
 
     @cached_property
     def _shards(self) -> list[tuple[int, int, bool]]:
@@ -378,6 +371,20 @@ class OpenStore:
                 f"{describe_url(self.store.url)} is a replica of shard {sorted(here) or 'none'}: its DELETE "
                 'must be sent to a replica of that shard (docs/production.md, "Routing")'
             )
+
+
+def insert_arrow_stream(
+    client: Client, table: str, rows: pa.Table, settings: Mapping[str, int | str], compression: str | None
+) -> None:
+    """INSERT rows into table as an ArrowStream body, compressed by `compression` (its Content-Encoding)."""
+    client.raw_insert(
+        table,
+        rows.column_names,
+        compressed(arrow_stream(rows), compression),
+        settings=dict(settings),
+        fmt="ArrowStream",
+        compression=compression,
+    )
 
 
 def arrow_stream(rows: pa.Table) -> Iterator[bytes]:
