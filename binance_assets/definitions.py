@@ -42,6 +42,10 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         liquidity_table=settings.liquidity_table,
         archives_table=settings.archives_table,
         cluster=settings.clickhouse_cluster,
+        compression=settings.clickhouse_compression,
+        ca_cert=settings.clickhouse_ca_cert,
+        connect_timeout=settings.clickhouse_connect_timeout,
+        send_receive_timeout=settings.clickhouse_send_receive_timeout,
     )
     return {
         "clickhouse_io_manager": ClickHouseIOManager(clickhouse=clickhouse),

@@ -48,6 +48,13 @@ DEFAULT_CACHE_MAX_GB = 20.0
 DEFAULT_DOWNLOAD_CONCURRENCY = 4
 DEFAULT_HTTP_TIMEOUT = 60.0
 DEFAULT_PUBLISH_GRACE_DAYS = 7
+DEFAULT_CLICKHOUSE_COMPRESSION = "lz4"
+"""How INSERTs to a server are compressed (benchmarks/insert_compression_bench.py measured the choice)."""
+CLICKHOUSE_COMPRESSIONS = ("lz4", "zstd", "none")
+DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT = 10
+DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT = 900
+"""Seconds to wait for a server's answer: above insert_quorum_timeout (600 s by default), which an INSERT of
+a ticker-year (one block of about 6.3M rows) may wait for its replicas."""
 """Defaults written here once: the Dagster resources (resources.py, clickhouse/resource.py), the Store
 (clickhouse/store.py) and plan.py import them."""
 
@@ -128,6 +135,18 @@ def _clickhouse_url(value: str) -> str:
     raise ValueError("chdb:///absolute/path or http(s)://user:password@host:port")
 
 
+def _compression(value: object) -> object:
+    if isinstance(value, str) and value.lower() in CLICKHOUSE_COMPRESSIONS:
+        return value.lower()
+    raise ValueError(f"one of {', '.join(CLICKHOUSE_COMPRESSIONS)}")
+
+
+def _ca_cert(value: str) -> str:
+    if value and not Path(value).expanduser().is_file():
+        raise ValueError("the path of a PEM file of CA certificates that exists (or empty: the system's CAs)")
+    return str(Path(value).expanduser()) if value else value
+
+
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 """What a database, table or cluster name may be (clickhouse/tables.py quotes only these)."""
 
@@ -189,6 +208,21 @@ class Settings(BaseModel):
     )
     archives_table: Identifier = Field(DEFAULT_ARCHIVES_TABLE, validation_alias="CLICKHOUSE_ARCHIVES_TABLE")
     clickhouse_cluster: Identifier = Field("", validation_alias="CLICKHOUSE_CLUSTER")
+    clickhouse_ca_cert: Annotated[str, AfterValidator(_ca_cert)] = Field(
+        "", validation_alias="CLICKHOUSE_CA_CERT"
+    )
+    clickhouse_connect_timeout: int = Field(
+        DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT, ge=1, le=600, validation_alias="CLICKHOUSE_CONNECT_TIMEOUT"
+    )
+    clickhouse_send_receive_timeout: int = Field(
+        DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT,
+        ge=1,
+        le=86400,
+        validation_alias="CLICKHOUSE_SEND_RECEIVE_TIMEOUT",
+    )
+    clickhouse_compression: Annotated[str, BeforeValidator(_compression)] = Field(
+        DEFAULT_CLICKHOUSE_COMPRESSION, validation_alias="CLICKHOUSE_COMPRESSION"
+    )
     cache_dir: Directory = Field(
         default_factory=lambda data: data["dagster_home"] / "vision-cache",
         validation_alias="BINANCE_CACHE_DIR",

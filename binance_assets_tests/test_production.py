@@ -14,7 +14,9 @@ import shutil
 import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from unittest.mock import MagicMock
 
@@ -26,14 +28,20 @@ from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
+from binance_assets.clickhouse import store as store_module
 from binance_assets.clickhouse.client import open_client
-from binance_assets.clickhouse.store import OpenStore, Store
+from binance_assets.clickhouse.io_manager import ClickHouseIOManager
+from binance_assets.clickhouse.resource import ClickHouseResource
+from binance_assets.clickhouse.store import OpenStore, SchemaError, ShardRoutingError, Store, owning_shard
 from binance_assets.clickhouse.tables import (
     ARCHIVES_TABLE,
     BARS_TABLE,
     LIQUIDITY_TABLE,
+    SHARDING_KEY,
+    SHARDING_VALUE_SQL,
     Slice,
     delete_slice_sql,
+    render_sql,
 )
 from binance_assets.definitions import build_resources
 from binance_assets.settings import (
@@ -52,8 +60,10 @@ from binance_assets_tests.helpers import (
     TODAY,
     Cli,
     assert_bars_match,
+    materialize_range,
     partitions_materialised,
     query,
+    resources,
     running_daemon,
 )
 from binance_assets_tests.postgres import PostgresServer
@@ -145,15 +155,20 @@ def test_helm_values_run_the_image_with_the_instance_limits() -> None:
     run_pod = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]
     assert {"cpu", "memory"} <= set(run_pod["resources"]["requests"])
 
+    # The laptop's limits, raised for a cluster: the same tags; each market's op pool as wide as its run
+    # limit; the total the markets' sum; a UI backfill may use the whole queue.
     runs, pools = laptop["concurrency"]["runs"], laptop["concurrency"]["pools"]
-    assert values["concurrency"] == {
-        "enabled": True,
-        "runs": {
-            "maxConcurrentRuns": runs["max_concurrent_runs"],
-            "tagConcurrencyLimits": runs["tag_concurrency_limits"],
-        },
-        "pools": {"defaultLimit": pools["default_limit"]},
-    }
+    concurrency = values["concurrency"]
+    assert concurrency["enabled"] is True and set(concurrency) == {"enabled", "runs", "pools"}
+    limits = {limit["key"]: limit for limit in concurrency["runs"]["tagConcurrencyLimits"]}
+    assert [{**limit, "limit": 0} for limit in concurrency["runs"]["tagConcurrencyLimits"]] == [
+        {**limit, "limit": 0} for limit in runs["tag_concurrency_limits"]
+    ]
+    per_market, total = limits["binance/market"]["limit"], concurrency["runs"]["maxConcurrentRuns"]
+    markets = Settings.from_env({"BINANCE_MARKETS": env["BINANCE_MARKETS"]["value"]}).markets
+    assert concurrency["pools"] == {"defaultLimit": per_market}
+    assert total == per_market * len(markets) == limits["dagster/backfill"]["limit"]
+    assert per_market > pools["default_limit"] and total > runs["max_concurrent_runs"]
     daemon = values["dagsterDaemon"]
     assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
     assert daemon["backfills"] == {
@@ -178,18 +193,93 @@ def test_helm_values_run_the_image_with_the_instance_limits() -> None:
 
 
 def test_the_user_deployment_sets_every_variable_the_image_instance_reads() -> None:
-    """The code server and its run pods load deploy/dagster.yaml (baked into the image), not the chart's
-    instance: each variable it reads must be set for the user deployment, to what `postgresql:` says."""
+    """The code server loads deploy/dagster.yaml (baked into the image), not the chart's instance: each
+    variable it reads is set for the user deployment, to what `postgresql:` says, but the password, which
+    the chart sets from its secret (a second entry would duplicate it). Run pods load the chart's instance."""
     values = load_yaml(DEPLOY / "helm-values.yaml")
     (deployment,) = values["dagster-user-deployments"]["deployments"]
+    names = [item["name"] for item in deployment["env"]]
+    assert len(names) == len(set(names))
     env = {item["name"]: item for item in deployment["env"]}
-    assert variables_set(load_yaml(DEPLOY / "dagster.yaml")) <= set(env)
+    assert "DAGSTER_PG_PASSWORD" not in env
+    assert variables_set(load_yaml(DEPLOY / "dagster.yaml")) == set(DAGSTER_INSTANCE_VARIABLES)
+    assert set(DAGSTER_INSTANCE_VARIABLES) - {"DAGSTER_PG_PASSWORD"} <= set(env)
     database = values["postgresql"]
     assert env["DAGSTER_PG_HOST"]["value"] == database["postgresqlHost"]
     assert env["DAGSTER_PG_PORT"]["value"] == str(database["service"]["port"])
     assert env["DAGSTER_PG_USER"]["value"] == database["postgresqlUsername"]
     assert env["DAGSTER_PG_DB"]["value"] == database["postgresqlDatabase"]
-    assert env["DAGSTER_PG_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "postgresql-password"
+    assert values.get("global", {}).get("postgresqlSecretName", "dagster-postgresql-secret") == (
+        "dagster-postgresql-secret"  # the secret the README creates, which the chart reads the password from
+    )
+
+
+def test_the_image_is_immutable_and_its_dependencies_locked() -> None:
+    values = load_yaml(DEPLOY / "helm-values.yaml")
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    image = deployment["image"]
+    assert re.fullmatch(r"[\w.-]+@sha256:[0-9a-f]{64}", image["tag"]), image["tag"]
+    assert image["pullPolicy"] == "IfNotPresent"  # a digest never changes: nothing stale to refresh
+    lock = [
+        line for line in (DEPLOY / "requirements.lock").read_text().splitlines() if not line.startswith("#")
+    ]
+    pins = dict(line.split("==") for line in lock)
+    assert all(re.fullmatch(r"[\w.-]+==[\w.+!-]+", line) for line in lock)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    needed = [*project["dependencies"], *project["optional-dependencies"]["production"]]
+    names = {re.split(r"[<>=!~;\[ ]", requirement)[0].lower() for requirement in needed}
+    assert names <= {name.lower() for name in pins}, sorted(names - {n.lower() for n in pins})
+    for requirement in project["optional-dependencies"]["production"]:
+        name, version = requirement.split("==")
+        assert pins[name] == version
+
+
+def test_run_logs_are_kept_on_a_volume_the_webserver_reads() -> None:
+    values = load_yaml(DEPLOY / "helm-values.yaml")
+    manager = values["computeLogManager"]
+    custom = manager["config"]["customComputeLogManager"]
+    assert manager["type"] == "CustomComputeLogManager" and custom["class"] == "LocalComputeLogManager"
+    base_dir = custom["config"]["base_dir"]
+    claim = load_yaml(DEPLOY / "compute-logs-pvc.yaml")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    run_pod = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    for pod_volumes, mounts in (
+        (run_pod["podSpecConfig"]["volumes"], run_pod["containerConfig"]["volumeMounts"]),
+        (values["dagsterWebserver"]["volumes"], values["dagsterWebserver"]["volumeMounts"]),
+    ):
+        (volume,) = pod_volumes
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        assert {"name": volume["name"], "mountPath": base_dir} in mounts
+    assert run_pod["jobSpecConfig"]["ttlSecondsAfterFinished"] >= 86400
+
+
+def test_init_runs_as_a_helm_hook_with_the_user_deployment_image_and_env() -> None:
+    """deploy/init-chart: one Job, before every install and upgrade, running `binance-assets init`."""
+    chart = load_yaml(DEPLOY / "init-chart" / "Chart.yaml")
+    assert chart["apiVersion"] == "v2" and chart["type"] == "application"
+    template = (DEPLOY / "init-chart" / "templates" / "init-job.yaml").read_text()
+    assert "helm.sh/hook: pre-install,pre-upgrade" in template
+    assert 'command: ["binance-assets", "init"]' in template
+    values = load_yaml(DEPLOY / "helm-values.yaml")
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert '(index .Values "dagster-user-deployments").deployments 0' in template
+    for path in ("image.repository", "image.tag", "image.pullPolicy", "env"):
+        assert f"$deployment.{path}" in template
+        node: Any = deployment
+        for key in path.split("."):
+            node = node[key]
+    assert "init" in cli_commands()
+    directives = re.sub(r"^\{\{-.*\}\}\n", "", template, flags=re.MULTILINE)  # lines only of {{- ... }}
+    rendered = yaml.safe_load(re.sub(r"\{\{.*?\}\}", "x", directives))
+    assert rendered["kind"] == "Job" and rendered["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def cli_commands() -> set[str]:
+    from binance_assets.cli.main import build_parser
+
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return set(subparsers.choices)
 
 
 def k8s_config(node: Any) -> Any:
@@ -249,7 +339,9 @@ def test_dockerfile_builds_a_slim_non_root_image_without_build_tools() -> None:
     for stage in (build, final):
         assert stage[0][1].startswith("python:${PYTHON_VERSION}-slim"), stage[0]
     (install,) = [a for i, a in build if i == "RUN" and a.startswith("pip install")]
-    assert install == 'pip install --no-cache-dir ".[production]"'
+    assert install == 'pip install --no-cache-dir --constraint deploy/requirements.lock ".[production]"'
+    assert ("COPY", "deploy/requirements.lock ./deploy/requirements.lock") in build
+    assert "!deploy/requirements.lock" in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     pins = {d.split("==")[0]: d.split("==")[1] for d in extras["production"]}
     assert set(pins) == {"dagster-postgres", "dagster-k8s"} and len(set(pins.values())) == 1  # one release
@@ -465,28 +557,221 @@ def test_single_server_store_keeps_plain_merge_trees(tmp_path: Path) -> None:
     }
 
 
-def test_cluster_delete_goes_on_cluster_to_the_local_table_with_literal_values(tmp_path: Path) -> None:
+def test_cluster_delete_goes_to_the_local_table_without_on_cluster_and_waits_for_replicas(
+    tmp_path: Path,
+) -> None:
     scattered = Slice("um", "BTC'USDT", frozenset(JAN))
     sql, params = delete_slice_sql("binance", "hl5s", scattered, "prod")
-    assert (sql, params) == (
-        "DELETE FROM `binance`.`hl5s_local` ON CLUSTER `prod` WHERE market = 'um' AND ticker = 'BTC\\'USDT'"
-        " AND day IN ['2024-01-01', '2024-01-02', '2024-01-03', '2024-01-05']",
-        {},
+    assert sql == (
+        "DELETE FROM `binance`.`hl5s_local` WHERE market = {market:String} AND ticker = {ticker:String}"
+        " AND day IN {days:Array(Date)} SETTINGS lightweight_deletes_sync = 2"
     )
+    assert params == {"market": "um", "ticker": "BTC'USDT", "days": JAN}
     single, single_params = delete_slice_sql("binance", "hl5s", scattered)
-    assert single.startswith("DELETE FROM `binance`.`hl5s` WHERE") and "{ticker:String}" in single
-    assert single_params["ticker"] == "BTC'USDT"
-    parse([sql], tmp_path)
+    assert single.startswith("DELETE FROM `binance`.`hl5s` WHERE") and "SETTINGS" not in single
+    assert single_params == params
+    (formatted,) = parse([render_sql(sql, params)], tmp_path)
+    assert "ON CLUSTER" not in formatted and "lightweight_deletes_sync = 2" in formatted
 
 
-def test_a_cleared_slice_is_counted_through_the_distributed_table_and_deleted_on_cluster() -> None:
+def test_a_cleared_slice_on_a_cluster_is_always_deleted_never_counted() -> None:
+    """A lagging replica would count 0 and the DELETE be skipped: on a cluster no count decides it."""
     client = recording_client()
-    client.command.return_value = 12  # rows found: the slice is deleted
+    client.query.return_value.result_rows = [(1, 1, 1)]  # system.clusters: one shard, this server in it
     days = Slice("um", "BTCUSDT", frozenset(JAN[:3]))
     OpenStore(Store("http://ch:8123", cluster="prod"), client).clear(BARS_TABLE, days)
-    count, delete = client.command.call_args_list
-    assert count.args[0].startswith("SELECT count() FROM `binance`.`hl5s` WHERE market = {market:String}")
-    assert delete.args[0].startswith(
-        "DELETE FROM `binance`.`hl5s_local` ON CLUSTER `prod` WHERE market = 'um'"
+    (delete,) = client.command.call_args_list
+    assert delete.args[0].startswith("DELETE FROM `binance`.`hl5s_local` WHERE market = {market:String}")
+    assert delete.kwargs["parameters"]["ticker"] == "BTCUSDT"
+
+
+# A run's store use on a cluster, on chDB's engine: the statements go to a real client and are recorded.
+# chDB has no cluster, so `<table>_local` and `<table>` are plain tables standing for the replicated and
+# Distributed ones, and system.clusters is answered by the recorder (the one thing chDB cannot say).
+
+
+class RecordingClient:
+    """A real client that records every statement and its settings; system.clusters answers `shards`
+    ((shard_num, weight, is_local) rows)."""
+
+    def __init__(self, client: Client, shards: list[tuple[int, int, int]]) -> None:
+        self.client, self.shards = client, shards
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def command(self, cmd: str, parameters: Any = None, settings: Any = None, **options: Any) -> Any:
+        self.sent.append((cmd, settings or {}))
+        return self.client.command(cmd, parameters=parameters, settings=settings, **options)
+
+    def query(self, query: str, parameters: Any = None, **options: Any) -> Any:
+        self.sent.append((query, {}))
+        if "FROM system.clusters" in query:
+            return SimpleNamespace(result_rows=self.shards)
+        return self.client.query(query, parameters=parameters, **options)
+
+    def raw_insert(self, table: str, column_names: Any, insert_block: Any, **options: Any) -> Any:
+        self.sent.append((f"INSERT INTO {table}", options.get("settings") or {}))
+        return self.client.raw_insert(table, column_names, insert_block, **options)
+
+
+@pytest.fixture
+def cluster_standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[RecordingClient]:
+    """Every Store.open goes to one chDB store holding the cluster's table names, through a recorder; the
+    recorders opened, in order."""
+    url = f"chdb://{tmp_path / 'standin'}"
+    with open_client(url) as client:
+        client.command("CREATE DATABASE binance")
+        for table, spec in SPECS.items():
+            for name in (table, f"{table}_local"):
+                client.command(spec.ddl("binance", name))
+    opened: list[RecordingClient] = []
+
+    @contextmanager
+    def open_standin(*args: object, **kwargs: object) -> Iterator[RecordingClient]:
+        with open_client(url) as client:
+            opened.append(RecordingClient(client, [(1, 1, 1)]))
+            yield opened[-1]
+
+    monkeypatch.setattr(store_module, "open_client", open_standin)
+    monkeypatch.setattr(store_module, "_checked", set())
+    return opened
+
+
+def test_a_run_on_a_cluster_sends_no_ddl_deletes_per_shard_and_inserts_with_token_and_quorum(
+    cluster_standin: list[RecordingClient],
+    vision_server: VisionServer,
+    instance: DagsterInstance,
+    tmp_path: Path,
+) -> None:
+    days = [dt.date(2024, 1, 1), dt.date(2024, 1, 2)]
+    trades = publish(vision_server.root, "um", "ETHUSDT", days, seed=2)
+    clickhouse = ClickHouseResource(url="http://ch:8123", cluster="prod")
+    res = {
+        **resources(vision_server, "chdb:///unused", tmp_path),
+        "clickhouse": clickhouse,
+        "clickhouse_io_manager": ClickHouseIOManager(clickhouse=clickhouse),
+    }
+    result = materialize_range(instance, res, "ETHUSDT", str(days[0]), str(days[-1]))
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+
+    sent = [(sql, settings) for recorder in cluster_standin for sql, settings in recorder.sent]
+    statements = [sql.lstrip().split()[0].upper() for sql, _ in sent]
+    assert {"CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE"}.isdisjoint(statements), statements
+    assert not [sql for sql, _ in sent if "ON CLUSTER" in sql]
+    deletes = [sql for sql, _ in sent if sql.startswith("DELETE")]
+    assert {d.split(" WHERE ")[0] for d in deletes} == {
+        "DELETE FROM `binance`.`hl5s_local`",
+        "DELETE FROM `binance`.`daily_liquidity_local`",
+    }
+    assert all(d.endswith("SETTINGS lightweight_deletes_sync = 2") for d in deletes)
+    assert not [sql for sql, _ in sent if sql.startswith("SELECT count() FROM `binance`.`hl5s")]
+    inserts = [(sql, settings) for sql, settings in sent if sql.startswith("INSERT")]
+    assert {sql for sql, _ in inserts} == {
+        "INSERT INTO `binance`.`hl5s`",
+        "INSERT INTO `binance`.`daily_liquidity`",
+        "INSERT INTO `binance`.`archives`",
+    }
+    tokens = [settings["insert_deduplication_token"] for _, settings in inserts]
+    assert all(tokens) and len(set(tokens)) == len(tokens)
+    for _, settings in inserts:
+        assert settings["insert_quorum"] == "auto" and settings["insert_quorum_parallel"] == 1
+        assert settings["insert_distributed_sync"] == 1 and settings["insert_deduplicate"] == 1
+    checks = [sql for sql, _ in sent if "FROM system.columns" in sql]
+    assert len(checks) == 1  # once per process
+    # the compressed (lz4) ArrowStream reached the engine intact
+    standin = f"chdb://{tmp_path / 'standin'}"
+    assert_bars_match(standin, {"ETHUSDT": trades}, days[0], days[-1])
+
+
+def test_opening_a_server_store_sends_no_ddl_and_names_init_for_a_missing_table_or_column(
+    cluster_standin: list[RecordingClient],
+) -> None:
+    with cluster_standin_client(cluster_standin) as client:
+        client.command("DROP TABLE binance.archives_local")
+        client.command("ALTER TABLE binance.daily_liquidity DROP COLUMN dataset")
+    for store in (Store("http://ch:8123", cluster="prod"), Store("https://ch:8443")):
+        store_module._checked.clear()
+        with pytest.raises(SchemaError) as error, store.open():
+            pass
+        message = str(error.value)
+        assert "\n" not in message and message.endswith(
+            "run `binance-assets init` (with these settings) to create or migrate the tables"
+        )
+        assert "binance.daily_liquidity lacks dataset" in message
+        if store.cluster:
+            assert "binance.archives_local missing" in message
+        sent = [sql for sql, _ in cluster_standin[-1].sent]
+        assert [sql.split()[0] for sql in sent] == ["SELECT"], sent
+
+
+@contextmanager
+def cluster_standin_client(opened: list[RecordingClient]) -> Iterator[Client]:
+    with store_module.open_client("http://unused:8123") as recorder:
+        yield recorder.client
+    opened.clear()
+
+
+def test_a_delete_on_a_cluster_must_reach_the_owning_shard(cluster_standin: list[RecordingClient]) -> None:
+    """Two shards, the server connected to in shard 1: a slice of shard 2 is refused, not deleted on the
+    wrong shard (where it would delete nothing and the INSERT would double the rows)."""
+    with Store("http://ch:8123", cluster="prod").open(create_tables=False) as store:
+        recorder = cluster_standin[-1]
+        recorder.shards = [(1, 1, 1), (2, 1, 0)]
+        homes = {}
+        for ticker in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"):
+            value = int(store.client.command("SELECT cityHash64('um', {t:String})", parameters={"t": ticker}))
+            homes[ticker] = owning_shard(value, [(1, 1), (2, 1)])
+        assert set(homes.values()) == {1, 2}
+        for ticker, shard in homes.items():
+            days = Slice("um", ticker, frozenset(JAN[:1]))
+            if shard == 1:
+                store.delete(BARS_TABLE, days)
+            else:
+                with pytest.raises(ShardRoutingError, match=rf"um {ticker} lives on shard 2 of cluster prod"):
+                    store.delete(BARS_TABLE, days)
+    deletes = [sql for sql, _ in recorder.sent if sql.startswith("DELETE")]
+    assert len(deletes) == list(homes.values()).count(1)
+
+
+def test_owning_shard_follows_the_distributed_weights() -> None:
+    assert [owning_shard(v, [(1, 1), (2, 1)]) for v in range(4)] == [1, 2, 1, 2]
+    assert [owning_shard(v, [(1, 2), (2, 1)]) for v in range(6)] == [1, 1, 2, 1, 1, 2]
+    assert [owning_shard(v, [(1, 0), (2, 1), (3, 3)]) for v in range(4)] == [2, 3, 3, 3]
+
+
+def test_sharding_value_sql_is_the_sharding_key() -> None:
+    assert SHARDING_VALUE_SQL.removeprefix("SELECT ") == SHARDING_KEY.replace(
+        "market", "{market:String}"
+    ).replace("ticker", "{ticker:String}")
+
+
+def test_init_on_a_cluster_is_idempotent_statements(tmp_path: Path) -> None:
+    """Every statement `init` sends is IF NOT EXISTS (CREATE, ADD COLUMN): a second init changes nothing."""
+    client = recording_client()
+    OpenStore(Store("http://ch:8123", cluster="prod"), client).ensure_tables()
+    statements = [call.args[0] for call in client.command.call_args_list]
+    for statement in statements:
+        if statement.startswith("CREATE"):
+            assert statement.startswith(("CREATE DATABASE IF NOT EXISTS", "CREATE TABLE IF NOT EXISTS"))
+        else:
+            clauses = statement.split(" ADD COLUMN ")[1:]
+            assert statement.startswith("ALTER TABLE") and clauses
+            assert all(clause.startswith("IF NOT EXISTS ") for clause in clauses)
+    parse(statements, tmp_path)
+
+
+def test_init_on_a_server_store_is_idempotent(tmp_path: Path) -> None:
+    """init twice on a real engine: the second finds everything and changes no column."""
+    url = f"chdb://{tmp_path / 'store'}"
+    columns = (
+        "SELECT table, name, type FROM system.columns WHERE database = 'binance' ORDER BY table, position"
     )
-    assert delete.kwargs == {"parameters": {}}
+    found = []
+    for _ in range(2):
+        store_module._ensured.clear()
+        with Store(url).open(create_tables=False) as store:
+            store.ensure_tables()
+            found.append(store.client.query(columns).result_rows)
+    assert found[0] == found[1] and found[0]

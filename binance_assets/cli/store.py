@@ -41,8 +41,10 @@ def _store(settings: Settings) -> Iterator[OpenStore]:
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
-    """Create the database and tables where missing (as every write does); print what was created or
-    found. A table found under one of our names must be ours (key columns present, our columns' types)."""
+    """Create the database and tables where missing and add the columns this version added (on a cluster
+    ON CLUSTER, every statement IF NOT EXISTS: idempotent); print what was created or found. The only DDL
+    sent to a server: its runs, sensors and reads check the tables (`OpenStore.check_tables`). A table
+    found under one of our names must be ours (key columns present, our columns' types)."""
     with _store(settings) as store:
         store.check_server_version()
         database = store.store.database
@@ -146,7 +148,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
-    """Run a query on the store (its tables created if missing) and print the result."""
+    """Run a query on the store (chdb:// tables created if missing, a server's checked) and print it."""
     try:
         with Store.from_settings(settings).open() as store:
             store.client.database = store.store.database

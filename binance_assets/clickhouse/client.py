@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -25,6 +26,10 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from binance_assets.locks import file_lock
+from binance_assets.settings import (
+    DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT,
+    DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT,
+)
 
 LOCK_TIMEOUT = 600.0
 """Seconds a run, sensor or CLI command waits for an embedded store another process is using."""
@@ -87,9 +92,24 @@ def lock_file_for(store: Path) -> Path:
     return store.with_name(f"{store.name}.lock")
 
 
+@dataclass(frozen=True)
+class Transport:
+    """How a server is reached (ignored by chdb://): timeouts in seconds and a CA bundle for https."""
+
+    connect_timeout: int = DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT
+    send_receive_timeout: int = DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT
+    ca_cert: str = ""
+    """A PEM file of CA certificates that verify the server's (CLICKHOUSE_CA_CERT); empty: the system's."""
+
+
 @contextmanager
 def open_client(
-    url: str, database: str | None = None, *, password: str | None = None, lock_timeout: float = LOCK_TIMEOUT
+    url: str,
+    database: str | None = None,
+    *,
+    password: str | None = None,
+    lock_timeout: float = LOCK_TIMEOUT,
+    transport: Transport = Transport(),
 ) -> Iterator[Client]:
     """Open a clickhouse-connect client for url, yield it, close it; for chdb:// hold the store lock.
 
@@ -103,16 +123,19 @@ def open_client(
             stack.enter_context(_embedded_store_lock(store, lock_timeout))
             client = clickhouse_connect.get_client(dsn=f"chdb://{store}", database=database)
         else:
-            client = _http_client(url, database, password)
+            client = _http_client(url, database, password, transport)
         try:
             yield client
         finally:
             client.close()
 
 
-def _http_client(url: str, database: str | None, password: str | None) -> Client:
+def _http_client(url: str, database: str | None, password: str | None, transport: Transport) -> Client:
     parsed = urlparse(url)
     return clickhouse_connect.get_client(
+        connect_timeout=transport.connect_timeout,
+        send_receive_timeout=transport.send_receive_timeout,
+        ca_cert=transport.ca_cert or None,
         host=parsed.hostname,
         port=parsed.port,
         username=unquote(parsed.username) if parsed.username else None,

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from binance_assets.clickhouse.client import validate_url
 from binance_assets.clickhouse.store import OpenStore, Store
 from binance_assets.clickhouse.tables import quote
+from binance_assets.settings import CLICKHOUSE_COMPRESSIONS
 
 
 class ClickHouseResource(ConfigurableResource):
@@ -41,6 +42,22 @@ class ClickHouseResource(ConfigurableResource):
         description="CLICKHOUSE_CLUSTER: a cluster of servers (Distributed over ReplicatedMergeTree tables); "
         "empty: one server or the embedded store",
     )
+    compression: str = Field(
+        default=Store.compression,
+        description="CLICKHOUSE_COMPRESSION: how INSERTs to a server are compressed: lz4, zstd or none",
+    )
+    ca_cert: str = Field(
+        default=Store.ca_cert,
+        description="CLICKHOUSE_CA_CERT: CA certificates (PEM) of an https server; empty: the system CAs",
+    )
+    connect_timeout: int = Field(
+        default=Store.connect_timeout, ge=1, description="CLICKHOUSE_CONNECT_TIMEOUT: seconds to connect"
+    )
+    send_receive_timeout: int = Field(
+        default=Store.send_receive_timeout,
+        ge=1,
+        description="CLICKHOUSE_SEND_RECEIVE_TIMEOUT: seconds to wait for a server's answer",
+    )
 
     @field_validator("url", mode="before")
     @classmethod
@@ -61,11 +78,19 @@ class ClickHouseResource(ConfigurableResource):
             quote(value)
         return value
 
+    @field_validator("compression")
+    @classmethod
+    def _valid_compression(cls, value: str) -> str:
+        if value not in CLICKHOUSE_COMPRESSIONS:
+            raise ValueError(f"compression {value!r}: expected one of {', '.join(CLICKHOUSE_COMPRESSIONS)}")
+        return value
+
     @property
     def store(self) -> Store:
         """The Store of these fields (the same names)."""
         return Store(**self.model_dump())
 
     def open(self) -> AbstractContextManager[OpenStore]:
-        """The store with its tables in place; for chdb:// its lock is held until the block ends."""
+        """The store with its tables in place (chdb:// creates them, a server's are checked); for chdb:// its
+        lock is held until the block ends."""
         return self.store.open()

@@ -1,5 +1,7 @@
 """The store: which ClickHouse and which tables (`Store`), opened in one place (`Store.open`: connect, for
-chdb:// lock, create the tables) as an `OpenStore` that runs the slice statements (count, delete, insert).
+chdb:// lock and create the tables, on a server check them) as an `OpenStore` that runs the slice
+statements (count, delete, insert). On a server the tables are created and migrated by `binance-assets
+init` alone (docs/production.md).
 
 A run, a sensor tick or a CLI command opens the store once per step and passes the `OpenStore` to the
 functions that query it (checks, ledger, kline check): opening an embedded store costs about 80 ms and,
@@ -11,20 +13,28 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator, Mapping
+import sys
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import lz4.frame
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from binance_assets.clickhouse.client import LOCK_TIMEOUT, open_client, validate_url
+from binance_assets.clickhouse.client import LOCK_TIMEOUT, Transport, describe_url, open_client, validate_url
 from binance_assets.clickhouse.tables import (
     ARCHIVES_TABLE,
     BARS_TABLE,
     LIQUIDITY_TABLE,
+    SHARDING_VALUE_SQL,
+    SHARDS_SQL,
     Slice,
     TableSpec,
+    columns_sql,
     count_slice_sql,
     delete_slice_sql,
     on_cluster,
@@ -33,15 +43,27 @@ from binance_assets.clickhouse.tables import (
     stored_tables,
 )
 from binance_assets.settings import (
+    CLICKHOUSE_COMPRESSIONS,
     DEFAULT_ARCHIVES_TABLE,
     DEFAULT_BARS_TABLE,
+    DEFAULT_CLICKHOUSE_COMPRESSION,
+    DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT,
+    DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT,
     DEFAULT_DATABASE,
     DEFAULT_LIQUIDITY_TABLE,
     Settings,
 )
 
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
+
 MIN_SERVER_VERSION = (23, 3)
 """Lightweight `DELETE FROM` is enabled by default from ClickHouse 23.3."""
+MIN_CLUSTER_SERVER_VERSION = (24, 4)
+"""A cluster's DELETE waits for every replica through `lightweight_deletes_sync`, a setting of 24.4 on."""
+INIT_COMMAND = "binance-assets init"
 
 _BIG = 1 << 62
 INSERT_SETTINGS: Mapping[str, int] = {
@@ -60,22 +82,49 @@ DELETE and the INSERT after it apply in order: chDB 4.4 (ClickHouse 26.9) defaul
 on a cluster too, where the INSERT goes through a Distributed table (`insert_distributed_sync`, called
 `distributed_foreground_insert` by newer servers; other engines ignore it): it returns once every shard
 holds its part, one block per shard."""
+CLUSTER_INSERT_SETTINGS: Mapping[str, int | str] = {"insert_quorum": "auto", "insert_quorum_parallel": 1}
+"""On a cluster an INSERT returns once a majority of the shard's replicas hold the block (`auto`), so losing
+the replica that took it loses no acknowledged rows. Parallel quorum inserts: many run pods write to one
+table at once; nothing of ours reads with select_sequential_consistency (`OpenStore.clear` never counts
+on a cluster)."""
 _ROWS_PER_BATCH = 1 << 17
+
+
+class SchemaError(RuntimeError):
+    """A server's tables are missing or lack columns of this version: `binance-assets init` makes them."""
+
+
+class ShardRoutingError(RuntimeError):
+    """A cluster DELETE reached a server that holds no replica of the slice's shard."""
 
 
 class ServerVersionError(RuntimeError):
     """The ClickHouse server is too old for this project."""
 
 
-def require_server_version(version: str) -> None:
-    """Raise ServerVersionError unless version (e.g. '26.9.2.1') is at least MIN_SERVER_VERSION."""
+def require_server_version(
+    version: str,
+    minimum: tuple[int, int] = MIN_SERVER_VERSION,
+    reason: str = "lightweight DELETE FROM, enabled by default from 23.3",
+) -> None:
+    """Raise ServerVersionError unless version (e.g. '26.9.2.1') is at least `minimum`."""
     parts = re.match(r"^(\d+)\.(\d+)", version)
-    if parts is None or (int(parts[1]), int(parts[2])) < MIN_SERVER_VERSION:
-        minimum = ".".join(map(str, MIN_SERVER_VERSION))
+    if parts is None or (int(parts[1]), int(parts[2])) < minimum:
         raise ServerVersionError(
-            f"ClickHouse server version {version!r} is not supported: need {minimum} or later "
-            "(lightweight DELETE FROM, enabled by default from 23.3)"
+            f"ClickHouse server version {version!r} is not supported: need "
+            f"{'.'.join(map(str, minimum))} or later ({reason})"
         )
+
+
+def owning_shard(value: int, shards: Sequence[tuple[int, int]]) -> int:
+    """The shard number a Distributed table sends a row to: its sharding key's value modulo the total
+    weight, then the shards' weight ranges in their order; `shards` is (number, weight) in that order."""
+    slot = value % sum(weight for _, weight in shards)
+    for number, weight in shards:
+        if slot < weight:
+            return number
+        slot -= weight
+    raise AssertionError("unreachable: slot below the total weight")
 
 
 @dataclass(frozen=True)
@@ -95,6 +144,12 @@ class Store:
     archives_table: str = DEFAULT_ARCHIVES_TABLE
     cluster: str = ""
     """A cluster: Distributed tables over ReplicatedMergeTree ones; empty for one server or chDB."""
+    compression: str = DEFAULT_CLICKHOUSE_COMPRESSION
+    """How INSERTs to a server are compressed: lz4, zstd or none (chdb:// is never compressed)."""
+    ca_cert: str = ""
+    """A PEM file of CA certificates that verify an https server; empty: the system's."""
+    connect_timeout: int = DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT
+    send_receive_timeout: int = DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT
 
     def __post_init__(self) -> None:
         validate_url(self.url)
@@ -102,6 +157,10 @@ class Store:
             quote(name)
         if self.cluster:
             quote(self.cluster)
+        if self.compression not in CLICKHOUSE_COMPRESSIONS:
+            raise ValueError(
+                f"compression {self.compression!r}: expected one of {', '.join(CLICKHOUSE_COMPRESSIONS)}"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -112,7 +171,16 @@ class Store:
             liquidity_table=settings.liquidity_table,
             archives_table=settings.archives_table,
             cluster=settings.clickhouse_cluster,
+            compression=settings.clickhouse_compression,
+            ca_cert=settings.clickhouse_ca_cert,
+            connect_timeout=settings.clickhouse_connect_timeout,
+            send_receive_timeout=settings.clickhouse_send_receive_timeout,
         )
+
+    @property
+    def embedded(self) -> bool:
+        """A chdb:// store (created on first use, locked while open)."""
+        return self.url.startswith("chdb://")
 
     @property
     def tables(self) -> tuple[tuple[TableSpec, str], ...]:
@@ -141,15 +209,20 @@ class Store:
     @contextmanager
     def open(self, *, lock_timeout: float = LOCK_TIMEOUT, create_tables: bool = True) -> Iterator[OpenStore]:
         """The store, open until the block ends (for chdb:// its lock held, waiting up to lock_timeout
-        seconds); with create_tables, the database and tables in place (once per process)."""
-        with open_client(self.url, password=self.password or None, lock_timeout=lock_timeout) as client:
+        seconds). With create_tables the tables are in place, once per process: chdb:// creates them; a
+        server sends no DDL and checks them (`OpenStore.check_tables`: SchemaError, run init)."""
+        transport = Transport(self.connect_timeout, self.send_receive_timeout, self.ca_cert)
+        with open_client(
+            self.url, password=self.password or None, lock_timeout=lock_timeout, transport=transport
+        ) as client:
             store = OpenStore(self, client)
             if create_tables:
-                store.ensure_tables()
+                store.prepare_tables()
             yield store
 
 
 _ensured: set[tuple[str, ...]] = set()
+_checked: set[tuple[str, ...]] = set()
 
 
 @dataclass(frozen=True)
@@ -164,13 +237,29 @@ class OpenStore:
 
     def check_server_version(self) -> None:
         require_server_version(self.client.server_version)
+        if self.store.cluster:
+            require_server_version(
+                self.client.server_version,
+                MIN_CLUSTER_SERVER_VERSION,
+                "a cluster's DELETE waits for every replica with lightweight_deletes_sync, from 24.4",
+            )
+
+    def prepare_tables(self) -> None:
+        """chdb://: create the tables; a server: check them (its DDL is `binance-assets init`'s alone)."""
+        if self.store.embedded:
+            self.ensure_tables()
+        else:
+            self.check_tables()
+
+    def _key(self) -> tuple[str, ...]:
+        store = self.store
+        return (self.client.uri, store.database, *(name for _, name in store.tables), store.cluster)
 
     def ensure_tables(self) -> None:
         """Create the database and the three tables if missing (and add the columns newer versions added to
         daily_liquidity and the ledger); once per process per (server, database, tables, cluster). With a
         cluster every statement runs ON CLUSTER (TableSpec.create_statements)."""
-        store = self.store
-        key = (self.client.uri, store.database, *(name for _, name in store.tables), store.cluster)
+        store, key = self.store, self._key()
         if key in _ensured:
             return
         self.check_server_version()
@@ -184,43 +273,149 @@ class OpenStore:
                 self.client.command(spec.add_missing_columns(database, table, cluster))
         _ensured.add(key)
 
+    def check_tables(self) -> None:
+        """Raise SchemaError (one line: run `binance-assets init`) unless every table, on a cluster every
+        local and Distributed table, exists with every column of this version; one query on
+        system.columns, once per process. Sends no DDL."""
+        key = self._key()
+        if key in _checked:
+            return
+        self.check_server_version()
+        store = self.store
+        expected = {
+            table: [c.name for c in spec.columns]
+            for spec, name in store.tables
+            for table in stored_tables(name, store.cluster)
+        }
+        found: dict[str, set[str]] = defaultdict(set)
+        for table, column in self.client.query(*columns_sql(store.database, list(expected))).result_rows:
+            found[table].add(column)
+        problems = [
+            f"{store.database}.{table} " + ("missing" if not found[table] else f"lacks {', '.join(missing)}")
+            for table, columns in expected.items()
+            if (missing := [c for c in columns if c not in found[table]])
+        ]
+        if problems:
+            raise SchemaError(
+                f"ClickHouse at {describe_url(store.url)}: {'; '.join(problems)}: "
+                f"run `{INIT_COMMAND}` (with these settings) to create or migrate the tables"
+            )
+        _checked.add(key)
+
     def count(self, spec: TableSpec, s: Slice) -> int:
         """Rows of the slice (cheap: primary key prefix and the day partition/min-max index)."""
         return int(self.client.command(*count_slice_sql(self.store.database, self.store.name(spec), s)))
 
     def delete(self, spec: TableSpec, s: Slice) -> None:
-        """Lightweight DELETE of the slice; on a cluster ON CLUSTER from the local tables."""
+        """Lightweight DELETE of the slice. On a cluster from the local table of the server connected to,
+        no ON CLUSTER, once for the shard and synchronous on its replicas (tables.delete_slice_sql), after
+        checking that this server holds a replica of the shard owning the slice (ShardRoutingError)."""
+        if self.store.cluster:
+            self.require_owning_shard(s)
         sql, params = delete_slice_sql(self.store.database, self.store.name(spec), s, self.store.cluster)
         self.client.command(sql, parameters=params)
 
     def clear(self, spec: TableSpec, s: Slice) -> None:
-        """Delete the slice's rows, sending no DELETE when a count finds none (a new slice)."""
-        if self.count(spec, s):
+        """Delete the slice's rows. On chdb:// and one server, where a count is exact, no DELETE when it
+        finds none (a new slice: no mutation); on a cluster always the DELETE, since a lagging replica
+        would count 0 and the rows would then be doubled by the INSERT."""
+        if self.store.cluster or self.count(spec, s):
             self.delete(spec, s)
 
-    def insert(self, spec: TableSpec, rows: pa.Table) -> None:
+    def insert(self, spec: TableSpec, rows: pa.Table, *, token: str | None = None) -> None:
         """One INSERT of rows in the spec's schema as one block (INSERT_SETTINGS); nothing for zero rows.
 
+        `token` is the write's identity (`insert_deduplication_token`): a retry of the same write with the
+        same token is dropped by Replicated tables (and by MergeTree tables with
+        non_replicated_deduplication_window), any other write is kept even if its rows are byte-identical
+        to an earlier one's (a re-run after its DELETE). None: a fresh uuid4, unique to this call. On a
+        cluster with CLUSTER_INSERT_SETTINGS (quorum). To a server compressed (Store.compression).
         Sent as an ArrowStream, batch by batch: `client.insert_arrow` first builds the whole Arrow file in
         one growing buffer, which doubles peak memory and, for a year of bars, the time.
         """
-        if rows.num_rows:
-            self.client.raw_insert(
-                self.qualified(spec),
-                rows.column_names,
-                _arrow_stream(rows),
-                settings=dict(INSERT_SETTINGS),
-                fmt="ArrowStream",
+        if token == "":
+            raise ValueError("an empty insert token turns deduplication by token off: pass None or a token")
+        if not rows.num_rows:
+            return
+        settings: dict[str, int | str] = {
+            **INSERT_SETTINGS,
+            "insert_deduplicate": 1,
+            "insert_deduplication_token": uuid.uuid4().hex if token is None else token,
+        }
+        if self.store.cluster:
+            settings.update(CLUSTER_INSERT_SETTINGS)
+        method = None if self.store.embedded or self.store.compression == "none" else self.store.compression
+        insert_arrow_stream(self.client, self.qualified(spec), rows, settings, method)
+
+    @cached_property
+    def _shards(self) -> list[tuple[int, int, bool]]:
+        result = self.client.query(SHARDS_SQL, parameters={"cluster": self.store.cluster}).result_rows
+        return [(int(number), int(weight), bool(here)) for number, weight, here in result]
+
+    def require_owning_shard(self, s: Slice) -> None:
+        """Raise ShardRoutingError unless the server connected to is a replica of the shard that owns the
+        slice's (market, ticker) under the Distributed tables' sharding key (tables.SHARDING_KEY)."""
+        shards = self._shards
+        here = {number for number, _, local in shards if local}
+        if len(shards) == 1 and here:
+            return
+        if not shards:
+            raise ShardRoutingError(f"cluster {self.store.cluster!r} is not in the server's system.clusters")
+        value = int(
+            self.client.command(SHARDING_VALUE_SQL, parameters={"market": s.market, "ticker": s.ticker})
+        )
+        owner = owning_shard(value, [(number, weight) for number, weight, _ in shards])
+        if owner not in here:
+            raise ShardRoutingError(
+                f"{s.market} {s.ticker} lives on shard {owner} of cluster {self.store.cluster}, but "
+                f"{describe_url(self.store.url)} is a replica of shard {sorted(here) or 'none'}: its DELETE "
+                'must be sent to a replica of that shard (docs/production.md, "Routing")'
             )
 
 
-def _arrow_stream(rows: pa.Table) -> Iterator[bytes]:
+def insert_arrow_stream(
+    client: Client, table: str, rows: pa.Table, settings: Mapping[str, int | str], compression: str | None
+) -> None:
+    """INSERT rows into table as an ArrowStream body, compressed by `compression` (its Content-Encoding)."""
+    client.raw_insert(
+        table,
+        rows.column_names,
+        compressed(arrow_stream(rows), compression),
+        settings=dict(settings),
+        fmt="ArrowStream",
+        compression=compression,
+    )
+
+
+def arrow_stream(rows: pa.Table) -> Iterator[bytes]:
+    """rows as an Arrow IPC stream, one chunk per record batch (_ROWS_PER_BATCH rows)."""
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, rows.schema) as writer:
         for batch in rows.to_batches(max_chunksize=_ROWS_PER_BATCH):
             writer.write_batch(batch)
             yield _drain(sink)
     yield _drain(sink)  # end-of-stream marker
+
+
+def compressed(chunks: Iterator[bytes], method: str | None) -> Iterator[bytes]:
+    """chunks as one lz4 frame or zstd frame, streamed (the HTTP Content-Encoding of the same name); None:
+    as they are."""
+    if method is None:
+        yield from chunks
+        return
+    if method == "lz4":
+        lz4_compressor = lz4.frame.LZ4FrameCompressor()
+        yield lz4_compressor.begin()
+        for chunk in chunks:
+            yield lz4_compressor.compress(chunk)
+        yield lz4_compressor.flush()
+    elif method == "zstd":
+        zstd_compressor = zstd.ZstdCompressor()
+        for chunk in chunks:
+            yield zstd_compressor.compress(chunk)
+        yield zstd_compressor.flush()
+    else:
+        raise ValueError(f"compression {method!r}: expected lz4 or zstd")
 
 
 def _drain(sink: io.BytesIO) -> bytes:

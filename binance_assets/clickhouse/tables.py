@@ -212,18 +212,46 @@ def _slice_where(s: Slice) -> tuple[str, dict[str, Any]]:
     return f"{where} AND day IN {{days:Array(Date)}}", params
 
 
+DELETE_SYNC = 2
+"""`lightweight_deletes_sync`: the DELETE returns once every replica of the table has applied it (ClickHouse
+24.4 and later; also its default there)."""
+
+
 def delete_slice_sql(database: str, table: str, s: Slice, cluster: str = "") -> tuple[str, dict[str, Any]]:
     """Lightweight DELETE (marks rows deleted at once; not the rewriting ALTER TABLE ... DELETE).
 
-    On a cluster it deletes from the local tables ON CLUSTER (a Distributed table takes no DELETE). Each
-    server runs the statement's text from the distributed DDL queue, so its values are inlined as
-    literals (escaped by clickhouse-connect's formatter), not bound.
+    On a cluster it deletes from the local (replicated) table of the server it is sent to, without ON
+    CLUSTER: one mutation for the shard, which replication carries to the shard's other replicas, waited
+    for on all of them (DELETE_SYNC). A Distributed table takes no DELETE, so the statement must reach a
+    replica of the shard that owns the slice (`store.OpenStore.delete` checks it; docs/production.md).
     """
     where, params = _slice_where(s)
     if not cluster:
         return f"DELETE FROM {qualified(database, table)} WHERE {where}", params
-    sql = f"DELETE FROM {qualified(database, local_table(table))}{on_cluster(cluster)} WHERE {where}"
-    return render_sql(sql, params), {}
+    sql = (
+        f"DELETE FROM {qualified(database, local_table(table))} WHERE {where} "
+        f"SETTINGS lightweight_deletes_sync = {DELETE_SYNC}"
+    )
+    return sql, params
+
+
+def columns_sql(database: str, tables: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """Every column of `tables` in `database`, as (table, name) rows: one query checks the schema."""
+    sql = (
+        "SELECT table, name FROM system.columns "
+        "WHERE database = {database:String} AND table IN {tables:Array(String)}"
+    )
+    return sql, {"database": database, "tables": list(tables)}
+
+
+SHARDS_SQL = (
+    "SELECT shard_num, any(shard_weight) AS weight, max(is_local) AS here FROM system.clusters "
+    "WHERE cluster = {cluster:String} GROUP BY shard_num ORDER BY shard_num"
+)
+"""The shards of a cluster in the Distributed engine's order, their weights, and whether the server that
+answers is one of the shard's replicas."""
+SHARDING_VALUE_SQL = "SELECT cityHash64({market:String}, {ticker:String})"
+"""SHARDING_KEY's value for one (market, ticker)."""
 
 
 def count_slice_sql(database: str, table: str, s: Slice) -> tuple[str, dict[str, Any]]:
