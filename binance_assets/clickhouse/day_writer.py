@@ -79,9 +79,12 @@ class DayWriter:
             for spec in (LIQUIDITY_TABLE, BARS_TABLE):
                 for s in slices:
                     store.clear(spec, s)
+            batch = "; ".join(f"{s.ticker} {min(s.days)}..{max(s.days)}" for s in slices)
             if bars:
-                store.insert(BARS_TABLE, conform(pa.concat_tables(bars), BARS_TABLE.schema))
-            store.insert(LIQUIDITY_TABLE, pa.Table.from_pylist(list(rows), schema=LIQUIDITY_TABLE.schema))
+                bars_table = conform(pa.concat_tables(bars), BARS_TABLE.schema)
+                store.insert(BARS_TABLE, bars_table, token=f"{self.token}/hl5s/{batch}")
+            liquidity = pa.Table.from_pylist(list(rows), schema=LIQUIDITY_TABLE.schema)
+            store.insert(LIQUIDITY_TABLE, liquidity, token=f"{self.token}/daily_liquidity/{batch}")
         self._bars, self._rows, self._buffered = [], [], 0
         done = [(row["ticker"], row["day"]) for row in rows]
         self.written += done
