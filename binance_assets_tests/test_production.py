@@ -577,7 +577,7 @@ def test_cluster_delete_goes_to_the_local_table_without_on_cluster_and_waits_for
 def test_a_cleared_slice_on_a_cluster_is_always_deleted_never_counted() -> None:
     """A lagging replica would count 0 and the DELETE be skipped: on a cluster no count decides it."""
     client = recording_client()
-    client.query.return_value.result_rows = [(1, 1, 1)]  # system.clusters: one shard, this server in it
+    client.query.return_value.result_rows = [(1, 1, 1, "ch")]  # system.clusters: one shard, this server in it
     days = Slice("um", "BTCUSDT", frozenset(JAN[:3]))
     OpenStore(Store("http://ch:8123", cluster="prod"), client).clear(BARS_TABLE, days)
     (delete,) = client.command.call_args_list
@@ -592,10 +592,10 @@ def test_a_cleared_slice_on_a_cluster_is_always_deleted_never_counted() -> None:
 
 class RecordingClient:
     """A real client that records every statement and its settings; system.clusters answers `shards`
-    ((shard_num, weight, is_local) rows)."""
+    ((shard_num, weight, is_local, host_name) rows). `url`: the URL the store opened it for."""
 
-    def __init__(self, client: Client, shards: list[tuple[int, int, int]]) -> None:
-        self.client, self.shards = client, shards
+    def __init__(self, client: Client, shards: list[tuple[int, int, int, str]], url: str) -> None:
+        self.client, self.shards, self.url = client, shards, url
         self.sent: list[tuple[str, dict[str, Any]]] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -627,12 +627,21 @@ def cluster_standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Rec
             for name in (table, f"{table}_local"):
                 client.command(spec.ddl("binance", name))
     opened: list[RecordingClient] = []
+    open_now: list[Client] = []
 
     @contextmanager
-    def open_standin(*args: object, **kwargs: object) -> Iterator[RecordingClient]:
-        with open_client(url) as client:
-            opened.append(RecordingClient(client, [(1, 1, 1)]))
+    def open_standin(opened_url: str, *args: object, **kwargs: object) -> Iterator[RecordingClient]:
+        if open_now:  # a second connection while one is open (a shard's replica): the same chDB client
+            opened.append(RecordingClient(open_now[-1], [(1, 1, 1, "ch")], opened_url))
             yield opened[-1]
+            return
+        with open_client(url) as client:
+            open_now.append(client)
+            opened.append(RecordingClient(client, [(1, 1, 1, "ch")], opened_url))
+            try:
+                yield opened[-1]
+            finally:
+                open_now.pop()
 
     monkeypatch.setattr(store_module, "open_client", open_standin)
     monkeypatch.setattr(store_module, "_checked", set())
@@ -713,26 +722,34 @@ def cluster_standin_client(opened: list[RecordingClient]) -> Iterator[Client]:
     opened.clear()
 
 
-def test_a_delete_on_a_cluster_must_reach_the_owning_shard(cluster_standin: list[RecordingClient]) -> None:
-    """Two shards, the server connected to in shard 1: a slice of shard 2 is refused, not deleted on the
-    wrong shard (where it would delete nothing and the INSERT would double the rows)."""
-    with Store("http://ch:8123", cluster="prod").open(create_tables=False) as store:
+def test_a_delete_on_a_cluster_reaches_the_owning_shard(cluster_standin: list[RecordingClient]) -> None:
+    """Two shards, the server connected to in shard 1: a slice of shard 2 is deleted through a replica of
+    shard 2 (one connection, at the store URL's scheme, port and credentials), never on shard 1 (where it
+    would delete nothing and the INSERT would double the rows)."""
+    with Store("http://default:pw@ch-1:8123", cluster="prod").open(create_tables=False) as store:
         recorder = cluster_standin[-1]
-        recorder.shards = [(1, 1, 1), (2, 1, 0)]
+        recorder.shards = [(1, 1, 1, "ch-1"), (2, 1, 0, "ch-2")]
         homes = {}
         for ticker in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"):
             value = int(store.client.command("SELECT cityHash64('um', {t:String})", parameters={"t": ticker}))
             homes[ticker] = owning_shard(value, [(1, 1), (2, 1)])
         assert set(homes.values()) == {1, 2}
-        for ticker, shard in homes.items():
-            days = Slice("um", ticker, frozenset(JAN[:1]))
-            if shard == 1:
-                store.delete(BARS_TABLE, days)
-            else:
-                with pytest.raises(ShardRoutingError, match=rf"um {ticker} lives on shard 2 of cluster prod"):
-                    store.delete(BARS_TABLE, days)
-    deletes = [sql for sql, _ in recorder.sent if sql.startswith("DELETE")]
-    assert len(deletes) == list(homes.values()).count(1)
+        for ticker in homes:
+            store.delete(BARS_TABLE, Slice("um", ticker, frozenset(JAN[:1])))
+    (other,) = cluster_standin[1:]
+    assert other.url == "http://default:pw@ch-2:8123"
+    for client, shard in ((recorder, 1), (other, 2)):
+        deletes = [params for sql, params in client.sent if sql.startswith("DELETE")]
+        assert len(deletes) == list(homes.values()).count(shard)
+
+
+def test_a_delete_on_an_unknown_cluster_is_refused(cluster_standin: list[RecordingClient]) -> None:
+    with Store("http://ch:8123", cluster="prod").open(create_tables=False) as store:
+        cluster_standin[-1].shards = []
+        with pytest.raises(
+            ShardRoutingError, match=r"cluster 'prod' is not in the server's system\.clusters"
+        ):
+            store.delete(BARS_TABLE, Slice("um", "BTCUSDT", frozenset(JAN[:1])))
 
 
 def test_owning_shard_follows_the_distributed_weights() -> None:

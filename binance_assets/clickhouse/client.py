@@ -73,6 +73,14 @@ def describe_url(url: str) -> str:
     return _replace_password(url, "***")
 
 
+def with_host(url: str, host: str) -> str:
+    """The URL with its host replaced (its scheme, user, password, port and path kept)."""
+    parsed = urlparse(url)
+    user, at, _ = parsed.netloc.rpartition("@")
+    port = f":{parsed.port}" if parsed.port else ""
+    return parsed._replace(netloc=f"{user}{at}{host}{port}").geturl()
+
+
 def without_password(url: str) -> str:
     """The URL with no password, its user kept (the password then goes to `open_client` apart)."""
     return _replace_password(url, None)

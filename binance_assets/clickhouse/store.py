@@ -17,7 +17,7 @@ import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -25,7 +25,14 @@ import lz4.frame
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from binance_assets.clickhouse.client import LOCK_TIMEOUT, Transport, describe_url, open_client, validate_url
+from binance_assets.clickhouse.client import (
+    LOCK_TIMEOUT,
+    Transport,
+    describe_url,
+    open_client,
+    validate_url,
+    with_host,
+)
 from binance_assets.clickhouse.tables import (
     ARCHIVES_TABLE,
     BARS_TABLE,
@@ -95,7 +102,7 @@ class SchemaError(RuntimeError):
 
 
 class ShardRoutingError(RuntimeError):
-    """A cluster DELETE reached a server that holds no replica of the slice's shard."""
+    """A cluster DELETE cannot find the slice's shard: the cluster is not in the server's system.clusters."""
 
 
 class ServerVersionError(RuntimeError):
@@ -211,14 +218,19 @@ class Store:
         """The store, open until the block ends (for chdb:// its lock held, waiting up to lock_timeout
         seconds). With create_tables the tables are in place, once per process: chdb:// creates them; a
         server sends no DDL and checks them (`OpenStore.check_tables`: SchemaError, run init)."""
-        transport = Transport(self.connect_timeout, self.send_receive_timeout, self.ca_cert)
-        with open_client(
-            self.url, password=self.password or None, lock_timeout=lock_timeout, transport=transport
-        ) as client:
-            store = OpenStore(self, client)
+        with ExitStack() as shards, self.connect(self.url, lock_timeout) as client:
+            store = OpenStore(self, client, shards)
             if create_tables:
                 store.prepare_tables()
             yield store
+
+    def connect(self, url: str, lock_timeout: float = LOCK_TIMEOUT) -> AbstractContextManager[Client]:
+        """A client of `url` (the store's, or one of its cluster's replicas) with the store's password and
+        transport settings."""
+        transport = Transport(self.connect_timeout, self.send_receive_timeout, self.ca_cert)
+        return open_client(
+            url, password=self.password or None, lock_timeout=lock_timeout, transport=transport
+        )
 
 
 _ensured: set[tuple[str, ...]] = set()
@@ -227,10 +239,15 @@ _checked: set[tuple[str, ...]] = set()
 
 @dataclass(frozen=True)
 class OpenStore:
-    """An open store: its `Store` and the clickhouse-connect client; runs the statements on slices."""
+    """An open store: its `Store` and the clickhouse-connect client; runs the statements on slices.
+
+    On a cluster with several shards, a slice's DELETE goes through a client of a replica of the slice's
+    shard, opened on first use and closed with the store (`shards`)."""
 
     store: Store
     client: Client
+    shards: ExitStack = field(default_factory=ExitStack, repr=False)
+    _shard_clients: dict[int, Client] = field(default_factory=dict, repr=False)
 
     def qualified(self, spec: TableSpec) -> str:
         return self.store.qualified(spec)
@@ -307,13 +324,12 @@ class OpenStore:
         return int(self.client.command(*count_slice_sql(self.store.database, self.store.name(spec), s)))
 
     def delete(self, spec: TableSpec, s: Slice) -> None:
-        """Lightweight DELETE of the slice. On a cluster from the local table of the server connected to,
-        no ON CLUSTER, once for the shard and synchronous on its replicas (tables.delete_slice_sql), after
-        checking that this server holds a replica of the shard owning the slice (ShardRoutingError)."""
-        if self.store.cluster:
-            self.require_owning_shard(s)
+        """Lightweight DELETE of the slice. On a cluster from the local table of a replica of the shard
+        owning the slice (`shard_client`), no ON CLUSTER, once for the shard and synchronous on its
+        replicas (tables.delete_slice_sql)."""
+        client = self.shard_client(s) if self.store.cluster else self.client
         sql, params = delete_slice_sql(self.store.database, self.store.name(spec), s, self.store.cluster)
-        self.client.command(sql, parameters=params)
+        client.command(sql, parameters=params)
 
     def clear(self, spec: TableSpec, s: Slice) -> None:
         """Delete the slice's rows. On chdb:// and one server, where a count is exact, no DELETE when it
@@ -348,29 +364,32 @@ class OpenStore:
         insert_arrow_stream(self.client, self.qualified(spec), rows, settings, method)
 
     @cached_property
-    def _shards(self) -> list[tuple[int, int, bool]]:
+    def _shards(self) -> list[tuple[int, int, bool, str]]:
         result = self.client.query(SHARDS_SQL, parameters={"cluster": self.store.cluster}).result_rows
-        return [(int(number), int(weight), bool(here)) for number, weight, here in result]
+        return [(int(number), int(weight), bool(here), str(host)) for number, weight, here, host in result]
 
-    def require_owning_shard(self, s: Slice) -> None:
-        """Raise ShardRoutingError unless the server connected to is a replica of the shard that owns the
-        slice's (market, ticker) under the Distributed tables' sharding key (tables.SHARDING_KEY)."""
+    def shard_client(self, s: Slice) -> Client:
+        """A client of a replica of the shard that owns the slice's (market, ticker) under the Distributed
+        tables' sharding key (tables.SHARDING_KEY): the store's own when it is one, else one of the
+        shard's replicas from system.clusters, at the store URL's scheme and port (ShardRoutingError when
+        the cluster is unknown)."""
         shards = self._shards
-        here = {number for number, _, local in shards if local}
+        here = {number for number, _, local, _ in shards if local}
         if len(shards) == 1 and here:
-            return
+            return self.client
         if not shards:
             raise ShardRoutingError(f"cluster {self.store.cluster!r} is not in the server's system.clusters")
         value = int(
             self.client.command(SHARDING_VALUE_SQL, parameters={"market": s.market, "ticker": s.ticker})
         )
-        owner = owning_shard(value, [(number, weight) for number, weight, _ in shards])
-        if owner not in here:
-            raise ShardRoutingError(
-                f"{s.market} {s.ticker} lives on shard {owner} of cluster {self.store.cluster}, but "
-                f"{describe_url(self.store.url)} is a replica of shard {sorted(here) or 'none'}: its DELETE "
-                'must be sent to a replica of that shard (docs/production.md, "Routing")'
-            )
+        owner = owning_shard(value, [(number, weight) for number, weight, _, _ in shards])
+        if owner in here:
+            return self.client
+        if owner not in self._shard_clients:
+            host = next(host for number, _, _, host in shards if number == owner)
+            url = with_host(self.store.url, host)
+            self._shard_clients[owner] = self.shards.enter_context(self.store.connect(url))
+        return self._shard_clients[owner]
 
 
 def insert_arrow_stream(

@@ -245,11 +245,11 @@ def columns_sql(database: str, tables: Sequence[str]) -> tuple[str, dict[str, An
 
 
 SHARDS_SQL = (
-    "SELECT shard_num, any(shard_weight) AS weight, max(is_local) AS here FROM system.clusters "
-    "WHERE cluster = {cluster:String} GROUP BY shard_num ORDER BY shard_num"
+    "SELECT shard_num, any(shard_weight) AS weight, max(is_local) AS here, min(host_name) AS host "
+    "FROM system.clusters WHERE cluster = {cluster:String} GROUP BY shard_num ORDER BY shard_num"
 )
-"""The shards of a cluster in the Distributed engine's order, their weights, and whether the server that
-answers is one of the shard's replicas."""
+"""The shards of a cluster in the Distributed engine's order, their weights, whether the server that
+answers is one of the shard's replicas, and the host name of one of its replicas."""
 SHARDING_VALUE_SQL = "SELECT cityHash64({market:String}, {ticker:String})"
 """SHARDING_KEY's value for one (market, ticker)."""
 
