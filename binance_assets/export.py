@@ -121,7 +121,8 @@ def export_bars(
         summary.rows += rows
         summary.files += rows > 0
         summary.bytes += size
-        progress(f"{done}/{len(parts)} {part.ticker} {part.first}..{part.last}: {rows:,} rows, {size:,} B")
+        if rows:  # a month without bars writes no file and says nothing
+            progress(f"{done}/{len(parts)} {part.ticker} {part.first}..{part.last}: {rows:,} rows, {size:,} B")
     return summary
 
 

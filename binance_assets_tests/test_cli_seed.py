@@ -266,7 +266,7 @@ def test_status_reports_each_tickers_span_and_exactly_its_gaps(
     assert code == 0
     header = [
         "market", "ticker", "first_day", "last_day", "days_loaded", "without_archive", "from_aggtrades",
-        "data_from", "data_to", "days_missing", "missing", "trades", "last_loaded",
+        "data_from", "data_to", "days_missing", "missing_ranges", "trades", "last_loaded",
     ]  # fmt: skip
     expected = [
         ["um", "BTCUSDT", jan[0], jan[2], 3, 1, 0, jan[0], jan[1], 0, "", 200, dt.datetime(2024, 2, 1, 15)],

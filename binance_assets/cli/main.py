@@ -165,10 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         help="what the store holds, per ticker",
-        description="Per ticker, from the liquidity table: first and last day loaded, days loaded and how "
-        "many of them had no archive (zero rows), the first and last day with data, the days not loaded "
-        "(failed, late or never run) from --start to --end (default: the loaded span) and which, trades, "
-        "last load time.",
+        description="Per ticker, from the liquidity table: first_day/last_day loaded, days_loaded, how many "
+        "of them had no archive (without_archive: zero rows) or were built from aggTrades, data_from/data_to "
+        "(the days with trades), days_missing (days not loaded: failed, late or never run, from --start to "
+        "--end, by default the loaded span) and missing_ranges (which: blank when none), trades, "
+        "last_loaded.",
     )
     status.add_argument("--market", type=_market, help="one market (default: all)")
     status.add_argument("--ticker", type=_ticker, action="append", help="symbol such as BTCUSDT; repeatable")

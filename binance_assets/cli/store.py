@@ -102,7 +102,7 @@ SELECT market, ticker, min(day) AS first_day, max(day) AS last_day, count() AS d
     i -> if(dateDiff('day', days[i - 1], days[i]) = 2, toString(days[i - 1] + 1),
             concat(toString(days[i - 1] + 1), '..', toString(days[i] - 1))),
     arrayFilter(i -> i > 1 AND dateDiff('day', days[i - 1], days[i]) > 1, arrayEnumerate(days))), ', ')
-    AS missing,
+    AS missing_ranges,
   sum(trade_count) AS trades, max(loaded_at) AS last_loaded
 FROM {table} FINAL
 WHERE {where}
