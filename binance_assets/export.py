@@ -122,7 +122,8 @@ def export_bars(
         summary.files += rows > 0
         summary.bytes += size
         if rows:  # a month without bars writes no file and says nothing
-            progress(f"{done}/{len(parts)} {part.ticker} {part.first}..{part.last}: {rows:,} rows, {size:,} B")
+            span = f"{part.ticker} {part.first}..{part.last}"
+            progress(f"{done}/{len(parts)} {span}: {rows:,} rows, {size:,} B")
     return summary
 
 
