@@ -9,7 +9,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, RetryPolicy, materialize
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
 
 from binance_assets.assets import build_market_assets, market_partitions
 from binance_assets.bars import DAY_BARS_SCHEMA, DAYS_SCHEMA, Aggregation
@@ -98,14 +100,14 @@ class Cli:
     home: Path
     store_url: str
 
-    def __call__(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "binance_assets.cli", *args],
             env={**self.env, **env},
             cwd=self.home.parent,
             capture_output=True,
             text=True,
-            timeout=180,
+            timeout=timeout,
         )
 
     def instance(self) -> DagsterInstance:
@@ -166,6 +168,21 @@ def daemon(env: dict[str, str], workdir: Path) -> Iterator[subprocess.Popen[byte
 def running_daemon(cli: Cli, workdir: Path, **env: str) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """The daemon with the CLI's environment (and ``env``)."""
     return daemon({**cli.env, **env}, workdir)
+
+
+def wait_for(what: str, condition: Callable[[], object], seconds: float, poll: float = 0.5) -> object:
+    """``condition()``'s first true value, polled every ``poll`` seconds for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+
+
+def backfills_done(instance: DagsterInstance, ids: list[str]) -> bool:
+    return all(instance.get_backfill(i).status in BULK_ACTION_TERMINAL_STATUSES for i in ids)
 
 
 def assert_bars_match(store_url: str, trades: dict[str, pd.DataFrame], first: dt.date, last: dt.date) -> None:

@@ -10,12 +10,11 @@ import datetime as dt
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
+from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG
 
 from binance_assets.clickhouse.client import lock_file_for
@@ -27,8 +26,10 @@ from binance_assets_tests.helpers import (
     RANGE_START,
     Cli,
     assert_bars_match,
+    backfills_done,
     query,
     running_daemon,
+    wait_for,
 )
 from binance_assets_tests.vision_server import VisionServer
 
@@ -36,16 +37,6 @@ TICKERS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
 CORRUPT = "XRPUSDT"
 POOL = "binance_um"
 DEADLINE_SECONDS = 420
-
-
-def wait_for(what: str, condition: Callable[[], object], seconds: float, poll: float = 0.5) -> object:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
 def _cmdline(pid: int) -> str:
@@ -102,10 +93,6 @@ def pool_free(instance: DagsterInstance) -> bool:
     """No run holds or waits for a slot of the market's pool: a dead run's steps would keep both."""
     info = instance.event_log_storage.get_concurrency_info(POOL)
     return not info.claimed_slots and not info.pending_steps
-
-
-def backfills_done(instance: DagsterInstance, ids: list[str]) -> bool:
-    return all(instance.get_backfill(i).status in BULK_ACTION_TERMINAL_STATUSES for i in ids)
 
 
 @pytest.mark.slow
