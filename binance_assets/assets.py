@@ -40,8 +40,10 @@ from dagster import (
 )
 
 from binance_assets.clickhouse.day_writer import DayWriter, TickerDay
+from binance_assets.clickhouse.io_manager import table_schema
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.clickhouse.store import OpenStore
+from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE
 from binance_assets.dagster_internals import add_partition_metadata, plan_partitions
 from binance_assets.failures import permanent_failure
 from binance_assets.markets import DatasetName, Market
@@ -179,12 +181,14 @@ def build_market_assets(
             AssetSpec(
                 bars_key,
                 description=f"{market.key}: 5-second bars, right-labelled (trades in [ts-5s, ts))",
+                metadata={"dagster/column_schema": table_schema(BARS_TABLE)},
                 skippable=True,
                 partitions_def=partitions,
             ),
             AssetSpec(
                 liquidity_key,
                 description=f"{market.key}: one row per ticker-day: trades, volumes, ids, source archive",
+                metadata={"dagster/column_schema": table_schema(LIQUIDITY_TABLE)},
                 freshness_policy=liquidity_freshness(freshness_deadline),
                 skippable=True,
                 partitions_def=partitions,
@@ -262,6 +266,7 @@ def build_market_assets(
                 context.log_event(event)
         else:
             partitions = [(_partition(ticker, day), figures[ticker, day]) for ticker, day in writer.written]
+            add_partition_metadata(context, bars_key, [(p, _bars_figures(f)) for p, f in partitions])
             add_partition_metadata(context, liquidity_key, partitions)
             yield MaterializeResult(asset_key=bars_key)
             yield MaterializeResult(asset_key=liquidity_key, metadata=metadata)
@@ -328,11 +333,16 @@ def _materializations(
     for ticker, day in written:
         partition = _partition(ticker, day)
         yield AssetMaterialization(
-            asset_key(market, BARS), partition=partition, metadata=figures[ticker, day]
+            asset_key(market, BARS), partition=partition, metadata=_bars_figures(figures[ticker, day])
         )
         yield AssetMaterialization(
             asset_key(market, LIQUIDITY), partition=partition, metadata={**metadata, **figures[ticker, day]}
         )
+
+
+def _bars_figures(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """What a day's hl5s_bars materialisation carries: its bar count."""
+    return {"dagster/row_count": figures["bar_count"]}
 
 
 def _log_outcome(

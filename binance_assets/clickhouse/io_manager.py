@@ -283,13 +283,16 @@ def _describe_slices(slices: tuple[Slice, ...]) -> str:
     return "; ".join(f"{s.ticker} {min(s.days)}..{max(s.days)} ({len(s.days)} days)" for s in slices)
 
 
+def table_schema(spec: TableSpec) -> TableSchema:
+    """A table's columns and their descriptions, for the UI."""
+    return TableSchema(columns=[TableColumn(c.name, c.type, description=c.description) for c in spec.columns])
+
+
 def _output_metadata(target: Target, rows: int, seconds: float) -> dict[str, Any]:
     return {
         "dagster/row_count": rows,
         "dagster/table_name": target.name,
-        "dagster/column_schema": TableSchema(
-            columns=[TableColumn(c.name, c.type, description=c.description) for c in target.spec.columns]
-        ),
+        "dagster/column_schema": table_schema(target.spec),
         "tickers": ", ".join(s.ticker for s in target.slices),
         "days": len(frozenset().union(*(s.days for s in target.slices))),
         "seconds": round(seconds, 3),
