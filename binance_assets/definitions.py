@@ -15,7 +15,7 @@ from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.markets import MARKETS
 from binance_assets.resources import VisionResource
 from binance_assets.sensors import build_daily_sensor, build_republished_sensor, build_ticker_sensor
-from binance_assets.settings import Settings, load_settings
+from binance_assets.settings import Settings, apply_dagster_tuning, load_settings
 
 
 def _clickhouse_connection(settings: Settings) -> dict[str, str | EnvVar]:
@@ -91,4 +91,5 @@ def build_definitions(settings: Settings) -> Definitions:
 
 @definitions
 def defs() -> Definitions:
+    apply_dagster_tuning()  # the code server's run workers inherit it
     return build_definitions(load_settings())

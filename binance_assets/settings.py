@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, TypeVar, get_args
 from urllib.parse import quote, unquote, urlparse
@@ -72,7 +72,23 @@ DAGSTER_INSTANCE_VARIABLES = (
 )
 """Read by the Dagster instance itself, through the `env:` sources of deploy/dagster.yaml (PostgreSQL
 storage), never by this package: named here so that this module lists every variable a deployment sets."""
-DAGSTER_TUNING_VARIABLES = ("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "DAGSTER_EVENT_BATCH_SIZE")
+DAGSTER_TUNING_DEFAULTS = {
+    "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
+    "DAGSTER_EVENT_BATCH_SIZE": "1000",
+}
+"""Dagster's event-count levers, on wherever this package runs Dagster (`apply_dagster_tuning`) and in the
+repo's .env (read by `dagster dev`): one planned event per asset and run instead of one per partition
+(failed days stay visible: dagster_internals.plan_partitions), and a run's materialisations written in
+batches (PostgreSQL; SQLite writes them one by one either way). A value already set wins."""
+DAGSTER_TUNING_VARIABLES = tuple(DAGSTER_TUNING_DEFAULTS)
+
+
+def apply_dagster_tuning(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set DAGSTER_TUNING_DEFAULTS where unset, before Dagster creates a run."""
+    for name, value in DAGSTER_TUNING_DEFAULTS.items():
+        environ.setdefault(name, value)
+
+
 """Read by Dagster itself, set by deploy/helm-values.yaml for whole-market backfills (README "Market
 scale"): one planned event per asset and run, and materialisations written to PostgreSQL in batches."""
 

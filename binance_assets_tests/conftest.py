@@ -10,12 +10,21 @@ from dagster import DagsterInstance, instance_for_test
 
 from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS
+from binance_assets.settings import DAGSTER_TUNING_VARIABLES
 from binance_assets_tests.helpers import REPO, Cli, cli_env
 from binance_assets_tests.postgres import PostgresServer, PostgresUnavailable, find_bin_dir, postgres_server
 from binance_assets_tests.vision_server import VisionServer
 
 if TYPE_CHECKING:
     from binance_assets_tests.loaded_store import LoadedStore
+
+
+@pytest.fixture(autouse=True)
+def _dagster_tuning_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without Dagster's tuning variables, and what `main()` sets in this process
+    (settings.apply_dagster_tuning) is undone after it: tests that want them set them."""
+    for name in DAGSTER_TUNING_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -179,8 +179,9 @@ def test_a_corrupt_day_fails_alone_and_its_rerun_repairs_it(
     """One corrupt day in a four-day run: the other three are written and materialised, only the bad day
     shows FAILED on both assets (also with the Helm values' one planned event per run), the run is not
     retried, and its one-line failure names the day and its archive. A run of that day alone repairs it."""
-    if planned_events == "one per run":
-        monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+    monkeypatch.setenv(
+        "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", str(planned_events == "one per run")
+    )
     archive = vision_server.root / UM.trades_key("ETHUSDT", "2024-02-01")
     good = archive.read_bytes()
     write_archive(vision_server.root, UM.trades_key("ETHUSDT", "2024-02-01"), good[: len(good) // 2])

@@ -7,8 +7,16 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from dotenv import dotenv_values
 
-from binance_assets.settings import Settings, SettingsError, SettingsWarning
+from binance_assets.settings import (
+    DAGSTER_TUNING_DEFAULTS,
+    Settings,
+    SettingsError,
+    SettingsWarning,
+    apply_dagster_tuning,
+)
+from binance_assets_tests.helpers import REPO
 
 
 def test_defaults_put_everything_under_dagster_home(tmp_path: Path) -> None:
@@ -226,3 +234,12 @@ def test_num_processes_stands_for_each_of_its_settings_that_is_unset() -> None:
     with pytest.warns(SettingsWarning, match="^BINANCE_PARALLEL_TICKERS and its run.py name NUM_PROCESSES"):
         settings = Settings.from_env({"BINANCE_PARALLEL_TICKERS": "2", "NUM_PROCESSES": "3"})
     assert (settings.download_concurrency, settings.parallel_tickers) == (3, 2)
+
+
+def test_the_dagster_tuning_defaults_reach_the_cli_the_code_location_and_dagster_dev() -> None:
+    """The repo's .env (read by `dagster dev`) sets exactly the defaults; apply_dagster_tuning fills the
+    unset ones and keeps a value already set."""
+    assert dotenv_values(REPO / ".env") == DAGSTER_TUNING_DEFAULTS
+    environ = {"DAGSTER_EVENT_BATCH_SIZE": "0"}
+    apply_dagster_tuning(environ)
+    assert environ == {**DAGSTER_TUNING_DEFAULTS, "DAGSTER_EVENT_BATCH_SIZE": "0"}

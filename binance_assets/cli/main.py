@@ -25,7 +25,7 @@ from binance_assets.arguments import ArgumentError
 from binance_assets.cli.common import PROG, CliError, one_line
 from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS, TICKER_PATTERN, Market
-from binance_assets.settings import Settings, SettingsError, settings_from_environment
+from binance_assets.settings import Settings, SettingsError, apply_dagster_tuning, settings_from_environment
 from binance_assets.vision.errors import VisionError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -213,6 +213,7 @@ def _warn(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script: the exit code."""
     restore_interrupts()
+    apply_dagster_tuning()
     try:
         args = build_parser().parse_args(argv)
         # The driver also logs the errors it raises; they reach the user as our one error line.
