@@ -1,8 +1,9 @@
 """End to end, as a user runs it: `binance-assets materialize` of 10 big UM days against pandas `read_csv`
-+ `resample` on the same zips, and of one monthly archive (wall time, CPU, peak RSS, trades/s).
++ `resample` on the same zips, of one monthly archive (wall time, CPU, peak RSS, trades/s), and Dagster's
+and the store's cost per ticker-day (4 tickers x 62 small days, `materialize` against `--dry-run`).
 
     python benchmarks/e2e_bench.py [--days 10] [--trades-per-day 2000000] [--monthly-trades 24000000]
-                                   [--repeat 3] [--only daily|monthly] [--mbps 0] [--workdir DIR]
+                                   [--repeat 3] [--only daily|monthly|overhead] [--mbps 0] [--workdir DIR]
 
 A mirror laid out like the bucket is generated once and cached in the workdir: BTCUSDT's daily trades
 archives (um_header, `--trades-per-day` trades each, trading every hour) with their daily 1m klines, and
@@ -123,6 +124,25 @@ def build_mirror(workdir: Path, days: int, per_day: int, monthly: int) -> Path:
     return root
 
 
+OVERHEAD_TICKERS = ("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT")
+OVERHEAD_DAYS, OVERHEAD_TRADES = 62, 2_000
+
+
+def build_overhead_mirror(root: Path) -> None:
+    """4 tickers x 62 daily archives of 2,000 trades, with their 1m klines (written once)."""
+    from binance_assets_tests.archives import expected_klines, publish, write_klines
+
+    done = root / f".overhead-{len(OVERHEAD_TICKERS)}x{OVERHEAD_DAYS}x{OVERHEAD_TRADES}.done"
+    if done.exists():
+        return
+    days = [FIRST_DAY + dt.timedelta(days=i) for i in range(OVERHEAD_DAYS)]
+    for seed, ticker in enumerate(OVERHEAD_TICKERS):
+        trades = publish(root, "um", ticker, days, trades_per_day=OVERHEAD_TRADES, spread=24, seed=seed)
+        for day in days:
+            write_klines(root, "um", ticker, day.isoformat(), expected_klines(trades, [day]))
+    done.write_text("")
+
+
 def _report_at_exit(path: Path, extra: dict[str, Any]) -> None:
     atexit.register(lambda: path.write_text(json.dumps({**extra, "rss_mb": bars_bench._peak_rss_mb()})))
 
@@ -162,8 +182,11 @@ def _run(command: list[str], env: dict[str, str], workdir: Path) -> dict[str, An
     return {"wall": wall, "cpu": cpu, **json.loads(report.read_text()), "stderr": done.stderr}
 
 
-def materialize(url: str, workdir: Path, ticker: str, first: dt.date, last: dt.date) -> dict[str, Any]:
-    """`binance-assets materialize` in a fresh DAGSTER_HOME reading Vision from `url`."""
+def materialize(
+    url: str, workdir: Path, ticker: str, first: dt.date, last: dt.date, *options: str
+) -> dict[str, Any]:
+    """`binance-assets materialize` (of ``ticker``, comma-separated for several) in a fresh DAGSTER_HOME
+    reading Vision from `url`, with the shipped settings."""
     home = workdir / "dagster_home"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
@@ -172,7 +195,8 @@ def materialize(url: str, workdir: Path, ticker: str, first: dt.date, last: dt.d
     env.update(
         DAGSTER_HOME=str(home), BINANCE_VISION_URL=url, BINANCE_VISION_LISTING_URL=url, BINANCE_MARKETS="um"
     )
-    argv = ["materialize", "--market", "um", "--ticker", ticker, "--start", str(first), "--end", str(last)]
+    tickers = [arg for name in ticker.split(",") for arg in ("--ticker", name)]
+    argv = ["materialize", "--market", "um", *tickers, "--start", str(first), "--end", str(last), *options]
     result = _run(["--cli", *argv], env, workdir)
     progress = _PROGRESS.search(result["stderr"])
     if progress is None:
@@ -244,6 +268,25 @@ def monthly(url: str, workdir: Path, trades: int, repeat: int) -> None:
         print(f"WARNING: materialize counted {best['trades']:,} trades, expected {trades:,}")
 
 
+def overhead(url: str, workdir: Path, repeat: int) -> None:
+    """Dagster's and the store's cost per ticker-day: `materialize` against `--dry-run` of the same days
+    (both download, verify and aggregate; the dry run creates no run and writes nothing)."""
+    last = FIRST_DAY + dt.timedelta(days=OVERHEAD_DAYS - 1)
+    tickers = ",".join(OVERHEAD_TICKERS)
+    runs, dry = [], []
+    for _ in range(repeat):
+        runs.append(materialize(url, workdir, tickers, FIRST_DAY, last))
+        dry.append(materialize(url, workdir, tickers, FIRST_DAY, last, "--dry-run"))
+    ticker_days = len(OVERHEAD_TICKERS) * OVERHEAD_DAYS
+    best, best_dry = (min(r["wall"] for r in side) for side in (runs, dry))
+    walls = "; ".join(", ".join(f"{r['wall']:.2f}" for r in side) for side in (runs, dry))
+    size = f"{len(OVERHEAD_TICKERS)} tickers x {OVERHEAD_DAYS} days x {OVERHEAD_TRADES:,} trades"
+    print(f"\n{size}, best of {repeat}")
+    print(f"materialize {best:.2f} s, --dry-run {best_dry:.2f} s (walls: {walls})")
+    per_day = (best - best_dry) / ticker_days * 1000
+    print(f"Dagster + store per ticker-day: {per_day:.1f} ms (target <= 30 on SQLite)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -252,7 +295,7 @@ def main() -> None:
     parser.add_argument("--trades-per-day", type=int, default=2_000_000)
     parser.add_argument("--monthly-trades", type=int, default=24_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", choices=("daily", "monthly"))
+    parser.add_argument("--only", choices=("daily", "monthly", "overhead"))
     parser.add_argument(
         "--mbps", type=float, default=0.0, help="serve each archive at this many MB/s (0: loopback speed)"
     )
@@ -270,16 +313,22 @@ def main() -> None:
     from binance_assets_tests.vision_server import VisionServer
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    monthly_trades = 0 if args.only == "daily" else args.monthly_trades
-    mirror = build_mirror(args.workdir, args.days, args.trades_per_day, monthly_trades)
+    monthly_trades = args.monthly_trades if args.only in (None, "monthly") else 0
+    mirror = build_mirror(
+        args.workdir, args.days if args.only != "overhead" else 0, args.trades_per_day, monthly_trades
+    )
+    if args.only in (None, "overhead"):
+        build_overhead_mirror(mirror)
     with tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp, VisionServer(mirror) as server:
         server.bytes_per_second = args.mbps * 1e6
         if args.mbps:
             print(f"archives served at {args.mbps:g} MB/s each")
-        if args.only != "monthly":
+        if args.only in (None, "daily"):
             daily(server.url, mirror, Path(tmp), args.days, args.trades_per_day, args.repeat)
-        if args.only != "daily":
+        if args.only in (None, "monthly"):
             monthly(server.url, Path(tmp), args.monthly_trades, args.repeat)
+        if args.only in (None, "overhead"):
+            overhead(server.url, Path(tmp), args.repeat)
 
 
 if __name__ == "__main__":
