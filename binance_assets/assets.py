@@ -57,6 +57,7 @@ from binance_assets.run_metadata import (
     day_figures,
     failed_days,
     fallback_days,
+    partial_days,
     run_metadata,
 )
 from binance_assets.trust.checks import (
@@ -257,7 +258,7 @@ def build_market_assets(
                 write_ledger(store, load.ledger_rows)
                 results = _checks(market, store, run)
                 if kline_check and klines is not None:
-                    outcome = matches_binance_klines(store, market.key, klines)
+                    outcome = matches_binance_klines(store, market.key, klines, load.uncovered)
                     results.append(_check_result(bars_key, MATCHES_KLINES, outcome))
         # 4. the materialisations: Dagster's own, one per partition of the run, when every day is written;
         # else one per day written, so that only the days not written show failed (or missing, when late)
@@ -410,9 +411,11 @@ FROM_FALLBACK_DESCRIPTION = (
 
 
 def _fallback_check(key: AssetKey, load: RunLoad) -> AssetCheckResult:
-    """WARN naming each day of the run built from the fallback dataset, and why."""
-    failures = fallback_days(load)
-    totals = {"days_from_fallback": len(failures)}
+    """WARN naming each day of the run built from the fallback dataset, and why, and each partial trades
+    day kept because its fallback day matched neither klines count."""
+    built, partial = fallback_days(load), partial_days(load)
+    failures = built + partial
+    totals = {"days_from_fallback": len(built), "partial_days_kept": len(partial)}
     outcome = CheckOutcome(passed=not failures, failures=failures[:LIMIT], totals=totals)
     return _check_result(key, FROM_FALLBACK, outcome, AssetCheckSeverity.WARN)
 

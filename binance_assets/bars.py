@@ -10,6 +10,11 @@ follow (time, id) order; a repeated row id counts once (its first occurrence in 
 are keyed by their first trade id); rows are bucketed by their own timestamp, so interleaved monthly
 files aggregate correctly. missing_trade_ids is the day's id span less its trade count.
 
+Aggregate rows also give the day's uncovered trade ids: the ids of its span that no aggregate covers
+(uncovered_trade_ids, and uncovered_id_ranges as text), and per gap the times of the aggregates before
+and after it (``Aggregation.gaps``), since a gap id has no time of its own (docs/vision-format.md
+section 8). For aggregates that do not overlap, uncovered_trade_ids equals missing_trade_ids.
+
 Each batch is reduced to partial bars at once (NumPy ``reduceat`` over bar runs); partial bars are
 merged with the same reductions, so memory is bounded by the number of bars (17,280 a day), never by
 the number of trades.
@@ -19,10 +24,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 BAR_US = 5_000_000
 DAY_US = 86_400_000_000
@@ -61,8 +67,23 @@ DAYS_SCHEMA = pa.schema(
         ("nonpositive_rows", pa.uint64()),
         ("first_time", pa.timestamp("us", tz="UTC")),
         ("last_time", pa.timestamp("us", tz="UTC")),
+        ("uncovered_trade_ids", pa.uint64()),
+        ("uncovered_id_ranges", pa.string()),
     ]
 )
+GAPS_SCHEMA = pa.schema(
+    [
+        ("first_id", pa.int64()),
+        ("last_id", pa.int64()),
+        ("before_us", pa.int64()),
+        ("after_us", pa.int64()),
+    ]
+)
+"""Runs of trade ids no aggregate covers, ascending: ``first_id..last_id``, between the aggregate ending
+just before (its time ``before_us``) and the one starting just after (``after_us``)."""
+NO_GAPS = GAPS_SCHEMA.empty_table()
+RANGES_KEPT = 1_000
+"""uncovered_id_ranges lists this many ranges at most, then ``+N more``; the count stays exact."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,8 @@ class DayResult:
     """This day's bars in DAY_BARS_SCHEMA, ordered by ts."""
     stats: dict[str, object]
     """This day's row of DAYS_SCHEMA as plain Python values."""
+    gaps: pa.Table = field(default_factory=GAPS_SCHEMA.empty_table)
+    """The runs of trade ids in this day's span that no aggregate covers (none for trades rows)."""
 
 
 @dataclass(frozen=True)
@@ -80,14 +103,39 @@ class Aggregation:
     """All bars in DAY_BARS_SCHEMA, ordered by ts."""
     days: pa.Table
     """One row per UTC day that has trades, in DAYS_SCHEMA, ordered by day."""
+    gaps: pa.Table = field(default_factory=GAPS_SCHEMA.empty_table)
+    """Every run of trade ids no aggregate covers, in GAPS_SCHEMA (empty for trades rows)."""
 
     def by_day(self) -> Iterator[DayResult]:
         bar_days = self.bars.column("day").to_numpy()
         stops = np.searchsorted(bar_days, self.days.column("day").to_numpy(), side="right")
+        gaps = _day_slices(self.gaps, self.days)
         start = 0
-        for stats, stop in zip(self.days.to_pylist(), stops.tolist(), strict=True):
-            yield DayResult(stats["day"], self.bars.slice(start, stop - start), stats)
+        for stats, stop, (low, high) in zip(self.days.to_pylist(), stops.tolist(), gaps, strict=True):
+            gap_rows = self.gaps.slice(low, high - low)
+            yield DayResult(stats["day"], self.bars.slice(start, stop - start), stats, gap_rows)
             start = stop
+
+
+def _day_slices(gaps: pa.Table, days: pa.Table) -> list[tuple[int, int]]:
+    """Per day, the [low, high) rows of ``gaps`` inside the day's trade-id span. A span's first and last
+    ids are covered ones, so a gap lies wholly inside a span or outside it (between two days)."""
+    first = gaps.column("first_id").to_numpy()
+    last = gaps.column("last_id").to_numpy()
+    low = np.searchsorted(first, days.column("first_trade_id").to_numpy(), side="left")
+    high = np.searchsorted(last, days.column("last_trade_id").to_numpy(), side="right")
+    return list(zip(low.tolist(), np.maximum(high, low).tolist(), strict=True))
+
+
+def id_ranges(gaps: pa.Table, kept: int = RANGES_KEPT) -> str:
+    """Runs of ids as text, ascending: ``100-105,230``; past ``kept`` runs, ``+N more``."""
+    shown = gaps.slice(0, kept)
+    first = pc.cast(shown.column("first_id"), pa.string())
+    last = pc.cast(shown.column("last_id"), pa.string())
+    single = pc.equal(shown.column("first_id"), shown.column("last_id"))
+    runs = pc.if_else(single, first, pc.binary_join_element_wise(first, last, "-"))
+    more = [f"+{gaps.num_rows - kept} more"] if gaps.num_rows > kept else []
+    return ",".join([*runs.to_pylist(), *more])
 
 
 class _PartialBars:
@@ -297,6 +345,68 @@ class _SeenIds:
         self.bits[byte[starts]] |= np.bitwise_or.reduceat(masks, starts)
 
 
+def _merge_ranges(
+    first: np.ndarray, last: np.ndarray, first_time: np.ndarray, last_time: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Id ranges ``first..last`` (sorted by first) merged where they touch or overlap; each merged range
+    keeps the time of the range starting it and of the range reaching its last id."""
+    reach = np.maximum.accumulate(last)
+    starts = np.flatnonzero(np.concatenate(([True], first[1:] > reach[:-1] + 1)))
+    ends = np.concatenate((starts[1:], [len(first)])) - 1
+    reacher = np.maximum.accumulate(np.where(last == reach, np.arange(len(last)), 0))
+    return {
+        "first": first[starts],
+        "last": reach[ends],
+        "first_time": first_time[starts],
+        "last_time": last_time[reacher[ends]],
+    }
+
+
+class _Coverage:
+    """The trade-id ranges aggregate rows cover, kept merged: memory grows with the gaps between them,
+    not with the rows (each batch adds its own gaps plus one range, merged when they pile up)."""
+
+    def __init__(self) -> None:
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.rows = 0
+        self.compact_at = _COMPACT_ROWS
+
+    def add(self, ids: np.ndarray, last: np.ndarray, time: np.ndarray) -> None:
+        """Aggregates ``ids..last`` at ``time`` (any order)."""
+        if np.any(ids[1:] < ids[:-1]):
+            order = np.argsort(ids, kind="stable")
+            ids, last, time = ids[order], last[order], time[order]
+        part = _merge_ranges(ids, last, time, time)
+        self.parts.append(part)
+        self.rows += len(part["first"])
+        if self.rows > self.compact_at:
+            self.compact()
+            self.compact_at = max(_COMPACT_ROWS, 2 * self.rows)
+
+    def compact(self) -> dict[str, np.ndarray]:
+        """Every range merged, ascending."""
+        if len(self.parts) != 1:
+            names = ("first", "last", "first_time", "last_time")
+            merged = {n: np.concatenate([p[n] for p in self.parts] or [np.empty(0, np.int64)]) for n in names}
+            order = np.argsort(merged["first"], kind="stable")
+            self.parts = [_merge_ranges(*(merged[n][order] for n in names))] if len(order) else []
+            self.rows = len(order)
+        return self.parts[0] if self.parts else {}
+
+    def gaps(self) -> pa.Table:
+        """The runs of ids between the covered ranges, in GAPS_SCHEMA."""
+        ranges = self.compact()
+        if not ranges:
+            return NO_GAPS
+        columns = (
+            ranges["last"][:-1] + 1,
+            ranges["first"][1:] - 1,
+            ranges["last_time"][:-1],
+            ranges["first_time"][1:],
+        )
+        return pa.table(dict(zip(GAPS_SCHEMA.names, columns, strict=True)), schema=GAPS_SCHEMA)
+
+
 class BarAggregator:
     """Feed batches in TRADES_SCHEMA (or AGG_TRADES_SCHEMA) with :meth:`add`; :meth:`finish` returns bars
     and day stats."""
@@ -304,6 +414,8 @@ class BarAggregator:
     def __init__(self) -> None:
         self._bars = _PartialBars()
         self._seen = _SeenIds()
+        self._coverage: _Coverage | None = None
+        """The ids aggregate rows cover; None until a batch of aggregates is added."""
         self._day_parts: list[dict[str, np.ndarray]] = []
         """Per batch and day: first/last id, rows with price or qty <= 0, duplicate rows dropped."""
 
@@ -327,6 +439,9 @@ class BarAggregator:
         ids, time, price, qty, quote, maker = columns[:6]
         last = columns[6] if len(columns) > 6 else ids
         counts = None if last is ids else last - ids + 1
+        if counts is not None:
+            self._coverage = self._coverage or _Coverage()
+            self._coverage.add(ids, last, time)
         taker_qty = np.where(maker, 0.0, qty)
         self._bars.add(_reduce(time // BAR_US, time, ids, price, qty, quote, taker_qty, counts))
         day = time // DAY_US
@@ -342,9 +457,10 @@ class BarAggregator:
 
     def finish(self) -> Aggregation:
         bars = self._bars.compact()
-        return Aggregation(bars=_bars_table(bars), days=self._days_table(bars))
+        gaps = self._coverage.gaps() if self._coverage else NO_GAPS
+        return Aggregation(bars=_bars_table(bars), days=self._days_table(bars, gaps), gaps=gaps)
 
-    def _days_table(self, bars: dict[str, np.ndarray]) -> pa.Table:
+    def _days_table(self, bars: dict[str, np.ndarray], gaps: pa.Table) -> pa.Table:
         """Day stats: sums over the day's bars, plus the id range and counts gathered per batch."""
         bar_day = (bars["key"] * BAR_US) // DAY_US
         days, bar_starts = np.unique(bar_day, return_index=True)
@@ -368,6 +484,11 @@ class BarAggregator:
             return op.reduceat(values, bar_starts)
 
         trade_count = per_day(bars["trade_count"])
+        spans = pa.table({"first_trade_id": first_id, "last_trade_id": last_id})
+        gap_ids = np.concatenate(
+            ([0], np.cumsum(gaps["last_id"].to_numpy() - gaps["first_id"].to_numpy() + 1))
+        )
+        gap_rows = _day_slices(gaps, spans)
         return pa.table(
             {
                 "day": _dates(days),
@@ -384,6 +505,10 @@ class BarAggregator:
                 "nonpositive_rows": nonpositive.astype(np.uint64),
                 "first_time": per_day(bars["open_time"], np.minimum),
                 "last_time": per_day(bars["close_time"], np.maximum),
+                "uncovered_trade_ids": np.array(
+                    [gap_ids[high] - gap_ids[low] for low, high in gap_rows], np.uint64
+                ),
+                "uncovered_id_ranges": [id_ranges(gaps.slice(low, high - low)) for low, high in gap_rows],
             },
             schema=DAYS_SCHEMA,
         )

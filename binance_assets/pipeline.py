@@ -24,7 +24,7 @@ from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
 from binance_assets.prefetch import prefetch
-from binance_assets.trust.fallback import Fallback, accepts, suspect_reason
+from binance_assets.trust.fallback import PARTIAL, Fallback, accepts, count_rule, partial_kept, suspect_reason
 from binance_assets.trust.ledger import ledger_row
 from binance_assets.vision.agg_trades import AGG_TRADES
 from binance_assets.vision.archive import read_archive
@@ -59,8 +59,12 @@ LIQUIDITY_STATS: tuple[str, ...] = tuple(
     f.name for f in DAYS_SCHEMA if f.name in LIQUIDITY_TABLE.schema.names and f.name != "day"
 )
 """daily_liquidity's columns taken from the day stats of bars.py: those both schemas name."""
-_NO_TRADES = {f.name: pa.scalar(0, f.type).as_py() for f in DAYS_SCHEMA if f.name in LIQUIDITY_STATS}
-"""Their value on a day without trades."""
+_NO_TRADES = {
+    f.name: "" if pa.types.is_string(f.type) else pa.scalar(0, f.type).as_py()
+    for f in DAYS_SCHEMA
+    if f.name in LIQUIDITY_STATS
+}
+"""Their value on a day without trades: zero, or empty text."""
 
 
 class UnfinishedLoad(RuntimeError):
@@ -149,6 +153,8 @@ class RunLoad:
         self._liquidity_rows: list[dict[str, Any]] = []
         self._ledger_rows: list[dict[str, Any]] = []
         self._fallbacks: list[dict[str, Any]] = []
+        self._partial: list[dict[str, Any]] = []
+        self._gaps: dict[tuple[str, dt.date], pa.Table] = {}
         self._failed: list[FailedDay] = []
         self._started = False
         self._drained = False
@@ -219,7 +225,19 @@ class RunLoad:
         """One row per ticker-day built from the fallback dataset: ticker, day, reason, archive."""
         return self._finished("fallbacks", self._fallbacks)
 
-    def _finished(self, name: str, rows: list[T]) -> list[T]:
+    @property
+    def partial_days(self) -> list[dict[str, Any]]:
+        """One row per partial trades day kept because its fallback day did not match the klines (nor was
+        listed): ticker, day, reason, archive (the trades archive kept)."""
+        return self._finished("partial_days", self._partial)
+
+    @property
+    def uncovered(self) -> dict[tuple[str, dt.date], pa.Table]:
+        """Per (ticker, day) written with uncovered trade ids: the runs of those ids (bars.GAPS_SCHEMA),
+        which `matches_binance_klines` needs to place them in minutes."""
+        return self._finished("uncovered", self._gaps)
+
+    def _finished(self, name: str, rows: T) -> T:
         if not self._drained:
             raise UnfinishedLoad(
                 f"{self.market.key}: {name} of the run read before its bars stream was drained "
@@ -269,14 +287,24 @@ class RunLoad:
         for day, reason in suspects.items():
             archive = fallback.archive_for(ticker, day, read.archive.freq)
             if archive is None:
+                if reason.startswith(PARTIAL):
+                    kept = f"{reason}; kept: no {fallback.dataset} archive"
+                    self._partial.append(_fallback_row(ticker, day, kept, read.archive))
                 continue
             if archive.key not in reads:
                 reads[archive.key] = self._read(ticker, archive, self.downloader.fetch(archive.key))
             candidate = reads[archive.key]
             result = candidate.by_day.get(day)
-            if accepts(ticker, day, reason, result.stats if result else None, fallback):
+            stats = result.stats if result else None
+            if accepts(ticker, day, reason, stats, fallback):
                 replaced[day] = candidate
-                self._fallbacks.append(_fallback_row(ticker, day, reason, archive))
+                row = _fallback_row(ticker, day, reason, archive)
+                if reason.startswith(PARTIAL):
+                    row["count_rule"] = count_rule(stats, fallback.kline_counts.get((ticker, day)))
+                self._fallbacks.append(row)
+            elif reason.startswith(PARTIAL):
+                kept = f"{reason}; {partial_kept(ticker, day, stats, fallback)}"
+                self._partial.append(_fallback_row(ticker, day, kept, read.archive))
         return replaced
 
     def _day(self, ticker: str, day: dt.date, result: DayResult | None, read: _Read | None) -> DayLoad:
@@ -289,6 +317,8 @@ class RunLoad:
         keyed = bars.add_column(0, "ticker", pa.array([ticker] * rows, pa.string()))
         keyed = keyed.add_column(0, "market", pa.array([market.key] * rows, pa.string()))
         values = result.stats if result else _NO_TRADES
+        if result is not None and result.gaps.num_rows:
+            self._gaps[ticker, day] = result.gaps
         liquidity = {
             "market": market.key,
             "ticker": ticker,

@@ -24,6 +24,10 @@ FALLBACK_DAYS = "fallback_days"
 FAILED_DAYS = "failed_days"
 LATE_DAYS = "late_days"
 """The run's totals that cli/runs.py reads back."""
+PARTIAL_DAYS = "partial_days"
+"""Partial trades days kept: their fallback day matched neither klines count (trust/fallback.py)."""
+RANGES_SHOWN = 20
+"""Uncovered id ranges a partition's metadata lists (daily_liquidity.uncovered_id_ranges has more)."""
 FIRST_FAILURE = "first_failure"
 """A failed check's first failing ticker-day, which cli/runs.py prints."""
 
@@ -43,6 +47,7 @@ def run_metadata(load: RunLoad, tickers: Sequence[str], seconds_total: float) ->
         RUN_DAYS_WITHOUT_ARCHIVE: sources.count("none"),
         "run_days_from_fallback": len(load.fallbacks),
         FALLBACK_DAYS: MetadataValue.json(fallback_days(load)),
+        PARTIAL_DAYS: MetadataValue.json(partial_days(load)),
         "archives": MetadataValue.md(_archives_table(load.ledger_rows)) if load.ledger_rows else "none",
         BYTES_DOWNLOADED: figures.downloaded_bytes,
         "seconds_download": round(figures.download_seconds, 3),
@@ -63,6 +68,8 @@ def day_figures(day: DayLoad) -> dict[str, Any]:
         "quote_volume": float(row["quote_volume"]),
         "bar_count": int(row["bar_count"]),
         "missing_trade_ids": int(row["missing_trade_ids"]),
+        "uncovered_trade_ids": int(row["uncovered_trade_ids"]),
+        "uncovered_id_ranges": _shortened(row["uncovered_id_ranges"], RANGES_SHOWN) or "none",
         "source": row["source"],
         "dataset": row["dataset"],
         "archive": day.archive,
@@ -81,6 +88,20 @@ def failed_days(failed: Sequence[FailedDay]) -> list[dict[str, Any]]:
 def fallback_days(load: RunLoad) -> list[dict[str, Any]]:
     """The days built from the fallback dataset, as JSON: ticker, day, reason, archive."""
     return [{**row, "day": row["day"].isoformat()} for row in load.fallbacks]
+
+
+def partial_days(load: RunLoad) -> list[dict[str, Any]]:
+    """The partial trades days kept, as JSON: ticker, day, reason, archive (the trades archive)."""
+    return [{**row, "day": row["day"].isoformat()} for row in load.partial_days]
+
+
+def _shortened(ranges: str, shown: int) -> str:
+    """The first ``shown`` of comma-separated id ranges, then ``+N more`` (counting a trailing one)."""
+    runs = ranges.split(",") if ranges else []
+    if len(runs) <= shown:
+        return ranges
+    more = int(runs[-1][1:].split()[0]) - 1 if runs[-1].startswith("+") else 0
+    return ",".join([*runs[:shown], f"+{len(runs) - shown + more} more"])
 
 
 def check_metadata(outcome: CheckOutcome) -> dict[str, Any]:

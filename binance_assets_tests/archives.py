@@ -598,3 +598,57 @@ def publish(
             quote_col = "base_qty" if market == "cm" else None
             write_klines(root, market, ticker, period, expected_klines(trades[rows], served, quote_col))
     return trades
+
+
+def uncovered_ids(trades: pd.DataFrame, day: dt.date) -> np.ndarray:
+    """Trade ids of `day` to leave out of every aggregate, as a day of real USD-M aggTrades does
+    (docs/vision-format.md section 5): a single id and a run of three inside minutes, the first trade of
+    a minute and the last trade of another (each gap's neighbours in two minutes)."""
+    rows = trades[pd.to_datetime(trades["time_us"], unit="us").dt.date == day]
+    minute = rows["time_us"].to_numpy(np.int64) // MINUTE_US
+    ids = rows["id"].to_numpy(np.int64)
+    inside = np.flatnonzero((minute[1:-1] == minute[:-2]) & (minute[1:-1] == minute[2:])) + 1
+    runs = inside[np.isin(inside - 1, inside) & np.isin(inside + 1, inside)]
+    first_of_minute = np.flatnonzero(minute[1:-1] != minute[:-2]) + 1
+    last_of_minute = np.flatnonzero(minute[1:-1] != minute[2:]) + 1
+    picks = [inside[len(inside) // 5], first_of_minute[len(first_of_minute) // 2]]
+    picks += [last_of_minute[3 * len(last_of_minute) // 4], *(runs[4 * len(runs) // 5] + np.arange(-1, 2))]
+    return np.sort(ids[picks])
+
+
+def publish_uncovered(
+    root: Path,
+    market: str,
+    ticker: str,
+    day: dt.date,
+    trades: pd.DataFrame,
+    uncovered: np.ndarray,
+    *,
+    count_uncovered: bool,
+    count_offset: int = 0,
+) -> pd.DataFrame:
+    """Rewrite `day`'s aggTrades archive so that no aggregate covers the ids `uncovered`, and its 1m klines
+    from the covered trades; with `count_uncovered` the klines' `count` also counts each uncovered id in
+    the minute of its own trade, every other field staying that of the covered trades. `count_offset` is
+    added to the count of the day's busiest minute. Returns the covered trades of the day."""
+    from binance_assets.markets import MARKETS
+
+    rows = trades[pd.to_datetime(trades["time_us"], unit="us").dt.date == day]
+    covered = drop_ids(rows, uncovered)
+    text = agg_trades_csv(agg_trades(covered), _PUBLISHED_AGG_LAYOUT[market])
+    key = MARKETS[market].archive_key("aggTrades", ticker, day.isoformat())
+    write_archive(root, key, zip_archive(text, f"{ticker}-aggTrades-{day}.csv"))
+    klines = expected_klines(covered, [day], "base_qty" if market == "cm" else None)
+    if count_uncovered:
+        gone = rows[rows["id"].isin(uncovered)]
+        extra = (gone["time_us"] // MINUTE_US * 60_000).value_counts()
+        klines["count"] += klines["open_time"].map(extra).fillna(0).astype(np.int64)
+    klines.loc[klines["count"].idxmax(), "count"] += count_offset
+    write_klines(root, market, ticker, day.isoformat(), klines)
+    return covered
+
+
+def ranges_text(ids: np.ndarray) -> str:
+    """Sorted distinct ids as runs, the way daily_liquidity.uncovered_id_ranges writes them: `3,7-9`."""
+    runs = np.split(ids, np.flatnonzero(np.diff(ids) > 1) + 1) if len(ids) else []
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)

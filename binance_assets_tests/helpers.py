@@ -79,12 +79,13 @@ def materialize_range(
     first: str,
     last: str,
     retry_policy: RetryPolicy | None = None,
+    market: str = "um",
     **options: Any,
 ) -> ExecuteInProcessResult:
-    """One UM run over [first, last] of one ticker, as a backfill chunk; failures returned, not raised.
-    ``options`` go to build_market_assets (dataset, fallback, kline_check)."""
+    """One run of ``market`` (UM by default) over [first, last] of one ticker, as a backfill chunk;
+    failures returned, not raised. ``options`` go to build_market_assets (dataset, fallback, kline_check)."""
     return materialize(
-        [build_market_assets(MARKETS["um"], 31, retry_policy=retry_policy, **options)],
+        [build_market_assets(MARKETS[market], 31, retry_policy=retry_policy, **options)],
         instance=instance,
         resources=res,
         tags={RANGE_START: f"{first}|{ticker}", RANGE_END: f"{last}|{ticker}"},

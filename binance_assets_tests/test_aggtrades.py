@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from binance_assets.bars import Aggregation, aggregate_trades
+from binance_assets.bars import GAPS_SCHEMA, Aggregation, aggregate_trades, id_ranges
 from binance_assets.markets import MARKETS, cm_contract_size
 from binance_assets.vision.agg_trades import AGG_TRADES, AGG_TRADES_SCHEMA
 from binance_assets.vision.archive import read_archive
@@ -28,7 +28,9 @@ from binance_assets_tests.archives import (
     drop_ids,
     interleave,
     make_trades,
+    ranges_text,
     trades_csv,
+    uncovered_ids,
     zip_archive,
 )
 from binance_assets_tests.helpers import assert_aggregation_matches, assert_volumes
@@ -357,3 +359,47 @@ def test_last_trade_id_below_first(tmp_path: Path) -> None:
         f"last_trade_id {first_id - 1} is below first_trade_id {first_id}$",
         line=2_501,
     )
+
+
+# -- ids no aggregate covers (real USD-M aggTrades skip some, #378; docs/vision-format.md section 8) ---
+
+
+def test_uncovered_ids_are_counted_and_listed_per_day(tmp_path: Path) -> None:
+    """Aggregates skipping ids, read in small interleaved batches: per day, the ids of its range that no
+    aggregate covers, as a count, as ranges and as gaps with the times of their two neighbours."""
+    trades = two_days("um_header", seed=12)
+    day = pd.to_datetime(trades["time_us"], unit="us").dt.date
+    uncovered = np.unique(
+        np.concatenate(
+            [uncovered_ids(trades, d) for d in sorted(set(day))[1:]]
+            + [trades["id"].to_numpy()[[5_000, 25_000, 25_001]]]
+        )
+    )
+    covered = drop_ids(trades, uncovered)
+    shuffled = interleave(agg_trades(covered), seed=13)
+    result = read_aggs("um_header", agg_zip(tmp_path, shuffled, "um_header"), chunk_size=16 << 10)
+    assert_aggregation_matches(result, covered)
+
+    by_day = day[trades["id"].isin(uncovered)].value_counts().sort_index()
+    days = result.days.to_pandas()
+    assert days["uncovered_trade_ids"].tolist() == [by_day.get(d, 0) for d in days["day"]]
+    assert (days["uncovered_trade_ids"] == days["missing_trade_ids"]).all()
+    assert ",".join(r for r in days["uncovered_id_ranges"] if r) == ranges_text(uncovered)
+
+    gaps = result.gaps.to_pandas()
+    runs = np.split(uncovered, np.flatnonzero(np.diff(uncovered) > 1) + 1)
+    assert gaps[["first_id", "last_id"]].values.tolist() == [[r[0], r[-1]] for r in runs]
+    time_of = covered.set_index("id")["time_us"]
+    assert gaps["before_us"].tolist() == time_of[gaps["first_id"] - 1].tolist()
+    assert gaps["after_us"].tolist() == time_of[gaps["last_id"] + 1].tolist()
+    assert sum(r.gaps.num_rows for r in result.by_day()) == len(runs)
+
+
+def test_uncovered_ranges_are_cut_after_the_first_ones() -> None:
+    gaps = pa.table(
+        {"first_id": [3, 7, 20], "last_id": [3, 9, 20], "before_us": [0] * 3, "after_us": [0] * 3},
+        schema=GAPS_SCHEMA,
+    )
+    assert id_ranges(gaps) == "3,7-9,20"
+    assert id_ranges(gaps, kept=2) == "3,7-9,+1 more"
+    assert id_ranges(gaps.slice(0, 0)) == ""

@@ -175,7 +175,8 @@ def test_totals_add_up_every_failing_day_not_only_those_listed(tmp_path: Path) -
     loaded = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
     rows = [
         {**zeros, "market": "um", "ticker": "BTCUSDT", "day": day, "source": "daily", "archive_sha256": "",
-         "dataset": "trades", "loaded_at": loaded, "nonpositive_rows": 2, "duplicate_rows": 1}
+         "dataset": "trades", "uncovered_id_ranges": "", "loaded_at": loaded, "nonpositive_rows": 2,
+         "duplicate_rows": 1}
         for day in days
     ]  # fmt: skip
     with Store(f"chdb://{tmp_path / 'store'}").open() as store:

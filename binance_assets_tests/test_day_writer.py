@@ -27,7 +27,7 @@ def row(ticker: str, day: dt.date, trades: int = 6) -> dict[str, Any]:
     ]
     values: dict[str, Any] = {f.name: pa.scalar(0, f.type).as_py() for f in numbers}
     values.update(market="spot", ticker=ticker, day=day, trade_count=trades, source="daily", dataset="trades")
-    values.update(archive_sha256="", loaded_at=dt.datetime(2024, 6, 1, tzinfo=dt.UTC))
+    values.update(archive_sha256="", uncovered_id_ranges="", loaded_at=dt.datetime(2024, 6, 1, tzinfo=dt.UTC))
     return values
 
 

@@ -16,7 +16,15 @@ from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, SensorRes
 from binance_assets.markets import MARKETS
 from binance_assets.sensors import ARCHIVE_TAG, build_republished_sensor
 from binance_assets.settings import Settings
-from binance_assets_tests.archives import publish, trades_csv, write_archive, zip_archive
+from binance_assets_tests.archives import (
+    DAY_US,
+    publish,
+    publish_uncovered,
+    trades_csv,
+    uncovered_ids,
+    write_archive,
+    zip_archive,
+)
 from binance_assets_tests.helpers import (
     RANGE_END,
     RANGE_START,
@@ -29,7 +37,7 @@ from binance_assets_tests.helpers import (
 )
 from binance_assets_tests.vision_server import VisionServer
 
-UM = MARKETS["um"]
+UM, CM = MARKETS["um"], MARKETS["cm"]
 MISSING, PARTIAL, BROKEN, HEALTHY = (dt.date(2024, 1, 30) + dt.timedelta(days=i) for i in range(4))
 DAYS = [MISSING, PARTIAL, BROKEN, HEALTHY]
 FIRST, LAST = str(DAYS[0]), str(DAYS[-1])
@@ -195,6 +203,66 @@ def test_days_loaded_from_a_broken_archive_are_requested_again(
         )
     )
     assert isinstance(again, SensorResult) and again.run_requests == []
+
+
+@pytest.mark.parametrize(
+    ("count_offset", "dataset"), [(0, "aggTrades"), (1, "trades")], ids=["matching", "neither"]
+)
+def test_a_partial_coin_m_day_is_replaced_only_when_a_count_matches(
+    vision_server: VisionServer,
+    instance: DagsterInstance,
+    store_url: str,
+    res: dict[str, object],
+    count_offset: int,
+    dataset: str,
+) -> None:
+    """COIN-M trades files since July 2026 stop after about two hours (#492). The day's aggregates skip
+    ids and Binance's klines count them: the aggTrades day (covered trades + uncovered ids = the klines'
+    count) replaces the cut one. With one more trade in the klines neither count matches: the cut day
+    stays, reported partial."""
+    root, ticker, whole = vision_server.root, "BTCUSD_PERP", PARTIAL + dt.timedelta(days=1)
+    trades = publish(
+        root, "cm", ticker, [PARTIAL, whole], trades_per_day=20_000, spread=24, seed=9, klines=True,
+        datasets=("trades", "aggTrades"),
+    )  # fmt: skip
+    uncovered = uncovered_ids(trades, PARTIAL)
+    covered = publish_uncovered(
+        root, "cm", ticker, PARTIAL, trades, uncovered, count_uncovered=True, count_offset=count_offset
+    )
+    day = trades[day_rows(trades, PARTIAL)]
+    cut = day[day["time_us"] < day["time_us"].iloc[0] // DAY_US * DAY_US + 2 * 3_600_000_000]
+    write_archive(root, CM.trades_key(ticker, str(PARTIAL)), zip_archive(trades_csv(cut, "cm"), "trades.csv"))
+
+    result = materialize_range(instance, res, ticker, str(PARTIAL), str(whole), market="cm")
+    assert result.success
+    stored = query(store_url, "SELECT dataset, trade_count FROM binance.daily_liquidity FINAL ORDER BY day")
+    replaced = dataset == "aggTrades"
+    healthy = int(day_rows(trades, whole).sum())
+    assert stored.values.tolist() == [[dataset, len(covered) if replaced else len(cut)], ["trades", healthy]]
+
+    passed, metadata = check(result, "built_from_fallback")
+    assert not passed and (metadata["days_from_fallback"], metadata["partial_days_kept"]) == (
+        (1, 0) if replaced else (0, 1)
+    )
+    (row,) = metadata["failing_ticker_days"]
+    klines_count = len(covered) + len(uncovered) + count_offset
+    assert row["reason"].startswith(f"partial trades archive: {len(cut):,} trades against {klines_count:,}")
+    partition = next(
+        m for m in result.asset_materializations_for_node("cm_trades_to_bars")
+        if m.asset_key.path[-1] == "daily_liquidity" and m.partition == f"{PARTIAL}|{ticker}"
+    )  # fmt: skip
+    fallback_rows, partial_rows = (partition.metadata[k].value for k in ("fallback_days", "partial_days"))
+    klines = check(result, "matches_binance_klines")
+    if replaced:
+        assert [r["count_rule"] for r in fallback_rows] == ["covered+gaps"] and partial_rows == []
+        assert klines[0] and klines[1]["count_rule"] == {f"{ticker} {PARTIAL}": "covered+gaps"}
+    else:
+        assert fallback_rows == [] and [r["reason"] for r in partial_rows] == [row["reason"]]
+        assert row["reason"].endswith(
+            f"kept: aggTrades covers {len(covered):,} trades and {len(uncovered):,} uncovered ids; neither "
+            f"{len(covered):,} nor {len(covered) + len(uncovered):,} is the klines' {klines_count:,}"
+        )
+        assert row["archive"] == CM.trades_key(ticker, str(PARTIAL)) and not klines[0]
 
 
 def summary_lines(stdout: str) -> list[str]:

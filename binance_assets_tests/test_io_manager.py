@@ -50,6 +50,8 @@ def liquidity(days: Sequence[Day]) -> pa.Table:
         "duplicate_rows": [0] * n,
         "nonpositive_rows": [0] * n,
         "dataset": ["trades"] * n,
+        "uncovered_trade_ids": [0] * n,
+        "uncovered_id_ranges": [""] * n,
     }
     return pa.Table.from_pydict(columns, schema=LIQUIDITY_TABLE.schema)
 

@@ -18,12 +18,13 @@ from dagster import (
     AssetCheckSeverity,
     AssetKey,
     DagsterInstance,
+    ExecuteInProcessResult,
     FreshnessPolicy,
     materialize,
 )
 
 from binance_assets.assets import build_market_assets, liquidity_freshness
-from binance_assets.bars import aggregate_trades
+from binance_assets.bars import GAPS_SCHEMA, aggregate_trades
 from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.store import Store
 from binance_assets.clickhouse.tables import BARS_TABLE
@@ -40,11 +41,14 @@ from binance_assets_tests.archives import (
     klines_csv,
     make_trades,
     publish,
+    publish_uncovered,
+    ranges_text,
+    uncovered_ids,
     write_klines,
     zip_archive,
 )
 from binance_assets_tests.conftest import REAL
-from binance_assets_tests.helpers import RANGE_END, RANGE_START, resources
+from binance_assets_tests.helpers import RANGE_END, RANGE_START, materialize_range, resources
 from binance_assets_tests.vision_server import VisionServer
 
 UM, CM, SPOT = MARKETS["um"], MARKETS["cm"], MARKETS["spot"]
@@ -196,6 +200,36 @@ def test_an_empty_kline_minute_matches_no_bars_only() -> None:
     assert missing["open_time_us"].tolist() == [120_000_000] and missing["field"].iloc[0] == "volume"
 
 
+def gap(first_id: int, last_id: int, before_minute: int, after_minute: int) -> pa.Table:
+    """One run of uncovered ids between aggregates in the two minutes (30 s into each)."""
+    times = [m * 60_000_000 + 30_000_000 for m in (before_minute, after_minute)]
+    return pa.table(
+        {"first_id": [first_id], "last_id": [last_id], "before_us": times[:1], "after_us": times[1:]},
+        schema=GAPS_SCHEMA,
+    )
+
+
+def test_uncovered_ids_count_in_their_minute_or_either_neighbour() -> None:
+    """A gap inside minute 0 is minute 0's; a gap of 2 ids between minutes 2 and 3 may lie in either or
+    be split, but its ids are counted once, and nothing else may move."""
+    ours = minutes((0, 10.0, 3), (1, 10.0, 2), (2, 11.0, 1), (3, 11.0, 4))
+    gaps = pa.concat_tables([gap(10, 10, 0, 0), gap(20, 21, 2, 3)])
+
+    def counts(*binance: int) -> pd.DataFrame:
+        klines = ours.assign(count=list(binance))
+        return compare_minutes(ours, klines, gaps)
+
+    for split in ((3, 4), (2, 5), (1, 6)):  # minutes 2 and 3: 1 and 4 covered trades, 2 ids between
+        assert counts(4, 2, *split).empty, split
+    assert not counts(3, 2, 1, 4).empty  # our counts alone: the other rule
+    for bad in ((4, 2, 3, 5), (4, 2, 4, 6), (4, 3, 3, 4), (5, 2, 3, 4), (4, 2, 0, 7)):
+        assert set(counts(*bad)["fields"]) == {"count"}, bad
+    price = compare_minutes(ours, ours.assign(count=[4, 2, 3, 4], close=[10.0, 10.0, 11.5, 11.0]), gaps)
+    assert price[["open_time_us", "fields"]].to_dict("records") == [
+        {"open_time_us": 120_000_000, "fields": "close"}
+    ]
+
+
 def test_kline_sources_follow_the_trades_archives() -> None:
     def listed(period: str) -> ArchiveInfo:
         freq = "daily" if len(period) == 10 else "monthly"
@@ -312,6 +346,82 @@ def test_coin_m_bars_match_coin_m_klines(
     assert volume == trades["qty"].sum() and float(volume).is_integer()  # contracts
     assert base == pytest.approx(trades["base_qty"].sum(), rel=1e-12)  # not price * qty
     assert base != pytest.approx((trades["price"] * trades["qty"]).sum(), rel=1e-3)
+
+
+def publish_uncovered_day(root: Path, count_uncovered: bool) -> tuple[np.ndarray, pd.DataFrame]:
+    """USD-M BTCUSDT aggTrades on DAYS, the middle day's aggregates skipping ids (`uncovered_ids`), and
+    klines counting those ids or not; the ids and the covered trades of that day."""
+    trades = publish(
+        root, "um", "BTCUSDT", DAYS, trades_per_day=20_000, spread=24, seed=7, klines=True,
+        datasets=("aggTrades",),
+    )  # fmt: skip
+    uncovered = uncovered_ids(trades, DAYS[1])
+    covered = publish_uncovered(
+        root, "um", "BTCUSDT", DAYS[1], trades, uncovered, count_uncovered=count_uncovered
+    )
+    return uncovered, covered
+
+
+def run_aggtrades(
+    server: VisionServer, instance: DagsterInstance, tmp_path: Path
+) -> tuple[ExecuteInProcessResult, AssetCheckEvaluation]:
+    """A run of BTCUSDT on DAYS from aggTrades, and its matches_binance_klines evaluation."""
+    res = resources(server, f"chdb://{tmp_path / 'clickhouse'}", tmp_path)
+    result = materialize_range(instance, res, "BTCUSDT", str(DAYS[0]), str(DAYS[-1]), dataset="aggTrades")
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "matches_binance_klines"]
+    return result, check
+
+
+@pytest.mark.parametrize(
+    ("count_uncovered", "rule"), [(True, "covered+gaps"), (False, "covered")], ids=["with", "without"]
+)
+def test_aggtrades_day_with_uncovered_ids_passes_under_either_count(
+    vision_server: VisionServer, instance: DagsterInstance, tmp_path: Path, count_uncovered: bool, rule: str
+) -> None:
+    """A USD-M aggTrades day whose aggregates skip ids (#378): Binance's klines counting them or not, the
+    day passes and the check says which count matched; the row and the partition record the ids."""
+    uncovered, _ = publish_uncovered_day(vision_server.root, count_uncovered)
+    result, check = run_aggtrades(vision_server, instance, tmp_path)
+    assert check.passed, check.metadata
+    assert check.metadata["count_rule"].value == {f"BTCUSDT {DAYS[1]}": rule}
+    assert check.metadata["days_with_uncovered_ids"].value == 1
+    assert check.metadata[f"days_count_{rule.replace('+', '_plus_')}"].value == 1
+
+    with open_client(f"chdb://{tmp_path / 'clickhouse'}") as client:
+        rows = client.query(
+            "SELECT uncovered_trade_ids, uncovered_id_ranges, missing_trade_ids "
+            "FROM binance.daily_liquidity FINAL ORDER BY day"
+        ).result_rows
+    n, text = len(uncovered), ranges_text(uncovered)
+    assert rows == [(0, "", 0), (n, text, n), (0, "", 0)]
+    assert n == 6 and text.count(",") == 3  # three single ids and a run of three
+    (partition,) = [
+        m for m in result.asset_materializations_for_node("um_trades_to_bars")
+        if m.partition == f"{DAYS[1]}|BTCUSDT" and m.asset_key.path[-1] == "daily_liquidity"
+    ]  # fmt: skip
+    assert partition.metadata["uncovered_trade_ids"].value == n
+    assert partition.metadata["uncovered_id_ranges"].value == text
+
+
+def test_aggtrades_day_with_uncovered_ids_and_a_wrong_price_fails(
+    vision_server: VisionServer, instance: DagsterInstance, tmp_path: Path
+) -> None:
+    """Whichever count rule, a wrong high in one minute fails the day, naming that minute and field."""
+    _, covered = publish_uncovered_day(vision_server.root, count_uncovered=True)
+    counted = read_klines(vision_server.root / UM.klines_key("BTCUSDT", str(DAYS[1])))["count"]
+    klines = expected_klines(covered, [DAYS[1]]).assign(count=counted.to_numpy())
+    traded = klines.index[klines["count"] > 0][100]
+    klines.loc[traded, "high"] += 0.01
+    write_klines(vision_server.root, "um", "BTCUSDT", DAYS[1].isoformat(), klines)
+
+    _, check = run_aggtrades(vision_server, instance, tmp_path)
+    assert not check.passed
+    minute = pd.Timestamp(klines.loc[traded, "open_time"], unit="ms").strftime("%H:%M")
+    (failure,) = check.metadata["failing_ticker_days"].value
+    assert [failure[k] for k in ("day", "mismatching_minutes", "first_minute", "fields", "count_rule")] == [
+        str(DAYS[1]), 1, minute, "high", "neither"
+    ]  # fmt: skip
+    assert check.metadata["count_rule"].value == {f"BTCUSDT {DAYS[1]}": "neither"}
 
 
 # --- settings: the switch and the freshness deadline ---------------------------------------------

@@ -121,7 +121,7 @@ def liquidity_rows(rows: list[dict[str, object]]) -> pa.Table:
             "market": "um", "trade_count": 0, "volume": 0.0, "quote_volume": 0.0, "taker_buy_volume": 0.0,
             "bar_count": 0, "first_trade_id": 0, "last_trade_id": 0, "missing_trade_ids": 0,
             "archive_sha256": "", "loaded_at": now, "duplicate_rows": 0, "nonpositive_rows": 0,
-            "dataset": "trades", **row,
+            "dataset": "trades", "uncovered_trade_ids": 0, "uncovered_id_ranges": "", **row,
         }
         for row in rows
     ]  # fmt: skip

@@ -146,6 +146,8 @@ def liquidity_of(days: list[dt.date]) -> pa.Table:
             "duplicate_rows": 0,
             "nonpositive_rows": 0,
             "dataset": "trades",
+            "uncovered_trade_ids": 0,
+            "uncovered_id_ranges": "",
         }
         for day in days
     ]

@@ -94,6 +94,19 @@ LIQUIDITY_COLUMNS: tuple[Column, ...] = (
         "The dataset the day was built from: trades or aggTrades",
         "'trades'",
     ),
+    Column(
+        "uncovered_trade_ids",
+        "UInt64",
+        "aggTrades days: ids of the day's range that no aggregate covers (Binance's klines may count "
+        "them); 0 for trades days",
+        "0",
+    ),
+    Column(
+        "uncovered_id_ranges",
+        "String",
+        "Those ids as ascending ranges, e.g. 100-105,230 (the first 1,000 ranges, then +N more)",
+        "''",
+    ),
 )
 
 ARCHIVES_COLUMNS: tuple[Column, ...] = (

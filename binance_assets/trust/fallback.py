@@ -6,7 +6,9 @@ two cases only the loaded archive can show (docs/vision-format.md section 5):
   all (USD-M since 2026-07-03, binance-public-data #476; COIN-M since 2026-07-01, also cut after about
   two hours, #492);
 - a partial one: fewer trades than Binance's own 1m klines count for the day (#413, #367). Its aggTrades
-  archive replaces it only where it agrees with the klines: same trade count.
+  archive replaces it only where it agrees with the klines: its covered trades, or those plus the ids no
+  aggregate covers, are the klines' count (`count_rule`; whether Binance counts those ids is not known,
+  docs/vision-format.md section 8). Otherwise the partial trades day stays, reported as partial.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from binance_assets.vision.listing import ArchiveInfo
 
 BUSY_DAY_TRADES = 1_000
 """A day with this many trades and not one taker buy is broken: by chance that has odds of 2^-1000."""
+PARTIAL = "partial trades archive"
+"""How the reason for a partial day begins."""
+COVERED = "covered"
+COVERED_PLUS_GAPS = "covered+gaps"
+"""The two counts of an aggTrades day that Binance's klines may hold: the trades its aggregates cover, or
+those plus the ids of its range no aggregate covers (bars.py, uncovered_trade_ids)."""
 
 
 @dataclass
@@ -54,7 +62,21 @@ def suspect_reason(
         return f"every one of its {trades:,} trades has is_buyer_maker=true (binance-public-data #476, #492)"
     expected = fallback.kline_counts.get((ticker, day))
     if expected is not None and trades < expected:
-        return f"partial trades archive: {trades:,} trades against {expected:,} in Binance's klines"
+        return f"{PARTIAL}: {trades:,} trades against {expected:,} in Binance's klines"
+    return None
+
+
+def count_rule(stats: Mapping[str, Any] | None, expected: int | None) -> str | None:
+    """Which count of a day's stats is Binance's klines count ``expected``: COVERED, COVERED_PLUS_GAPS
+    (covered trades plus uncovered ids, when there are some), or None for neither."""
+    if stats is None or expected is None:
+        return None
+    covered = int(stats["trade_count"])
+    uncovered = int(stats.get("uncovered_trade_ids", 0))
+    if covered == expected:
+        return COVERED
+    if uncovered and covered + uncovered == expected:
+        return COVERED_PLUS_GAPS
     return None
 
 
@@ -62,9 +84,21 @@ def accepts(
     ticker: str, day: dt.date, reason: str, stats: Mapping[str, Any] | None, fallback: Fallback
 ) -> bool:
     """Whether the fallback's day replaces the trades archive's: always for a broken archive (the archive
-    itself shows it), for a partial one only if the fallback has the klines' trade count."""
+    itself shows it), for a partial one only if one of its counts (`count_rule`) is the klines'."""
     if stats is None or int(stats["trade_count"]) == 0:
         return False
-    if reason.startswith("partial"):
-        return int(stats["trade_count"]) == fallback.kline_counts.get((ticker, day))
+    if reason.startswith(PARTIAL):
+        return count_rule(stats, fallback.kline_counts.get((ticker, day))) is not None
     return True
+
+
+def partial_kept(ticker: str, day: dt.date, stats: Mapping[str, Any] | None, fallback: Fallback) -> str:
+    """Why a partial trades day stays: what its fallback day counts against the klines."""
+    expected = fallback.kline_counts.get((ticker, day), 0)
+    if stats is None or int(stats["trade_count"]) == 0:
+        return f"kept: the {fallback.dataset} day has no trades"
+    covered, uncovered = int(stats["trade_count"]), int(stats.get("uncovered_trade_ids", 0))
+    return (
+        f"kept: {fallback.dataset} covers {covered:,} trades and {uncovered:,} uncovered ids; neither "
+        f"{covered:,} nor {covered + uncovered:,} is the klines' {expected:,}"
+    )

@@ -4,6 +4,11 @@ Binance computes its klines from the same trades (docs/vision-format.md section 
 sum(price * qty) and taker-buy volume agree on every minute), so a disagreement means our rows, or the
 trades archive they came from, are wrong. The klines come from the archive of the same period as the
 trades: the day's daily file, or the month's file where the run read the monthly trades archive.
+
+A day built from aggTrades may have trade ids no aggregate covers (bars.py, uncovered_trade_ids). Whether
+Binance's kline `count` counts them is not known (docs/vision-format.md section 8), so such a day's
+counts match under either rule, COVERED or COVERED_PLUS_GAPS (trust/fallback.py), and the check reports
+which one did; every other field stays exact.
 No Dagster here: the asset downloads with `load_klines`, then compares with `matches_binance_klines`.
 """
 
@@ -11,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +31,7 @@ from binance_assets.clickhouse.tables import BARS_TABLE
 from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
 from binance_assets.trust.checks import LIMIT, CheckOutcome
+from binance_assets.trust.fallback import COVERED, COVERED_PLUS_GAPS
 from binance_assets.vision.download import ArchiveNotFound, VisionDownloader
 from binance_assets.vision.errors import VisionError
 from binance_assets.vision.klines import minute_day, read_klines
@@ -38,6 +44,9 @@ FIELDS = ("open", "high", "low", "close", "volume", "quote_volume", "count", "ta
 PRICE_FIELDS = ("open", "high", "low", "close")
 MINUTES_SHOWN = 10
 """Mismatching minutes listed per day in the check's metadata."""
+MINUTE_US = 60_000_000
+NEITHER = "neither"
+"""The count rule of a day with uncovered ids whose counts match under neither rule."""
 
 
 @dataclass(frozen=True)
@@ -140,13 +149,50 @@ def read_bars_1m(store: OpenStore, market: str, ticker: str, days: Sequence[dt.d
     return store.client.query_df(bars_1m_sql(store.store), parameters=parameters)
 
 
-def compare_minutes(ours: pd.DataFrame, klines: pd.DataFrame) -> pd.DataFrame:
+def counts_with_gaps(
+    open_time_us: np.ndarray, covered: np.ndarray, binance: np.ndarray, gaps: pa.Table
+) -> np.ndarray:
+    """Per minute (``open_time_us`` ascending, every minute of the days compared), whether Binance's
+    ``count`` can be our covered trades plus the uncovered ids (``gaps``, bars.GAPS_SCHEMA) it holds.
+
+    A gap's ids have no time, but trade ids follow time: they happened between the aggregate before the
+    gap and the one after it. A gap whose two aggregates are in one minute is that minute's. A gap whose
+    aggregates are in different minutes may lie in any minute from the one before to the one after, and
+    splits between them as Binance's counts say: those minutes are compared together (a block). A minute
+    matches when its excess over our count is at least its own gaps and at most those plus every gap
+    that may lie in it, and its block's excess is exactly its block's gaps.
+    """
+    n = len(open_time_us)
+    size = (gaps["last_id"].to_numpy() - gaps["first_id"].to_numpy() + 1).astype(np.int64)
+    before = np.searchsorted(open_time_us, gaps["before_us"].to_numpy() // MINUTE_US * MINUTE_US)
+    after = np.searchsorted(open_time_us, gaps["after_us"].to_numpy() // MINUTE_US * MINUTE_US)
+    before, after = np.minimum(before, n - 1), np.minimum(np.maximum(after, before), n - 1)
+    own = np.zeros(n, np.int64)
+    sure = before == after
+    np.add.at(own, before[sure], size[sure])
+    spread = np.zeros(n + 1, np.int64)  # ids that may lie in each minute, as a difference array
+    np.add.at(spread, before[~sure], size[~sure])
+    np.add.at(spread, after[~sure] + 1, -size[~sure])
+    linked = np.zeros(n + 1, np.int64)  # minutes p and p + 1 in one block where linked[p] > 0
+    np.add.at(linked, before[~sure], 1)
+    np.add.at(linked, after[~sure], -1)
+    block = np.concatenate(([0], np.cumsum(np.cumsum(linked)[: n - 1] == 0)))
+    excess = binance.astype(np.int64) - covered.astype(np.int64)
+    block_gaps = np.bincount(block, weights=own, minlength=n)
+    block_gaps += np.bincount(block[before[~sure]], weights=size[~sure], minlength=n)
+    exact = np.bincount(block, weights=excess, minlength=n) == block_gaps
+    return (excess >= own) & (excess <= own + np.cumsum(spread)[:n]) & exact[block]
+
+
+def compare_minutes(ours: pd.DataFrame, klines: pd.DataFrame, gaps: pa.Table | None = None) -> pd.DataFrame:
     """Minutes where our 1m aggregates and Binance's klines disagree, ordered by open_time_us.
 
     A minute present on one side only compares as count 0 and zero volumes on the other (so a kline
     with count 0 matches no bars); prices are compared where both sides traded. Numbers match within
-    RELATIVE_TOLERANCE (or ABSOLUTE_TOLERANCE), counts exactly. Columns: open_time_us; fields (the
-    disagreeing ones, comma-separated); field, ours, binance (the first of them and its two values).
+    RELATIVE_TOLERANCE (or ABSOLUTE_TOLERANCE), counts exactly: our count, or with ``gaps`` (uncovered
+    trade ids, bars.GAPS_SCHEMA) our count plus the gap ids the minute may hold (`counts_with_gaps`).
+    Columns: open_time_us; fields (the disagreeing ones, comma-separated); field, ours, binance (the
+    first of them and its two values).
     """
     both = pd.merge(
         ours[["open_time_us", *FIELDS]],
@@ -158,9 +204,13 @@ def compare_minutes(ours: pd.DataFrame, klines: pd.DataFrame) -> pd.DataFrame:
     mine = np.column_stack([both[f"{name}_ours"].to_numpy(np.float64, na_value=0.0) for name in FIELDS])
     theirs = np.column_stack([both[f"{name}_binance"].to_numpy(np.float64, na_value=0.0) for name in FIELDS])
     tolerance = np.maximum(RELATIVE_TOLERANCE * np.maximum(np.abs(mine), np.abs(theirs)), ABSOLUTE_TOLERANCE)
-    tolerance[:, FIELDS.index("count")] = 0.0
+    count = FIELDS.index("count")
+    tolerance[:, count] = 0.0
     wrong = np.abs(mine - theirs) > tolerance
-    traded = (mine[:, FIELDS.index("count")] > 0) & (theirs[:, FIELDS.index("count")] > 0)
+    if gaps is not None and gaps.num_rows:
+        open_time_us = both["open_time_us"].to_numpy(np.int64)
+        wrong[:, count] = ~counts_with_gaps(open_time_us, mine[:, count], theirs[:, count], gaps)
+    traded = (mine[:, count] > 0) & (theirs[:, count] > 0)
     prices = [FIELDS.index(name) for name in PRICE_FIELDS]
     wrong[:, prices] &= traded[:, None]
     bad = wrong.any(axis=1)
@@ -180,29 +230,47 @@ def compare_minutes(ours: pd.DataFrame, klines: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def matches_binance_klines(store: OpenStore, market: str, loaded: LoadedKlines) -> CheckOutcome:
-    """Compare each ticker's stored bars with its loaded klines; one failure row per day with mismatches."""
+def matches_binance_klines(
+    store: OpenStore,
+    market: str,
+    loaded: LoadedKlines,
+    uncovered: Mapping[tuple[str, dt.date], pa.Table] | None = None,
+) -> CheckOutcome:
+    """Compare each ticker's stored bars with its loaded klines; one failure row per day with mismatches.
+
+    ``uncovered`` holds, per (ticker, day) built from aggTrades, the trade ids no aggregate covers
+    (bars.GAPS_SCHEMA): such a day passes when its counts match under COVERED or COVERED_PLUS_GAPS, and
+    `count_rule` in the details says which (NEITHER: the day fails).
+    """
+    uncovered = uncovered or {}
     failures: list[dict[str, Any]] = []
     by_day: dict[str, list[str]] = {}
+    rules: dict[str, str] = {}
     mismatching = 0
     for ticker in sorted(loaded.klines):
         days = loaded.days[ticker]
         klines = pa.concat_tables(loaded.klines[ticker]).to_pandas()
         ours = read_bars_1m(store, market, ticker, days)
         diff = compare_minutes(ours, klines)
+        gaps = {day: uncovered[ticker, day] for day in days if (ticker, day) in uncovered}
+        if gaps:
+            with_gaps = compare_minutes(ours, klines, pa.concat_tables(gaps.values()))
+            diff, ticker_rules = _by_count_rule(diff, with_gaps, sorted(gaps))
+            rules.update({f"{ticker} {day}": rule for day, rule in ticker_rules.items()})
         mismatching += len(diff)
         stamps = pd.to_datetime(diff["open_time_us"], unit="us", utc=True)
         for day, group in diff.groupby(stamps.dt.date.to_numpy(), sort=True):
             minutes = stamps[group.index].dt.strftime("%H:%M").tolist()
-            failures.append(
-                {
-                    "ticker": ticker,
-                    "day": str(day),
-                    "mismatching_minutes": len(group),
-                    "first_minute": minutes[0],
-                    "fields": ",".join(sorted(set(",".join(group["fields"]).split(",")), key=FIELDS.index)),
-                }
-            )
+            failure = {
+                "ticker": ticker,
+                "day": str(day),
+                "mismatching_minutes": len(group),
+                "first_minute": minutes[0],
+                "fields": ",".join(sorted(set(",".join(group["fields"]).split(",")), key=FIELDS.index)),
+            }
+            if day in gaps:
+                failure["count_rule"] = NEITHER
+            failures.append(failure)
             shown = group.head(MINUTES_SHOWN)
             by_day[f"{ticker} {day}"] = [
                 f"{minute} {name}: ours {ours:.10g}, binance {theirs:.10g}"
@@ -212,10 +280,13 @@ def matches_binance_klines(store: OpenStore, market: str, loaded: LoadedKlines) 
             ]
     checked = sum(len(days) for days in loaded.days.values())
     details: dict[str, Any] = {"mismatching_minutes_by_day": by_day}
+    if rules:
+        details["count_rule"] = rules
     if loaded.not_published:
         details["klines_not_published"] = loaded.not_published
     if loaded.unusable:
         details["klines_unusable"] = loaded.unusable
+    rule_counts = list(rules.values())
     return CheckOutcome(
         passed=not failures,
         failures=failures[:LIMIT],
@@ -224,6 +295,33 @@ def matches_binance_klines(store: OpenStore, market: str, loaded: LoadedKlines) 
             "days_checked": checked,
             "days_without_klines": len(loaded.not_published),
             "klines_unusable": len(loaded.unusable),
+            "days_with_uncovered_ids": len(rules),
+            "days_count_covered": rule_counts.count(COVERED),
+            "days_count_covered_plus_gaps": rule_counts.count(COVERED_PLUS_GAPS),
         },
         details=details,
     )
+
+
+def _by_count_rule(
+    covered: pd.DataFrame, with_gaps: pd.DataFrame, gap_days: Sequence[dt.date]
+) -> tuple[pd.DataFrame, dict[dt.date, str]]:
+    """The mismatches to report, and the count rule of each day with uncovered ids: COVERED when its
+    minutes match with our counts, else COVERED_PLUS_GAPS when they match with the gap ids, else NEITHER
+    (reporting the rule's mismatches that are fewer)."""
+    day_of = {
+        name: pd.to_datetime(frame["open_time_us"], unit="us", utc=True).dt.date.to_numpy()
+        for name, frame in (("covered", covered), ("with_gaps", with_gaps))
+    }
+    kept = [covered[~pd.Series(day_of["covered"]).isin(gap_days).to_numpy()]]
+    rules = {}
+    for day in gap_days:
+        plain, gapped = covered[day_of["covered"] == day], with_gaps[day_of["with_gaps"] == day]
+        if plain.empty:
+            rules[day] = COVERED
+        elif gapped.empty:
+            rules[day] = COVERED_PLUS_GAPS
+        else:
+            rules[day] = NEITHER
+            kept.append(min(plain, gapped, key=len))
+    return pd.concat(kept).sort_values("open_time_us", ignore_index=True), rules
