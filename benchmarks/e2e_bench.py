@@ -84,6 +84,7 @@ def build_mirror(workdir: Path, days: int, per_day: int, monthly: int) -> Path:
 
     market = MARKETS["um"]
     root = workdir / "e2e-mirror"
+    root.mkdir(parents=True, exist_ok=True)
     daily_done = root / f".daily-{days}x{per_day}.done"
     if not daily_done.exists():
         started = time.perf_counter()
