@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from binance_assets.markets import MARKETS
-from binance_assets.vision import http
+from binance_assets.vision import download, http
 from binance_assets.vision.download import (
     ArchiveNotFound,
     ChecksumFileError,
@@ -365,6 +365,32 @@ def test_eviction_removes_least_recently_used_first(
     assert deleted == [archives[c].path, archives[d].path]
     assert cache_files(cache) == sorted([archives[a].path, archives[b].path])
     assert client.evict() == []  # 2000 bytes: under the limit
+
+
+def test_eviction_lists_the_cache_only_when_its_count_says_it_is_over_the_limit(
+    vision_root: Path, vision_server: VisionServer, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing the cache for every archive read was quadratic in the files cached: `evict` trusts its own
+    count (its last listing plus its writes) for RESCAN_SECONDS, then sees other processes' files too."""
+    a, b, c = keys(3)
+    for key in (a, b, c):
+        put_archive(vision_root, key, key.encode().ljust(1000, b"."))
+    client = downloader(vision_server.url, cache, cache_max_bytes=2500)
+    client.fetch(a)
+    assert client.evict() == []  # the first call lists the cache: 1000 bytes
+    listings: list[str] = []
+    rglob = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda path, pattern: listings.append(pattern) or rglob(path, pattern))
+    client.fetch(b)
+    assert client.evict() == [] and listings == []  # 2000 bytes by its count: not listed
+    client.fetch(c)
+    assert len(client.evict()) == 1 and listings == ["*.zip"]  # 3000 bytes by its count: listed, one goes
+    other = cache / "from-another-process" / f"{'0' * 64}.zip"
+    other.parent.mkdir()
+    other.write_bytes(b"." * 1000)
+    assert client.evict() == [] and len(listings) == 1  # its own count says 2000 bytes
+    monkeypatch.setattr(download, "RESCAN_SECONDS", 0.0)
+    assert len(client.evict()) == 1 and len(listings) == 2  # listed again: 3000 bytes, one goes
 
 
 def test_a_long_fetch_keeps_the_cache_within_its_limit_and_spares_archives_ahead(

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set
@@ -29,6 +30,11 @@ from binance_assets.vision.errors import VisionError, VisionHTTPError
 
 T = TypeVar("T")
 CHUNK_BYTES = 1 << 20
+RESCAN_SECONDS = 60.0
+"""How long `evict` trusts its own count of the cache's bytes (the last scan plus this downloader's writes)
+before it lists the cache again: listing it for every archive read was quadratic in the files cached
+(5.4 s of a 248-ticker-day materialize, README "Performance"). Other processes' writes are seen within
+this time."""
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -180,6 +186,10 @@ class VisionDownloader:
         self.concurrency = concurrency
         self.cache_max_bytes = cache_max_bytes
         self._retry = http.HttpRetry(retries=retries, backoff_seconds=backoff_seconds)
+        self._cached_bytes: int | None = None
+        """The cache's size at the last scan (evict), plus what this downloader wrote since."""
+        self._scanned_at = 0.0
+        self._size_lock = threading.Lock()
 
     def fetch(self, key: str) -> LocalArchive:
         """The verified archive of ``key``, from the cache when it holds the current version."""
@@ -244,6 +254,10 @@ class VisionDownloader:
         """
         if self.cache_max_bytes is None:
             return []
+        with self._size_lock:
+            fresh = time.monotonic() - self._scanned_at < RESCAN_SECONDS
+            if fresh and self._cached_bytes is not None and self._cached_bytes <= self.cache_max_bytes:
+                return []
         folders = {self._archive_dir(key) for key in keep_keys}
         archives = []
         for path in self.cache_dir.rglob("*.zip"):
@@ -259,6 +273,8 @@ class VisionDownloader:
                 path.unlink(missing_ok=True)
                 total -= size
                 deleted.append(path)
+        with self._size_lock:
+            self._cached_bytes, self._scanned_at = total, time.monotonic()
         return deleted
 
     def _archive_dir(self, key: str) -> Path:
@@ -306,6 +322,9 @@ class VisionDownloader:
             if actual != sha256:
                 raise ChecksumMismatch(key, sha256, actual)
             os.replace(part, target)
+            with self._size_lock:
+                if self._cached_bytes is not None:
+                    self._cached_bytes += size
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or exc.filename:
                 raise
