@@ -34,16 +34,6 @@ from typing import Any
 import yaml
 from daemon_runs import ROOT, peak_rss
 
-LAUNCH_JOB = """
-mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
-  launchPipelineExecution(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on PythonError { message }
-  }
-}
-"""
 LAUNCH_BACKFILL = """
 mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $backfillParams) {
@@ -66,6 +56,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the webservers are stopped
 
     from binance_assets.markets import MARKETS
+    from binance_assets_tests.helpers import LAUNCH_JOB, launch_job_variables
 
     market = MARKETS[args.market]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ui_launch_bench_"))
@@ -84,8 +75,12 @@ def main() -> None:
     span = {"start": str(market.first_day), "end": str(yesterday)}
     job = f"{args.market}_backfill"
     launches: list[tuple[str, str, dict[str, Any]]] = [
-        ("job, one ticker's history", LAUNCH_JOB, _job_params(job, {"tickers": tickers[:1], **span})),
-        ("job, whole market", LAUNCH_JOB, _job_params(job, {"ticker_filter": "*", **span})),
+        (
+            "job, one ticker's history",
+            LAUNCH_JOB,
+            launch_job_variables(job, {"tickers": tickers[:1], **span}),
+        ),
+        ("job, whole market", LAUNCH_JOB, launch_job_variables(job, {"ticker_filter": "*", **span})),
     ]
     assets = [{"path": ["binance", args.market, name]} for name in ("hl5s_bars", "daily_liquidity")]
     one_ticker = [f"{market.first_day + dt.timedelta(days=i)}|{tickers[0]}" for i in range(days)]
@@ -123,22 +118,6 @@ def _home(workdir: Path, market: str) -> tuple[dict[str, str], Path]:
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
     )
     return env, home
-
-
-def _job_params(job: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The Launchpad's executionParams for the job and its op's config."""
-    from binance_assets_tests.helpers import LOCATION
-
-    op = f"{job.removesuffix('_backfill')}_submit_backfills"
-    selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "jobName": job}
-    return {
-        "executionParams": {
-            "selector": selector,
-            "runConfigData": {"ops": {op: {"config": config}}},
-            "mode": "default",
-            "executionMetadata": {"tags": []},
-        }
-    }
 
 
 def _measure(

@@ -203,6 +203,36 @@ _LOCATION_STATUS = (
 )
 
 
+LAUNCH_JOB = """
+mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message }
+  }
+}
+"""
+"""The Launchpad's mutation (the UI still sends launchPipelineExecution; launchRun is its newer name)."""
+
+
+def launch_job_variables(job: str, config: dict[str, Any]) -> dict[str, Any]:
+    """LAUNCH_JOB's variables as the Launchpad sends them for a `<market>_backfill` job and its config."""
+    op = f"{job.removesuffix('_backfill')}_submit_backfills"
+    return {
+        "executionParams": {
+            "selector": {
+                "repositoryLocationName": LOCATION,
+                "repositoryName": "__repository__",
+                "jobName": job,
+            },
+            "runConfigData": {"ops": {op: {"config": config}}},
+            "mode": "default",
+            "executionMetadata": {"tags": []},
+        }
+    }
+
+
 @contextmanager
 def webserver(env: dict[str, str], workdir: Path, timeout: float = 300) -> Iterator[Webserver]:
     """`dagster-webserver` on the repository's workspace.yaml and a free port, logging to

@@ -33,10 +33,11 @@ from binance_assets.markets import MARKETS
 from binance_assets_tests.archives import publish, write_archive
 from binance_assets_tests.helpers import (
     BACKFILL_TAG,
-    LOCATION,
+    LAUNCH_JOB,
     TODAY,
     Cli,
     assert_bars_match,
+    launch_job_variables,
     materialize_range,
     resources,
     running_daemon,
@@ -212,29 +213,6 @@ def test_the_job_targets_only_the_assets_of_its_market() -> None:
     assert JOB.tags["dagster/priority"] == "10"
 
 
-LAUNCH = """
-mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
-  launchPipelineExecution(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on PythonError { message }
-  }
-}
-"""
-"""The Launchpad's mutation (the UI still sends launchPipelineExecution; launchRun is its newer name)."""
-
-
-def launch_params(job: str, config: dict[str, Any]) -> dict[str, Any]:
-    """executionParams as the Launchpad sends them for a job of our code location."""
-    return {
-        "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "jobName": job},
-        "runConfigData": {"ops": {f"{job.removesuffix('_backfill')}_submit_backfills": {"config": config}}},
-        "mode": "default",
-        "executionMetadata": {"tags": []},
-    }
-
-
 def wait_for(what: str, found: Callable[[], Any], timeout: float, log: Path) -> Any:
     """Poll ``found`` until it returns something true; fail naming ``what`` and the log after timeout."""
     deadline = time.monotonic() + timeout
@@ -260,11 +238,9 @@ def test_a_launchpad_launch_through_the_webserver_is_run_by_the_daemon_and_loads
     logs = tmp_path / "processes"
 
     with webserver(cli.env, logs) as server, running_daemon(cli, logs):
-        refused = server.graphql(
-            LAUNCH, {"executionParams": launch_params("um_backfill", {**config, "only": "x"})}
-        )
+        refused = server.graphql(LAUNCH_JOB, launch_job_variables("um_backfill", {**config, "only": "x"}))
         assert refused["launchPipelineExecution"]["__typename"] == "RunConfigValidationInvalid"
-        launched = server.graphql(LAUNCH, {"executionParams": launch_params("um_backfill", config)})
+        launched = server.graphql(LAUNCH_JOB, launch_job_variables("um_backfill", config))
         outcome = launched["launchPipelineExecution"]
         assert outcome["__typename"] == "LaunchRunSuccess", outcome
         run_id = outcome["run"]["runId"]
