@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,9 +123,9 @@ def count_materialisations(instance: DagsterInstance, key: AssetKey) -> int:
 
 
 @contextmanager
-def peak_rss(session: int) -> Iterator[Callable[[], dict[str, float]]]:
+def peak_rss(session: int, roles: Mapping[bytes, str] = ROLES) -> Iterator[Callable[[], dict[str, float]]]:
     """Sample (every 0.1 s) the RSS of each process in a process session; yield the peak (MB) of one
-    process per role (`ROLES`)."""
+    process per role (``roles``: a piece of its command line -> its role)."""
     peak: dict[str, int] = {}
     stop = threading.Event()
 
@@ -137,7 +137,7 @@ def peak_rss(session: int) -> Iterator[Callable[[], dict[str, float]]]:
                     if int(stat.rsplit(")", 1)[1].split()[3]) != session:
                         continue
                     command = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-                    role = next((r for part, r in ROLES.items() if part in command), "other")
+                    role = next((r for part, r in roles.items() if part in command), "other")
                     for line in (proc / "status").read_text().splitlines():
                         if line.startswith("VmRSS:"):  # absent once the process is a zombie
                             peak[role] = max(peak.get(role, 0), int(line.split()[1]))

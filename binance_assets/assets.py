@@ -8,6 +8,7 @@ the archives read go to the ledger (`trust/ledger.py`); and checks verify the st
 """
 
 import datetime as dt
+import inspect
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -103,6 +104,26 @@ def market_partitions(market: Market) -> MultiPartitionsDefinition:
     )
 
 
+ONE_OP = (
+    "Written together with {other} by one op, {op}, a day's bars with its liquidity row: Materialize "
+    "therefore adds {other} ('Additional assets will be materialized ... a multi-asset that does not "
+    "support subsetting'), as expected. For large selections launch the {market}_backfill job from the "
+    'Launchpad instead of the partition dialog (README "A big backfill from the UI").'
+)
+"""The assets' shared note: why the UI materialises both, and the light path for big backfills."""
+
+CHECKED_IN_RUN = (
+    " Evaluated by the run that writes the days, on the rows it wrote: it cannot be executed on its own "
+    "(the UI greys out Execute); materialise the days again to re-check them."
+)
+"""Why the checks' Execute button is greyed out: each is a check of the multi_asset's op, not an op of its
+own (the op yields the results after its writes)."""
+
+
+def _check_spec(name: str, key: AssetKey, description: str | None) -> AssetCheckSpec:
+    return AssetCheckSpec(name, asset=key, description=inspect.cleandoc(description or "") + CHECKED_IN_RUN)
+
+
 def retry_policy(delay_seconds: float = 30.0) -> RetryPolicy:
     """A run step's retries of transient failures (network, a busy store): three, after about 1, 3 and 7
     times ``delay_seconds`` (BINANCE_RETRY_DELAY_SECONDS), each +/- ``delay_seconds``: by default 0-60 s,
@@ -160,17 +181,15 @@ def build_market_assets(
     fallback = fallback if fallback != dataset else None
     bars_key, liquidity_key = asset_key(market, BARS), asset_key(market, LIQUIDITY)
     checks = [
-        AssetCheckSpec(WELL_FORMED, asset=bars_key, description=bars_well_formed.__doc__),
-        AssetCheckSpec(MATCHES_BARS, asset=liquidity_key, description=liquidity_matches_bars.__doc__),
-        AssetCheckSpec(IDS_CONTINUOUS, asset=liquidity_key, description=trade_ids_continuous.__doc__),
-        AssetCheckSpec(DAY_COVERAGE, asset=bars_key, description=day_coverage.__doc__),
-        AssetCheckSpec(SANE_TRADES, asset=liquidity_key, description=sane_trades.__doc__),
-        AssetCheckSpec(FROM_FALLBACK, asset=liquidity_key, description=FROM_FALLBACK_DESCRIPTION),
+        _check_spec(WELL_FORMED, bars_key, bars_well_formed.__doc__),
+        _check_spec(MATCHES_BARS, liquidity_key, liquidity_matches_bars.__doc__),
+        _check_spec(IDS_CONTINUOUS, liquidity_key, trade_ids_continuous.__doc__),
+        _check_spec(DAY_COVERAGE, bars_key, day_coverage.__doc__),
+        _check_spec(SANE_TRADES, liquidity_key, sane_trades.__doc__),
+        _check_spec(FROM_FALLBACK, liquidity_key, FROM_FALLBACK_DESCRIPTION),
     ]
     if kline_check:
-        checks.append(
-            AssetCheckSpec(MATCHES_KLINES, asset=bars_key, description=matches_binance_klines.__doc__)
-        )
+        checks.append(_check_spec(MATCHES_KLINES, bars_key, matches_binance_klines.__doc__))
 
     partitions = market_partitions(market)
 
@@ -181,14 +200,16 @@ def build_market_assets(
         specs=[
             AssetSpec(
                 bars_key,
-                description=f"{market.key}: 5-second bars, right-labelled (trades in [ts-5s, ts))",
+                description=f"{market.key}: 5-second bars, right-labelled (trades in [ts-5s, ts)). "
+                + ONE_OP.format(op=f"{market.key}_trades_to_bars", other=LIQUIDITY, market=market.key),
                 metadata={"dagster/column_schema": table_schema(BARS_TABLE)},
                 skippable=True,
                 partitions_def=partitions,
             ),
             AssetSpec(
                 liquidity_key,
-                description=f"{market.key}: one row per ticker-day: trades, volumes, ids, source archive",
+                description=f"{market.key}: one row per ticker-day: trades, volumes, ids, source archive. "
+                + ONE_OP.format(op=f"{market.key}_trades_to_bars", other=BARS, market=market.key),
                 metadata={"dagster/column_schema": table_schema(LIQUIDITY_TABLE)},
                 freshness_policy=liquidity_freshness(freshness_deadline),
                 skippable=True,

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 from dagster import Definitions, EnvVar, definitions, in_process_executor
 
 from binance_assets.assets import build_market_assets, retry_policy
+from binance_assets.backfill_job import build_backfill_job
 from binance_assets.clickhouse.client import without_password
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.clickhouse.resource import ClickHouseResource
@@ -64,19 +65,21 @@ def build_resources(settings: Settings) -> dict[str, Any]:
 
 def build_definitions(settings: Settings) -> Definitions:
     markets = [MARKETS[key] for key in settings.markets]
+    assets = [
+        build_market_assets(
+            market,
+            settings.max_days_per_run,
+            retry_policy(settings.retry_delay),
+            kline_check=settings.kline_check,
+            freshness_deadline=settings.freshness_deadline,
+            dataset=settings.dataset,
+            fallback=settings.fallback_dataset,
+        )
+        for market in markets
+    ]
     return Definitions(
-        assets=[
-            build_market_assets(
-                market,
-                settings.max_days_per_run,
-                retry_policy(settings.retry_delay),
-                kline_check=settings.kline_check,
-                freshness_deadline=settings.freshness_deadline,
-                dataset=settings.dataset,
-                fallback=settings.fallback_dataset,
-            )
-            for market in markets
-        ],
+        assets=assets,
+        jobs=[build_backfill_job(market, defn) for market, defn in zip(markets, assets, strict=True)],
         sensors=[
             *(build_ticker_sensor(market, settings) for market in markets),
             *(build_daily_sensor(market, settings, settings.publish_grace_days) for market in markets),

@@ -5,11 +5,14 @@ other; fixtures live in conftest.py."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ from binance_assets_tests.vision_server import VisionServer
 
 REPO = Path(__file__).resolve().parents[1]
 DAEMON = Path(sys.executable).with_name("dagster-daemon")
+WEBSERVER = Path(sys.executable).with_name("dagster-webserver")
 TODAY = dt.datetime.now(dt.UTC).date()
 DAYS = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(35)]
 """2024-01-01..2024-02-04: a whole month (with its monthly archive) and the next month's first days."""
@@ -141,17 +145,23 @@ def daemon(env: dict[str, str], workdir: Path) -> Iterator[subprocess.Popen[byte
     """`dagster-daemon run` on the repository's workspace.yaml, logging to ``workdir/daemon.log``; its whole
     process group is killed after. The instance is created first: the daemon and its code server open it
     outside the CLI's lock, and Dagster's SQLite schema creation races between processes."""
+    with _process_group(
+        [str(DAEMON), "run", "-w", str(REPO / "workspace.yaml")], env, workdir, "daemon"
+    ) as p:
+        yield p
+
+
+@contextmanager
+def _process_group(
+    command: list[str], env: dict[str, str], workdir: Path, name: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` in its own session, logging to ``workdir/<name>.log``, its process group killed after."""
     if "DAGSTER_HOME" in env:
         DagsterInstance.from_config(env["DAGSTER_HOME"]).dispose()
     workdir.mkdir(exist_ok=True)
-    with (workdir / "daemon.log").open("ab") as log:
+    with (workdir / f"{name}.log").open("ab") as log:
         process = subprocess.Popen(
-            [str(DAEMON), "run", "-w", str(REPO / "workspace.yaml")],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             yield process
@@ -164,6 +174,90 @@ def daemon(env: dict[str, str], workdir: Path) -> Iterator[subprocess.Popen[byte
                     break
                 with suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class Webserver:
+    """A running `dagster-webserver` and its GraphQL endpoint, spoken to as the UI speaks to it."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def graphql(self, document: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``data`` of a GraphQL request; GraphQL errors raise."""
+        body = json.dumps({"query": document, "variables": variables or {}}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/graphql", body, {"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=600) as response:
+            answer = json.load(response)
+        if answer.get("errors"):
+            raise RuntimeError(f"GraphQL errors: {answer['errors']}")
+        data: dict[str, Any] = answer["data"]
+        return data
+
+
+LOCATION = "binance_assets"
+"""workspace.yaml's code location; a Definitions' repository is ``__repository__``."""
+_LOCATION_STATUS = (
+    "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+    "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+)
+
+
+LAUNCH_JOB = """
+mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message }
+  }
+}
+"""
+"""The Launchpad's mutation (the UI still sends launchPipelineExecution; launchRun is its newer name)."""
+
+
+def launch_job_variables(job: str, config: dict[str, Any]) -> dict[str, Any]:
+    """LAUNCH_JOB's variables as the Launchpad sends them for a `<market>_backfill` job and its config."""
+    op = f"{job.removesuffix('_backfill')}_submit_backfills"
+    return {
+        "executionParams": {
+            "selector": {
+                "repositoryLocationName": LOCATION,
+                "repositoryName": "__repository__",
+                "jobName": job,
+            },
+            "runConfigData": {"ops": {op: {"config": config}}},
+            "mode": "default",
+            "executionMetadata": {"tags": []},
+        }
+    }
+
+
+@contextmanager
+def webserver(env: dict[str, str], workdir: Path, timeout: float = 300) -> Iterator[Webserver]:
+    """`dagster-webserver` on the repository's workspace.yaml and a free port, logging to
+    ``workdir/webserver.log``, once its code location has loaded; its process group is killed after."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(WEBSERVER), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+    with _process_group(command, env, workdir, "webserver") as process:
+        server = Webserver(process, f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dagster-webserver did not load; see {workdir / 'webserver.log'}")
+            with suppress(OSError):
+                entries = server.graphql(_LOCATION_STATUS)["workspaceOrError"]["locationEntries"]
+                (entry,) = [e for e in entries if e["name"] == LOCATION]
+                if entry["loadStatus"] == "LOADED":
+                    if entry["locationOrLoadError"]["__typename"] != "RepositoryLocation":
+                        raise RuntimeError(f"code location failed to load: {entry['locationOrLoadError']}")
+                    break
+            time.sleep(0.5)
+        yield server
 
 
 def running_daemon(cli: Cli, workdir: Path, **env: str) -> AbstractContextManager[subprocess.Popen[bytes]]:

@@ -14,8 +14,8 @@ import pytest
 from dagster import DagsterRunStatus, RunsFilter
 
 from binance_assets.assets import BARS, LIQUIDITY, asset_key
+from binance_assets.backfills import BACKFILL_TICKER_DAYS
 from binance_assets.cli import main
-from binance_assets.cli.runs import BACKFILL_TICKER_DAYS
 from binance_assets.clickhouse.client import open_client
 from binance_assets.markets import MARKETS
 from binance_assets_tests.archives import expected_bars, expected_klines, publish, write_archive, write_klines

@@ -21,6 +21,7 @@ def test_definitions_for_every_configured_market(tmp_path: Path) -> None:
         assert definitions.resolve_sensor_def(f"{market}_ticker_sensor")
         assert definitions.resolve_sensor_def(f"{market}_daily_sensor")
         assert definitions.resolve_sensor_def(f"{market}_republished_archives_sensor")
+        assert definitions.resolve_job_def(f"{market}_backfill").asset_layer.selected_asset_keys == set()
     assert {"clickhouse_io_manager", "clickhouse", "vision"} <= set(definitions.resources)
     checks = definitions.resolve_asset_graph().asset_check_keys
     assert {c.name for c in checks} == {
@@ -33,6 +34,15 @@ def test_definitions_for_every_configured_market(tmp_path: Path) -> None:
         "matches_binance_klines",
     }
     assert len(checks) == 21
+    um = definitions.resolve_assets_def(AssetKey(["binance", "um", "hl5s_bars"]))
+    for spec in um.specs:  # the UI's notice on Materialize, explained where the user meets it
+        assert "a multi-asset that does not support subsetting" in (spec.description or "")
+        assert "um_backfill job from the Launchpad" in (spec.description or "")
+    for check in um.check_specs:  # and why Execute is greyed out
+        assert (check.description or "").endswith(
+            "it cannot be executed on its own (the UI greys out Execute); materialise the days again to "
+            "re-check them."
+        ), check.name
     definitions.get_repository_def().load_all_definitions()
 
 

@@ -9,10 +9,11 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from binance_assets.backfills import Request, request_days
+from binance_assets.backfills import count_of as count_of  # the commands import it from here
 from binance_assets.locks import file_lock
 from binance_assets.markets import Market
 from binance_assets.settings import Settings
@@ -34,19 +35,6 @@ class CliError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True)
-class Request:
-    """A validated materialize/backfill request."""
-
-    market: Market
-    tickers: tuple[str, ...]
-    days: tuple[dt.date, ...]
-
-    def describe(self) -> str:
-        span = f"{self.days[0]}..{self.days[-1]}"
-        return f"{count_of(len(self.tickers), 'ticker')} x {count_of(len(self.days), 'day')} ({span})"
-
-
 def enabled_market(market: Market, settings: Settings) -> Market:
     if market.key not in settings.markets:
         raise CliError(
@@ -58,15 +46,11 @@ def enabled_market(market: Market, settings: Settings) -> Market:
 def parse_request(args: argparse.Namespace, settings: Settings) -> Request:
     """The checked market, tickers and days of a materialize/backfill command."""
     market = enabled_market(args.market, settings)
-    start, end = args.start, args.end or args.start
     today = dt.datetime.now(dt.UTC).date()
-    if end < start:
-        raise CliError(f"--end {end} is before --start {start}", code=2)
-    if start < market.first_day:
-        raise CliError(f"--start {start} is before {market.key}'s first day {market.first_day}", code=2)
-    if end >= today:
-        raise CliError(f"--end {end} is not before today ({today} UTC): the newest day is yesterday", code=2)
-    days = tuple(start + dt.timedelta(days=i) for i in range((end - start).days + 1))
+    try:
+        days = request_days(market, args.start, args.end or args.start, today, names=("--start", "--end"))
+    except ValueError as error:
+        raise CliError(str(error), code=2) from None
     return Request(market, tuple(dict.fromkeys(args.ticker)), days)
 
 
@@ -186,10 +170,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, dt.datetime):
         return value.isoformat(sep=" ")
     return str(value)
-
-
-def count_of(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def size_of(n: int) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import re
 import time
 from collections import Counter
@@ -16,7 +15,6 @@ from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetMaterialization,
-    AssetPartitionStatus,
     AssetsDefinition,
     DagsterEventType,
     DagsterInstance,
@@ -27,19 +25,18 @@ from dagster import (
     RunsFilter,
     materialize,
 )
-from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, PartitionBackfill
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
 from dagster._core.execution.plan.objects import StepFailureData
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
-from dagster._core.utils import make_new_backfill_id
 
 from binance_assets.assets import (
     BARS,
     LIQUIDITY,
     asset_key,
     build_market_assets,
-    market_partitions,
     retry_policy,
 )
+from binance_assets.backfills import ONLY_WHICH, Only, select_keys, submit_backfills
 from binance_assets.cli.common import (
     PROG,
     REASON,
@@ -220,17 +217,6 @@ def _failure(result: ExecuteInProcessResult) -> str:
     return "the run failed before its step started (see the run in the Dagster UI)"
 
 
-BACKFILL_TICKER_DAYS = 100_000
-"""The ticker-days of one backfill at most. The daemon serialises a backfill's whole partition set each
-time it has submitted 25 of its runs, and reads it back: for a whole market in one backfill (2M
-ticker-days, a 98 MB record) that was 10 s per 25 runs, 0.4 s per run. At 100,000 (a record of about
-5 MB) it is about 20 ms per run; a full market is then 21 backfills.
-
-The backfills of one command share their timestamp. At each iteration of each backfill the daemon checks
-its partitions against every partition of the market (17 s for 2M), and caches that list only for the
-last timestamp it was asked for: with one timestamp, the check is made once, not once per backfill."""
-
-
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     """Add asset backfills to the instance; the daemon chunks each into runs by the BackfillPolicy.
     Or preview the runs (--plan, --dry-run) as `materialize` would make them.
@@ -238,7 +224,8 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     Dagster cuts a multi-partition backfill along its dimension with fewer keys, so each backfill holds
     at most as many tickers as days: its runs are then a ticker's consecutive days (which lets a run use
     a month's monthly archive), not one day of many tickers. Each also holds at most
-    `BACKFILL_TICKER_DAYS` (see there).
+    `backfills.BACKFILL_TICKER_DAYS` (see there). The `<market>_backfill` job submits the same backfills
+    (backfills.py).
     """
     request = parse_request(args, settings)
     listed = list_archives(request, settings)
@@ -247,40 +234,25 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     instance = prepare_instance(request, settings)
     market = request.market
-    definitions = build_definitions(settings)
-    asset_graph = definitions.resolve_asset_graph()
-    keys = {ticker: [f"{day}|{ticker}" for day in request.days] for ticker in request.tickers}
-    if args.only_failed or args.only_missing:
-        keys = _unmaterialized(instance, market, keys, failed_only=args.only_failed)
-        which = "failed" if args.only_failed else "failed or missing"
+    only: Only = "failed" if args.only_failed else "missing" if args.only_missing else "all"
+    keys = select_keys(instance, market, request.tickers, request.days, only)
+    if only != "all":
+        which = ONLY_WHICH[only]
         say(f"{sum(map(len, keys.values())):,} ticker-days {which} in Dagster", progress=True)
         if not keys:
             say(f"nothing to backfill: no ticker-day of {market.key} {request.describe()} is {which}")
             return 0
-    longest = max(map(len, keys.values()))
-    group = max(1, min(longest, BACKFILL_TICKER_DAYS // longest))
-    tickers_left = list(keys)
-    backfill_ids = []
-    requested = time.time()  # one time for all: see BACKFILL_TICKER_DAYS
-    parts = math.ceil(len(tickers_left) / group)
-    for part, start in enumerate(range(0, len(tickers_left), group), start=1):
-        tickers = tickers_left[start : start + group]
-        backfill = PartitionBackfill.from_asset_partitions(
-            backfill_id=make_new_backfill_id(),
-            asset_graph=asset_graph,
-            partition_names=[key for ticker in tickers for key in keys[ticker]],
-            asset_selection=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
-            backfill_timestamp=requested,
-            tags={"binance/market": market.key, "binance/reason": REASON},
-            dynamic_partitions_store=instance,
-            all_partitions=False,
-            title=f"{market.key} {request.describe()}" + (f" [{part}/{parts}]" if parts > 1 else ""),
-            description=f"{PROG} backfill: {', '.join(tickers)}",
-            run_config=None,
-        )
-        instance.add_backfill(backfill)
-        backfill_ids.append(backfill.backfill_id)
-        say(backfill.backfill_id)
+    submitted = submit_backfills(
+        instance,
+        build_definitions(settings).resolve_assets_def(asset_key(market, BARS)),
+        market,
+        keys,
+        title=f"{market.key} {request.describe()}",
+        description=f"{PROG} backfill",
+        tags={"binance/market": market.key, "binance/reason": REASON},
+    )
+    backfill_ids = [backfill.backfill_id for backfill in submitted]
+    say("\n".join(backfill_ids))
     say(f"submitted backfill of {market.key} {request.describe()}; dagster-daemon runs it", progress=True)
     if not args.wait:
         return 0
@@ -295,28 +267,6 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     if failed:
         raise CliError(f"{count_of(len(failed), 'run')} of the backfill did not succeed: {', '.join(failed)}")
     return 0
-
-
-def _unmaterialized(
-    instance: DagsterInstance, market: Market, keys: Mapping[str, Sequence[str]], *, failed_only: bool
-) -> dict[str, list[str]]:
-    """The keys, per ticker, that Dagster shows FAILED on either asset (failed_only), or not MATERIALIZED
-    on both (failed, or never loaded)."""
-    partitions = market_partitions(market)
-    flat = [key for ticker_keys in keys.values() for key in ticker_keys]
-    statuses = [
-        instance.get_status_by_partition(asset_key(market, name), flat, partitions) or {}
-        for name in (BARS, LIQUIDITY)
-    ]
-
-    def wanted(key: str) -> bool:
-        found = [status.get(key) for status in statuses]
-        if failed_only:
-            return AssetPartitionStatus.FAILED in found
-        return any(value != AssetPartitionStatus.MATERIALIZED for value in found)
-
-    chosen = {ticker: [key for key in ticker_keys if wanted(key)] for ticker, ticker_keys in keys.items()}
-    return {ticker: ticker_keys for ticker, ticker_keys in chosen.items() if ticker_keys}
 
 
 _POLL_SECONDS = 2.0
