@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from binance_assets_tests.loaded_store import LoadedStore
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The daemon tests (`slow`, minutes each) first: the two workers (pyproject addopts) share them, and
+    the short tests fill in around them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _dagster_tuning_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts without Dagster's tuning variables, and what `main()` sets in this process
