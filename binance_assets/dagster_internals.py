@@ -1,6 +1,8 @@
 """Every use of Dagster's private API, behind one door (dagster 1.13.27; docs/design.md says why each exists).
 
-test_dagster_internals.py fails loudly when an upgrade moves what these functions reach into.
+When an upgrade moves what these functions reach into, test_assets.py fails: each partition's own figures
+(test_range_with_monthly_archive_matches_oracle) and a failed day shown FAILED with one planned event per
+run (test_a_corrupt_day_fails_alone_and_its_rerun_repairs_it).
 """
 
 from __future__ import annotations
