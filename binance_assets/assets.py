@@ -61,6 +61,7 @@ from binance_assets.run_metadata import (
     partial_days,
     run_metadata,
 )
+from binance_assets.settings import DEFAULT_RETRY_DELAY_SECONDS
 from binance_assets.trust.checks import (
     LIMIT,
     CheckOutcome,
@@ -124,7 +125,7 @@ def _check_spec(name: str, key: AssetKey, description: str | None) -> AssetCheck
     return AssetCheckSpec(name, asset=key, description=inspect.cleandoc(description or "") + CHECKED_IN_RUN)
 
 
-def retry_policy(delay_seconds: float = 30.0) -> RetryPolicy:
+def retry_policy(delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS) -> RetryPolicy:
     """A run step's retries of transient failures (network, a busy store): three, after about 1, 3 and 7
     times ``delay_seconds`` (BINANCE_RETRY_DELAY_SECONDS), each +/- ``delay_seconds``: by default 0-60 s,
     60-120 s and 180-240 s (Dagster's exponential backoff is (2^n - 1) x delay). A retry writes only the

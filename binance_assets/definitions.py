@@ -6,14 +6,14 @@ import os
 from typing import Any
 from urllib.parse import urlparse
 
-from dagster import Definitions, EnvVar, definitions, in_process_executor
+from dagster import AssetsDefinition, Definitions, EnvVar, definitions, in_process_executor
 
 from binance_assets.assets import build_market_assets, retry_policy
 from binance_assets.backfill_job import build_backfill_job
 from binance_assets.clickhouse.client import without_password
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.clickhouse.resource import ClickHouseResource
-from binance_assets.markets import MARKETS
+from binance_assets.markets import MARKETS, Market
 from binance_assets.resources import VisionResource
 from binance_assets.sensors import build_daily_sensor, build_republished_sensor, build_ticker_sensor
 from binance_assets.settings import Settings, apply_dagster_tuning, load_settings
@@ -63,20 +63,22 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     }
 
 
+def market_assets(market: Market, settings: Settings, *, retries: bool = True) -> AssetsDefinition:
+    """The market's multi_asset as the settings configure it; without ``retries``, no RetryPolicy."""
+    return build_market_assets(
+        market,
+        settings.max_days_per_run,
+        retry_policy(settings.retry_delay) if retries else None,
+        kline_check=settings.kline_check,
+        freshness_deadline=settings.freshness_deadline,
+        dataset=settings.dataset,
+        fallback=settings.fallback_dataset,
+    )
+
+
 def build_definitions(settings: Settings) -> Definitions:
     markets = [MARKETS[key] for key in settings.markets]
-    assets = [
-        build_market_assets(
-            market,
-            settings.max_days_per_run,
-            retry_policy(settings.retry_delay),
-            kline_check=settings.kline_check,
-            freshness_deadline=settings.freshness_deadline,
-            dataset=settings.dataset,
-            fallback=settings.fallback_dataset,
-        )
-        for market in markets
-    ]
+    assets = [market_assets(market, settings) for market in markets]
     return Definitions(
         assets=assets,
         jobs=[build_backfill_job(market, defn) for market, defn in zip(markets, assets, strict=True)],

@@ -58,6 +58,9 @@ a ticker-year (one block of about 6.3M rows) may wait for its replicas."""
 """Defaults written here once: the Dagster resources (resources.py, clickhouse/resource.py), the Store
 (clickhouse/store.py) and plan.py import them."""
 
+DEFAULT_RETRY_DELAY_SECONDS = 30.0
+"""The base delay of a run step's retries (assets.retry_policy)."""
+
 DEFAULT_MARKETS = ("spot", "um")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SEED_SOURCES = {"BINANCE-SPOT": "spot", "BINANCE-FUT": "um"}
@@ -261,7 +264,9 @@ class Settings(BaseModel):
     publish_grace_days: int = Field(
         DEFAULT_PUBLISH_GRACE_DAYS, ge=1, le=90, validation_alias="BINANCE_PUBLISH_GRACE_DAYS"
     )
-    retry_delay: float = Field(30.0, ge=0.0, le=3600.0, validation_alias="BINANCE_RETRY_DELAY_SECONDS")
+    retry_delay: float = Field(
+        DEFAULT_RETRY_DELAY_SECONDS, ge=0.0, le=3600.0, validation_alias="BINANCE_RETRY_DELAY_SECONDS"
+    )
     kline_check: Flag = Field(True, validation_alias="BINANCE_KLINE_CHECK")
     freshness_deadline: Clock = Field("12:00", validation_alias="BINANCE_FRESHNESS_DEADLINE")
     dataset: Annotated[DatasetName, _one_of(*DATASETS)] = Field("trades", validation_alias="BINANCE_DATASET")

@@ -29,13 +29,7 @@ from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
 from dagster._core.execution.plan.objects import StepFailureData
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
 
-from binance_assets.assets import (
-    BARS,
-    LIQUIDITY,
-    asset_key,
-    build_market_assets,
-    retry_policy,
-)
+from binance_assets.assets import BARS, LIQUIDITY, asset_key
 from binance_assets.backfills import ONLY_WHICH, Only, select_keys, submit_backfills
 from binance_assets.cli.common import (
     PROG,
@@ -53,7 +47,7 @@ from binance_assets.cli.common import (
 )
 from binance_assets.cli.preview import run_preview, wants_preview
 from binance_assets.cli.runner import RunFailed, Totals, progress_line, run_all, ticker_workers
-from binance_assets.definitions import build_definitions, build_resources
+from binance_assets.definitions import build_definitions, build_resources, market_assets
 from binance_assets.markets import MARKETS, Market
 from binance_assets.run_metadata import BYTES_DOWNLOADED, FAILED_DAYS, FALLBACK_DAYS, FIRST_FAILURE, LATE_DAYS
 from binance_assets.sensors import RANGE_END, RANGE_START
@@ -87,15 +81,7 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
         return run_preview(args, request, listed, settings)
     runs = InProcessRuns(
         market=request.market,
-        assets=build_market_assets(
-            request.market,
-            settings.max_days_per_run,
-            retry_policy=None if args.no_retries else retry_policy(settings.retry_delay),
-            kline_check=settings.kline_check,
-            freshness_deadline=settings.freshness_deadline,
-            dataset=settings.dataset,
-            fallback=settings.fallback_dataset,
-        ),
+        assets=market_assets(request.market, settings, retries=not args.no_retries),
         resources=build_resources(settings),
         instance=prepare_instance(request, settings, capture_logs=ticker_workers(request, settings) == 1),
         log_level=settings.log_level if args.verbose else "CRITICAL",
