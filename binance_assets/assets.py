@@ -72,8 +72,9 @@ from binance_assets.trust.checks import (
     sane_trades,
     trade_ids_continuous,
 )
+from binance_assets.trust.day_counts import counts_from_klines, load_day_counts
 from binance_assets.trust.fallback import Fallback
-from binance_assets.trust.klines_check import day_counts, kline_sources, load_klines, matches_binance_klines
+from binance_assets.trust.klines_check import kline_sources, load_klines, matches_binance_klines
 from binance_assets.trust.ledger import write_ledger
 from binance_assets.vision.listing import ArchiveInfo
 
@@ -240,12 +241,14 @@ def build_market_assets(
         with failing_fast():
             plans = _plan(context, market, archives, vision.publish_grace_days, todo, dataset, fallback)
         downloader = vision.downloader()
-        klines = None
-        if kline_check or fallback:  # before the writes: the fallback compares day counts with them
-            klines = load_klines(downloader, kline_sources(market, plans))
+        klines = load_klines(downloader, kline_sources(market, plans)) if kline_check else None
         rebuild = None
-        if fallback and klines is not None:
-            rebuild = Fallback(fallback, lambda ticker: archives(ticker, fallback), day_counts(klines))
+        if fallback:  # before the writes: a partial day is one with fewer trades than Binance counts
+            if klines is not None:
+                counts = counts_from_klines(klines)
+            else:
+                counts = load_day_counts(downloader, market, plans, dt.datetime.now(dt.UTC).date())
+            rebuild = Fallback(fallback, lambda ticker: archives(ticker, fallback), counts)
         load = RunLoad(market, plans, downloader, fallback=rebuild)
         writer = DayWriter(clickhouse.open, market.key, token=f"{context.run.run_id}/{context.retry_number}")
 
@@ -279,7 +282,7 @@ def build_market_assets(
             with clickhouse.open() as store:
                 write_ledger(store, load.ledger_rows)
                 results = _checks(market, store, run)
-                if kline_check and klines is not None:
+                if klines is not None:
                     outcome = matches_binance_klines(store, market.key, klines, load.uncovered)
                     results.append(_check_result(bars_key, MATCHES_KLINES, outcome))
         # 4. the materialisations: Dagster's own, one per partition of the run, when every day is written;

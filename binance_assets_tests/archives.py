@@ -521,13 +521,28 @@ def klines_csv(klines: pd.DataFrame, layout: str) -> bytes:
     return header + (_csv_rows(columns) if len(klines) else b"")
 
 
-def write_klines(root: Path, market: str, ticker: str, period: str, klines: pd.DataFrame) -> Path:
-    """Write the 1m klines archive of `period` (YYYY-MM-DD or YYYY-MM) and its `.CHECKSUM` into a mirror."""
+def daily_klines(klines: pd.DataFrame) -> pd.DataFrame:
+    """The 1d klines of 1m klines (as `expected_klines` makes them): one row per day, its `count` the
+    day's trades."""
+    day = klines["open_time"] // 86_400_000 * 86_400_000
+    days = klines.groupby(day, sort=True).agg(
+        open=("open", "first"), high=("high", "max"), low=("low", "min"), close=("close", "last"),
+        volume=("volume", "sum"), quote_volume=("quote_volume", "sum"), count=("count", "sum"),
+        taker_buy_volume=("taker_buy_volume", "sum"),
+        taker_buy_quote_volume=("taker_buy_quote_volume", "sum"),
+    )  # fmt: skip
+    return days.rename_axis("open_time").reset_index()
+
+
+def write_klines(
+    root: Path, market: str, ticker: str, period: str, klines: pd.DataFrame, interval: str = "1m"
+) -> Path:
+    """Write the klines archive of `period` (YYYY-MM-DD or YYYY-MM) and its `.CHECKSUM` into a mirror."""
     from binance_assets.markets import MARKETS
 
-    name = f"{ticker}-1m-{period}"
+    name = f"{ticker}-{interval}-{period}"
     data = zip_archive(klines_csv(klines, _PUBLISHED_LAYOUT[market]), f"{name}.csv")
-    return write_archive(root, MARKETS[market].klines_key(ticker, period), data)
+    return write_archive(root, MARKETS[market].klines_key(ticker, period, interval), data)
 
 
 _PUBLISHED_LAYOUT = {"spot": "spot_ms", "um": "um_header", "cm": "cm"}

@@ -18,11 +18,14 @@ from binance_assets.sensors import ARCHIVE_TAG, build_republished_sensor
 from binance_assets.settings import Settings
 from binance_assets_tests.archives import (
     DAY_US,
+    daily_klines,
+    expected_klines,
     publish,
     publish_uncovered,
     trades_csv,
     uncovered_ids,
     write_archive,
+    write_klines,
     zip_archive,
 )
 from binance_assets_tests.helpers import (
@@ -136,6 +139,38 @@ def test_without_fallback_the_trades_archives_are_taken_as_they_are(
         store_url, "SELECT day, source, dataset FROM binance.daily_liquidity FINAL ORDER BY day"
     )
     assert liquidity["dataset"].tolist() == ["trades"] * 4 and liquidity["source"].iloc[0] == "none"
+
+
+def test_without_the_kline_check_the_partial_day_is_found_from_the_1d_klines(
+    trades: pd.DataFrame,
+    vision_server: VisionServer,
+    instance: DagsterInstance,
+    store_url: str,
+    res: dict[str, object],
+) -> None:
+    """One number a day: January's monthly 1d file, and February's daily 1d files (its monthly file is
+    not published); the 1m klines are not read."""
+    root = vision_server.root
+    for path in root.rglob("*-1m-*"):
+        path.unlink()
+    one_day = daily_klines(expected_klines(trades, DAYS))
+    stamps = pd.to_datetime(one_day["open_time"], unit="ms").dt
+    write_klines(root, "um", "ETHUSDT", "2024-01", one_day[stamps.month == 1], interval="1d")
+    for day in DAYS[2:]:
+        write_klines(root, "um", "ETHUSDT", str(day), one_day[stamps.date == day], interval="1d")
+
+    result = materialize_range(instance, res, "ETHUSDT", FIRST, LAST, kline_check=False)
+    assert result.success
+    assert_bars_match(store_url, {"ETHUSDT": trades}, DAYS[0], DAYS[-1])
+    _, metadata = check(result, "built_from_fallback")
+    reasons = {row["day"]: row["reason"] for row in metadata["failing_ticker_days"]}
+    partial_count = int(day_rows(trades, PARTIAL).sum())
+    assert reasons[str(PARTIAL)] == (
+        f"partial trades archive: {partial_count // 3:,} trades against {partial_count:,} in Binance's klines"
+    )
+    hits = vision_server.hits
+    assert hits("-1m-") == 0 and hits("ETHUSDT-1d-2024-01.zip") >= 1
+    assert hits("ETHUSDT-1d-2024-02.zip") >= 1 and hits("ETHUSDT-1d-2024-02-01.zip") >= 1
 
 
 def test_aggtrades_as_the_primary_dataset_gives_the_same_bars(

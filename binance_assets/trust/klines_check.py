@@ -92,9 +92,7 @@ def load_klines(downloader: VisionDownloader, sources: Sequence[KlineSource]) ->
     """Download (concurrently, verified, cached) and read every source's klines; a missing or unusable
     archive is recorded, never raised: the trades rows are written already and stay checkable later."""
     loaded = LoadedKlines()
-    with ThreadPoolExecutor(max_workers=downloader.concurrency, thread_name_prefix="klines") as pool:
-        results = list(pool.map(lambda source: _read(downloader, source), sources))
-    for source, result in zip(sources, results, strict=True):
+    for source, result in zip(sources, read_sources(downloader, sources), strict=True):
         if isinstance(result, ArchiveNotFound):
             loaded.not_published += [f"{source.ticker} {day}" for day in source.days]
         elif isinstance(result, Exception):
@@ -105,19 +103,11 @@ def load_klines(downloader: VisionDownloader, sources: Sequence[KlineSource]) ->
     return loaded
 
 
-def day_counts(loaded: LoadedKlines) -> dict[tuple[str, dt.date], int]:
-    """Trades per (ticker, day) as Binance's klines count them: what a complete trades archive holds."""
-    counts: dict[tuple[str, dt.date], int] = {}
-    for ticker, tables in loaded.klines.items():
-        for table in tables:
-            sums = (
-                pa.table({"day": minute_day(table), "count": table["count"]})
-                .group_by("day")
-                .aggregate([("count", "sum")])
-            )
-            for day, count in zip(sums["day"].to_pylist(), sums["count_sum"].to_pylist(), strict=True):
-                counts[(ticker, day)] = counts.get((ticker, day), 0) + int(count)
-    return counts
+def read_sources(downloader: VisionDownloader, sources: Sequence[KlineSource]) -> list[pa.Table | Exception]:
+    """Each source's klines restricted to its days, or why not (ArchiveNotFound for a 404), downloaded
+    concurrently."""
+    with ThreadPoolExecutor(max_workers=downloader.concurrency, thread_name_prefix="klines") as pool:
+        return list(pool.map(lambda source: _read(downloader, source), sources))
 
 
 def _read(downloader: VisionDownloader, source: KlineSource) -> pa.Table | Exception:
