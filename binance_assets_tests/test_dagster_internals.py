@@ -1,0 +1,93 @@
+"""The laptop instance's storage (dagster.yaml, dagster_internals.BatchedSqliteStorage): where Dagster's
+default SQLite storage keeps its data, and a batch of events written in one transaction."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, AssetMaterialization, DagsterInstance
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events.log import EventLogEntry
+from dagster._core.instance.ref import InstanceRef
+
+from binance_assets.dagster_internals import BatchedSqliteEventLogStorage
+from binance_assets_tests.helpers import REPO
+
+KEY = AssetKey(["binance", "um", "hl5s_bars"])
+
+
+def materialization(run_id: str, partition: str) -> EventLogEntry:
+    event = DagsterEvent(
+        event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+        job_name="um_trades_to_bars",
+        event_specific_data=StepMaterializationData(AssetMaterialization(KEY, partition=partition)),
+    )
+    return EventLogEntry(
+        error_info=None, level=20, user_message="", run_id=run_id, timestamp=time.time(), dagster_event=event
+    )
+
+
+def open_instance(home: Path, monkeypatch: pytest.MonkeyPatch) -> DagsterInstance:
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return DagsterInstance.get()
+
+
+@pytest.fixture
+def laptop_home(tmp_path: Path) -> Iterator[Path]:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    yield home
+
+
+def test_a_batch_is_stored_whole_with_its_partitions(
+    laptop_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = open_instance(laptop_home, monkeypatch)
+    storage = instance.event_log_storage
+    assert isinstance(storage, BatchedSqliteEventLogStorage)
+    run_id = str(uuid.uuid4())
+    partitions = [f"2024-01-{day:02d}|BTCUSDT" for day in range(1, 32)]
+    storage.store_event_batch([materialization(run_id, p) for p in partitions])
+    records = instance.fetch_materializations(KEY, limit=100).records
+    assert sorted(r.partition_key for r in records) == partitions
+    assert instance.get_materialized_partitions(KEY) == set(partitions)
+    assert len(instance.all_logs(run_id)) == len(partitions)  # the run's own shard holds them too
+
+
+def test_a_batch_that_fails_stores_none_of_its_events(
+    laptop_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One transaction: the events before the bad one are rolled back with it (Dagster then stores the
+    batch one event at a time, instance.handle_new_event), and the storage works on."""
+    instance = open_instance(laptop_home, monkeypatch)
+    run_id = str(uuid.uuid4())
+    good = [materialization(run_id, f"2024-01-0{day}|BTCUSDT") for day in (1, 2)]
+    with pytest.raises(Exception, match="event"):
+        instance.event_log_storage.store_event_batch([*good, "not an event"])  # type: ignore[list-item]
+    assert instance.fetch_materializations(KEY, limit=10).records == []
+    assert instance.all_logs(run_id) == []
+    instance.event_log_storage.store_event_batch(good)
+    assert len(instance.fetch_materializations(KEY, limit=10).records) == 2
+
+
+def test_a_home_made_with_the_default_storage_opens_with_the_same_data(
+    tmp_path: Path, laptop_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DAGSTER_HOME from before dagster.yaml named the storage keeps its runs and materialisations."""
+    old_home = tmp_path / "old_home"
+    old_home.mkdir()
+    run_id = str(uuid.uuid4())
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(old_home))) as old:  # no dagster.yaml
+        old.event_log_storage.store_event(materialization(run_id, "2024-01-01|BTCUSDT"))
+    shutil.copy(laptop_home / "dagster.yaml", old_home / "dagster.yaml")
+    instance = open_instance(old_home, monkeypatch)
+    assert isinstance(instance.event_log_storage, BatchedSqliteEventLogStorage)
+    assert [r.partition_key for r in instance.fetch_materializations(KEY, limit=10).records] == [
+        "2024-01-01|BTCUSDT"
+    ]
