@@ -8,8 +8,8 @@ after changing the generator). Every measurement runs in a fresh subprocess that
 (imports excluded) and reports its own peak RSS (VmHWM), so peak RSS is per measurement; the best of
 `--repeat` runs is shown, with the CPU seconds (all threads) of its fastest pass. The parse-only stages
 read the CSV inflated in memory beforehand (the columns and types our reader parses, both cores), in
-our reader's 4 MB line-aligned chunks and whole: the CSV parser decision in README "Performance" rests
-on them.
+our reader's 4 MB line-aligned chunks and whole: the CSV parser decision in docs/performance.md ("End to
+end") rests on them.
 """
 
 from __future__ import annotations

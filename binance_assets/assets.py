@@ -110,7 +110,7 @@ ONE_OP = (
     "Written together with {other} by one op, {op}, a day's bars with its liquidity row: Materialize "
     "therefore adds {other} ('Additional assets will be materialized ... a multi-asset that does not "
     "support subsetting'), as expected. For large selections launch the {market}_backfill job from the "
-    'Launchpad instead of the partition dialog (README "A big backfill from the UI").'
+    'Launchpad instead of the partition dialog (docs/operations.md "A big backfill from the UI").'
 )
 """The assets' shared note: why the UI materialises both, and the light path for big backfills."""
 

@@ -1,8 +1,9 @@
 """``<market>_backfill``: a big backfill launched from the UI's Launchpad, light for the webserver.
 
 The partition dialog makes the webserver build and check the selection against the market's every
-partition (README "A big backfill from the UI"). This job's config is a few fields; its one op, in the
-run worker, submits the same backfills as `binance-assets backfill` (backfills.py) through the instance.
+partition (docs/operations.md "A big backfill from the UI"). This job's config is a few fields; its one
+op, in the run worker, submits the same backfills as `binance-assets backfill` (backfills.py) through the
+instance.
 
 No ``from __future__ import annotations``: Dagster reads the op's config type from its annotation.
 """

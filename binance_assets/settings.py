@@ -92,8 +92,9 @@ def apply_dagster_tuning(environ: MutableMapping[str, str] = os.environ) -> None
         environ.setdefault(name, value)
 
 
-"""Read by Dagster itself, set by deploy/helm-values.yaml for whole-market backfills (README "Market
-scale"): one planned event per asset and run, and materialisations written to PostgreSQL in batches."""
+"""Read by Dagster itself, set by deploy/helm-values.yaml for whole-market backfills (docs/performance.md
+"Market scale"): one planned event per asset and run, and materialisations written to PostgreSQL in
+batches."""
 
 Model = TypeVar("Model", bound=BaseModel)
 

@@ -213,7 +213,7 @@ def test_the_user_deployment_sets_every_variable_the_image_instance_reads() -> N
     assert env["DAGSTER_PG_USER"]["value"] == database["postgresqlUsername"]
     assert env["DAGSTER_PG_DB"]["value"] == database["postgresqlDatabase"]
     assert values.get("global", {}).get("postgresqlSecretName", "dagster-postgresql-secret") == (
-        "dagster-postgresql-secret"  # the secret the README creates, which the chart reads the password from
+        "dagster-postgresql-secret"  # the secret docs/production.md creates; the chart reads its password
     )
 
 
@@ -369,16 +369,9 @@ def test_dockerfile_builds_a_slim_non_root_image_without_build_tools() -> None:
     assert all((REPO / source).exists() for source in sources), sources
 
 
-def readme_section(title: str) -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : None if end == -1 else end]
-
-
-def test_readme_production_section_names_existing_files_and_known_settings() -> None:
-    section = readme_section("Production")
-    prose = re.sub(r"```.*?```", "", section, flags=re.DOTALL)
+def test_production_doc_names_existing_files_and_known_settings() -> None:
+    text = (REPO / "docs" / "production.md").read_text()
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
     paths = {  # file names, and paths under a top-level entry of the repository (not tags like a/b)
         span
         for span in re.findall(r"`([^`\s]+)`", prose)
@@ -389,7 +382,7 @@ def test_readme_production_section_names_existing_files_and_known_settings() -> 
     }
     assert {"deploy/dagster.yaml", "deploy/Dockerfile", "deploy/helm-values.yaml"} <= paths
     assert sorted(p for p in paths if not (REPO / p).exists()) == []
-    variables = set(re.findall(r"(?<![\w.])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?![\w.])", section))
+    variables = set(re.findall(r"(?<![\w.])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?![\w.])", text))
     assert {"CLICKHOUSE_URL", "CLICKHOUSE_CLUSTER", *DAGSTER_INSTANCE_VARIABLES} <= variables
     assert sorted(variables - known_variables()) == []
 

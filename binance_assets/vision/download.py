@@ -33,7 +33,7 @@ CHUNK_BYTES = 1 << 20
 RESCAN_SECONDS = 60.0
 """How long `evict` trusts its own count of the cache's bytes (the last scan plus this downloader's writes)
 before it lists the cache again: listing it for every archive read was quadratic in the files cached
-(5.4 s of a 248-ticker-day materialize, README "Performance"). Other processes' writes are seen within
+(5.4 s of a 248-ticker-day materialize, docs/performance.md). Other processes' writes are seen within
 this time."""
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
