@@ -2,7 +2,8 @@
 
 assets.py writes it; cli/runs.py reads the run's totals back from the instance for its summaries. Every
 daily_liquidity partition a run materialises carries the run's totals (`run_metadata`) beside its own
-day's figures (`day_metadata`).
+day's figures (`day_metadata`), so the totals stay small whatever the run's length: the archives read are
+counted, not listed (each partition names its own, and the ledger holds them all).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def run_metadata(load: RunLoad, tickers: Sequence[str], seconds_total: float) ->
         "run_days_from_fallback": len(load.fallbacks),
         FALLBACK_DAYS: MetadataValue.json(fallback_days(load)),
         PARTIAL_DAYS: MetadataValue.json(partial_days(load)),
-        "archives": MetadataValue.md(_archives_table(load.ledger_rows)) if load.ledger_rows else "none",
+        "run_archives_read": len(load.ledger_rows),
         BYTES_DOWNLOADED: figures.downloaded_bytes,
         "seconds_download": round(figures.download_seconds, 3),
         "seconds_aggregate": round(figures.aggregate_seconds, 3),
@@ -110,9 +111,3 @@ def check_metadata(outcome: CheckOutcome) -> dict[str, Any]:
         metadata[FIRST_FAILURE] = outcome.first_failure
     metadata.update({detail: MetadataValue.json(value) for detail, value in outcome.details.items()})
     return metadata
-
-
-def _archives_table(archives: list[dict[str, Any]]) -> str:
-    lines = ["| key | freq | bytes | sha256 |", "|---|---|---|---|"]
-    lines += [f"| {a['key']} | {a['freq']} | {a['size']} | `{a['sha256']}` |" for a in archives]
-    return "\n".join(lines)

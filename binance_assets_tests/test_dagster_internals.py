@@ -1,4 +1,4 @@
-"""The laptop instance's storage (dagster.yaml, dagster_internals.BatchedSqliteStorage): where Dagster's
+"""The laptop instance's storage (dagster.yaml, dagster_internals.FastSqliteStorage): where Dagster's
 default SQLite storage keeps its data, and a batch of events written in one transaction."""
 
 from __future__ import annotations
@@ -8,14 +8,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from dagster import AssetKey, AssetMaterialization, DagsterInstance
+from dagster._check import CheckError
 from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 
-from binance_assets.dagster_internals import BatchedSqliteEventLogStorage
+from binance_assets.dagster_internals import FastSqliteEventLogStorage
 from binance_assets_tests.helpers import REPO
 
 KEY = AssetKey(["binance", "um", "hl5s_bars"])
@@ -48,16 +50,20 @@ def laptop_home(tmp_path: Path) -> Iterator[Path]:
 def test_a_batch_is_stored_whole_with_its_partitions(
     laptop_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """In the run's shard and in the index, with the asset's entry naming the batch's last event."""
     instance = open_instance(laptop_home, monkeypatch)
     storage = instance.event_log_storage
-    assert isinstance(storage, BatchedSqliteEventLogStorage)
+    assert isinstance(storage, FastSqliteEventLogStorage)
     run_id = str(uuid.uuid4())
     partitions = [f"2024-01-{day:02d}|BTCUSDT" for day in range(1, 32)]
     storage.store_event_batch([materialization(run_id, p) for p in partitions])
     records = instance.fetch_materializations(KEY, limit=100).records
     assert sorted(r.partition_key for r in records) == partitions
     assert instance.get_materialized_partitions(KEY) == set(partitions)
-    assert len(instance.all_logs(run_id)) == len(partitions)  # the run's own shard holds them too
+    assert [e.dagster_event.partition for e in instance.all_logs(run_id)] == partitions  # the run's shard
+    (record,) = instance.get_asset_records([KEY])
+    last = record.asset_entry.last_materialization_record
+    assert last is not None and last.partition_key == partitions[-1]
 
 
 def test_a_batch_that_fails_stores_none_of_its_events(
@@ -68,12 +74,17 @@ def test_a_batch_that_fails_stores_none_of_its_events(
     instance = open_instance(laptop_home, monkeypatch)
     run_id = str(uuid.uuid4())
     good = [materialization(run_id, f"2024-01-0{day}|BTCUSDT") for day in (1, 2)]
-    with pytest.raises(Exception, match="event"):
-        instance.event_log_storage.store_event_batch([*good, "not an event"])  # type: ignore[list-item]
+    log_line = EventLogEntry(
+        error_info=None, level=20, user_message="x", run_id=run_id, timestamp=time.time(), dagster_event=None
+    )
+    not_an_event = SimpleNamespace(dagster_event_type=None, run_id=run_id)  # after two stored ones
+    with pytest.raises(CheckError, match="event"):
+        instance.event_log_storage.store_event_batch([*good, log_line, not_an_event])  # type: ignore[list-item]
     assert instance.fetch_materializations(KEY, limit=10).records == []
     assert instance.all_logs(run_id) == []
-    instance.event_log_storage.store_event_batch(good)
+    instance.event_log_storage.store_event_batch([*good, log_line])
     assert len(instance.fetch_materializations(KEY, limit=10).records) == 2
+    assert len(instance.all_logs(run_id)) == 3
 
 
 def test_a_home_made_with_the_default_storage_opens_with_the_same_data(
@@ -87,7 +98,7 @@ def test_a_home_made_with_the_default_storage_opens_with_the_same_data(
         old.event_log_storage.store_event(materialization(run_id, "2024-01-01|BTCUSDT"))
     shutil.copy(laptop_home / "dagster.yaml", old_home / "dagster.yaml")
     instance = open_instance(old_home, monkeypatch)
-    assert isinstance(instance.event_log_storage, BatchedSqliteEventLogStorage)
+    assert isinstance(instance.event_log_storage, FastSqliteEventLogStorage)
     assert [r.partition_key for r in instance.fetch_materializations(KEY, limit=10).records] == [
         "2024-01-01|BTCUSDT"
     ]
