@@ -13,8 +13,6 @@ from binance_assets.markets import DatasetName
 from binance_assets.settings import DEFAULT_PUBLISH_GRACE_DAYS
 from binance_assets.vision.listing import ArchiveInfo
 
-"""Binance publishes a day's archive hours to (rarely) a week late (docs/vision-format.md section 5)."""
-
 
 @dataclass(frozen=True)
 class TickerPlan:
