@@ -19,7 +19,8 @@ from binance_assets.bars import GAPS_SCHEMA, Aggregation, aggregate_trades, id_r
 from binance_assets.markets import MARKETS, cm_contract_size
 from binance_assets.vision.agg_trades import AGG_TRADES, AGG_TRADES_SCHEMA
 from binance_assets.vision.archive import read_archive
-from binance_assets.vision.trades import TRADES, TradesFormatError
+from binance_assets.vision.trades import TRADES
+from binance_assets.vision.zip_member import ArchiveFormatError
 from binance_assets_tests.archives import (
     AGG_LAYOUTS,
     agg_trades,
@@ -276,7 +277,7 @@ def good_lines(layout: str = "um_header", n: int = 3_000) -> list[bytes]:
 
 
 def expect_error(path: Path, match: str, layout: str = "um_header", line: int | None = None) -> None:
-    with pytest.raises(TradesFormatError, match=match) as caught:
+    with pytest.raises(ArchiveFormatError, match=match) as caught:
         read_aggs(layout, path, chunk_size=16 << 10)
     message = str(caught.value)
     assert path.name in message and "\n" not in message

@@ -32,7 +32,7 @@ from binance_assets.vision.download import (
 )
 from binance_assets.vision.errors import VisionHTTPError
 from binance_assets.vision.listing import VisionListing
-from binance_assets.vision.trades import TradesFormatError
+from binance_assets.vision.zip_member import ArchiveFormatError
 from binance_assets_tests.archives import publish, write_archive, zip_archive
 from binance_assets_tests.helpers import (
     REPO,
@@ -60,7 +60,7 @@ PER_DAY = "SELECT day, count() AS n, sum(volume) AS v FROM binance.hl5s GROUP BY
     [
         (ChecksumMismatch("k.zip", "a" * 64, "b" * 64), True),
         (ChecksumFileError("expected 64 hex digits"), True),
-        (TradesFormatError("k.zip", "corrupt zip: member data ends early"), True),
+        (ArchiveFormatError("k.zip", "corrupt zip: member data ends early"), True),
         (VisionHTTPError("http://x/k", "HTTP 400", status=400, retryable=False), True),
         (OSError(errno.ENOSPC, "No space left on device", "/cache/k.zip"), True),
         (UnfinishedLoad("um: liquidity of the run read before its bars stream was drained"), True),

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from binance_assets.markets import MARKETS
-from binance_assets.vision.trades import TRADES_SCHEMA, TradesFormatError, read_trades
+from binance_assets.vision.trades import TRADES_SCHEMA, read_trades
+from binance_assets.vision.zip_member import ArchiveFormatError
 from binance_assets_tests.archives import LAYOUTS, make_trades, trades_csv, zip_archive
 from binance_assets_tests.conftest import REAL
 
@@ -90,8 +91,8 @@ def good_zip(tmp_path: Path) -> Path:
     return write_zip(tmp_path, trades_csv(make_trades(20_000, START, 60, time_unit="ms"), "um_header"))
 
 
-def expect_error(path: Path, match: str, market: str = "um") -> TradesFormatError:
-    with pytest.raises(TradesFormatError, match=match) as caught:
+def expect_error(path: Path, match: str, market: str = "um") -> ArchiveFormatError:
+    with pytest.raises(ArchiveFormatError, match=match) as caught:
         read_all(path, market, chunk_size=16 << 10)
     assert path.name in str(caught.value)
     return caught.value

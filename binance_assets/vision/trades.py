@@ -16,7 +16,6 @@ import pyarrow.compute as pc
 
 from binance_assets.markets import Market
 from binance_assets.vision.archive import CHUNK_SIZE, Conversion, Dataset, read_archive, time_us
-from binance_assets.vision.zip_member import ArchiveFormatError
 
 TRADES_SCHEMA = pa.schema(
     [
@@ -28,8 +27,6 @@ TRADES_SCHEMA = pa.schema(
         ("is_buyer_maker", pa.bool_()),
     ]
 )
-TradesFormatError = ArchiveFormatError
-"""The name callers catch; the same error covers aggTrades archives."""
 
 
 def _conversion(market: Market, contract_size: float | None) -> Conversion:
