@@ -39,7 +39,7 @@ def load_store(root: Path) -> LoadedStore:
     mirror = root / "mirror"
     write_archive(
         mirror,
-        MARKETS["spot"].trades_key("BTCUSDT", REAL_DAY.isoformat()),
+        MARKETS["spot"].archive_key("trades", "BTCUSDT", REAL_DAY.isoformat()),
         zip_archive((REAL / "BTCUSDT-trades-2025-01-01_first-minute.csv").read_bytes(), "BTCUSDT.csv"),
     )
     trades = {

@@ -235,7 +235,9 @@ def test_archive_keys() -> None:
         "data/spot/monthly/aggTrades/ZILBTC/ZILBTC-aggTrades-2021-02.zip"
     )
     assert um.archive_prefix("aggTrades", "daily") == "data/futures/um/daily/aggTrades/"
-    assert um.trades_key("BTCUSDT", "2024-01") == um.archive_key("trades", "BTCUSDT", "2024-01")
+    assert um.archive_key("trades", "BTCUSDT", "2024-01") == (
+        "data/futures/um/monthly/trades/BTCUSDT/BTCUSDT-trades-2024-01.zip"
+    )
     assert um.trades_prefix("daily", "X") == "data/futures/um/daily/trades/X/"
 
 

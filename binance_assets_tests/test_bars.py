@@ -13,7 +13,8 @@ import pytest
 
 from binance_assets.bars import _merge, _merge_neighbours, _reduce, _SeenIds, aggregate_trades
 from binance_assets.markets import MARKETS
-from binance_assets.vision.trades import TRADES_SCHEMA, read_trades
+from binance_assets.vision.archive import read_archive
+from binance_assets.vision.trades import TRADES, TRADES_SCHEMA
 from binance_assets_tests.archives import (
     drop_ids,
     duplicate_ids,
@@ -220,7 +221,7 @@ def test_real_trades_reproduce_binance_kline_exactly(tmp_path: Path) -> None:
     csv = (REAL / "BTCUSDT-trades-2025-01-01_first-minute.csv").read_bytes()
     path.write_bytes(zip_archive(csv, "BTCUSDT-trades-2025-01-01.csv"))
     kline = (REAL / "spot_BTCUSDT_1m_kline_2025-01-01T00-00.csv").read_text().strip().split(",")
-    bars = aggregate_trades(read_trades(path, MARKETS["spot"])).bars.to_pandas()
+    bars = aggregate_trades(read_archive(path, MARKETS["spot"], TRADES)).bars.to_pandas()
     assert len(bars) == 12  # every 5 s of the minute traded
 
     def exact(value: float, decimals: int = 8) -> Decimal:

@@ -49,7 +49,7 @@ from binance_assets_tests.vision_server import VisionServer
 UM = MARKETS["um"]
 DAYS = [dt.date(2024, 1, 30) + dt.timedelta(days=i) for i in range(4)]
 FIRST, LAST = str(DAYS[0]), str(DAYS[-1])
-SPOILED = UM.trades_key("ETHUSDT", "2024-02-01")
+SPOILED = UM.archive_key("trades", "ETHUSDT", "2024-02-01")
 RETRY_AT_ONCE = RetryPolicy(max_retries=2)
 """The asset's retries without the wait, so a test sees whether a failure is retried, not how long."""
 PER_DAY = "SELECT day, count() AS n, sum(volume) AS v FROM binance.hl5s GROUP BY day ORDER BY day"

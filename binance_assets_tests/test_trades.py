@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from binance_assets.markets import MARKETS
-from binance_assets.vision.trades import TRADES_SCHEMA, read_trades
+from binance_assets.vision.archive import read_archive
+from binance_assets.vision.trades import TRADES, TRADES_SCHEMA
 from binance_assets.vision.zip_member import ArchiveFormatError
 from binance_assets_tests.archives import LAYOUTS, make_trades, trades_csv, zip_archive
 from binance_assets_tests.conftest import REAL
@@ -26,7 +27,9 @@ def write_zip(tmp_path: Path, csv: bytes, name: str = "BTCUSDT-trades-2024-01-01
 
 
 def read_all(path: Path, market: str, **kwargs: int) -> pa.Table:
-    return pa.Table.from_batches(list(read_trades(path, MARKETS[market], **kwargs)), schema=TRADES_SCHEMA)
+    return pa.Table.from_batches(
+        list(read_archive(path, MARKETS[market], TRADES, **kwargs)), schema=TRADES_SCHEMA
+    )
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
