@@ -22,8 +22,7 @@ from binance_assets_tests.archives import (
     make_trades,
     zip_archive,
 )
-from binance_assets_tests.conftest import REAL
-from binance_assets_tests.helpers import assert_aggregation_matches
+from binance_assets_tests.helpers import REAL, assert_aggregation_matches
 
 US = 1_000_000
 MIDNIGHT = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)

@@ -22,7 +22,7 @@ from binance_assets.vision.download import (
 )
 from binance_assets.vision.errors import VisionError, VisionHTTPError
 from binance_assets_tests.archives import write_archive
-from binance_assets_tests.conftest import REAL
+from binance_assets_tests.helpers import REAL
 from binance_assets_tests.vision_server import ChecksumStyle, VisionServer, put_archive
 
 SPOT = MARKETS["spot"]

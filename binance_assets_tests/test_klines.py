@@ -48,8 +48,7 @@ from binance_assets_tests.archives import (
     write_klines,
     zip_archive,
 )
-from binance_assets_tests.conftest import REAL
-from binance_assets_tests.helpers import RANGE_END, RANGE_START, materialize_range, resources
+from binance_assets_tests.helpers import RANGE_END, RANGE_START, REAL, materialize_range, resources
 from binance_assets_tests.vision_server import VisionServer
 
 UM, CM, SPOT = MARKETS["um"], MARKETS["cm"], MARKETS["spot"]

@@ -15,7 +15,7 @@ from binance_assets.vision.archive import read_archive
 from binance_assets.vision.trades import TRADES, TRADES_SCHEMA
 from binance_assets.vision.zip_member import ArchiveFormatError
 from binance_assets_tests.archives import LAYOUTS, make_trades, trades_csv, zip_archive
-from binance_assets_tests.conftest import REAL
+from binance_assets_tests.helpers import REAL
 
 START = dt.datetime(2024, 1, 1, 23, 59, tzinfo=dt.UTC)
 
