@@ -43,7 +43,7 @@ STAGES: dict[str, str] = {
     "zlib_ng": "inflate zlib-ng (raw stream)",
     "isal": "inflate isal (raw stream)",
     "pandas": "pandas read_csv + resample",
-    "ours": "ours: read_trades + aggregate_trades",
+    "ours": "ours: read_archive + aggregate_trades",
     "pyarrow_csv": "parse only: pyarrow, 4 MB chunks",
     "polars_csv": "parse only: polars, 4 MB chunks",
     "pyarrow_csv_whole": "parse only: pyarrow, whole CSV",
@@ -56,7 +56,7 @@ def build_archive(workdir: Path, trades: int) -> Path:
     from binance_assets.markets import MARKETS
     from binance_assets_tests.archives import trades_csv, write_archive, zip_archive
 
-    key = MARKETS["um"].trades_key(TICKER, DAY.isoformat())
+    key = MARKETS["um"].archive_key("trades", TICKER, DAY.isoformat())
     root = cache_root(workdir, trades)
     path = root / key
     if path.with_name(path.name + ".CHECKSUM").exists():  # written last: the zip is complete
@@ -152,12 +152,13 @@ def _our_path() -> Callable[[Path], int]:
     """The lead's API; adapt here if it changes."""
     from binance_assets.bars import aggregate_trades
     from binance_assets.markets import MARKETS
-    from binance_assets.vision.trades import read_trades
+    from binance_assets.vision.archive import read_archive
+    from binance_assets.vision.trades import TRADES
 
     market = MARKETS["um"]
 
     def run(path: Path) -> int:
-        return aggregate_trades(read_trades(path, market)).bars.num_rows
+        return aggregate_trades(read_archive(path, market, TRADES)).bars.num_rows
 
     return run
 

@@ -92,7 +92,7 @@ def build_mirror(workdir: Path, days: int, per_day: int, monthly: int) -> Path:
         for index in range(days):
             day = FIRST_DAY + dt.timedelta(days=index)
             trades = _day_trades(day, per_day, 1 + index * per_day, seed=index)
-            key = market.trades_key(DAILY_TICKER, day.isoformat())
+            key = market.archive_key("trades", DAILY_TICKER, day.isoformat())
             name = f"{DAILY_TICKER}-trades-{day}.csv"
             write_archive(root, key, zip_archive(trades_csv(trades, "um_header"), name))
             write_klines(root, "um", DAILY_TICKER, day.isoformat(), expected_klines(trades, [day]))
@@ -103,7 +103,7 @@ def build_mirror(workdir: Path, days: int, per_day: int, monthly: int) -> Path:
         started = time.perf_counter()
         month = MONTH.strftime("%Y-%m")
         month_days = [MONTH + dt.timedelta(days=i) for i in range(31)]
-        key = market.trades_key(MONTHLY_TICKER, month)
+        key = market.archive_key("trades", MONTHLY_TICKER, month)
         path = root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         klines, next_id = [], 1
@@ -227,7 +227,8 @@ def daily(url: str, mirror: Path, workdir: Path, days: int, per_day: int, repeat
 
     last = FIRST_DAY + dt.timedelta(days=days - 1)
     zips = [
-        mirror / MARKETS["um"].trades_key(DAILY_TICKER, (FIRST_DAY + dt.timedelta(days=i)).isoformat())
+        mirror
+        / MARKETS["um"].archive_key("trades", DAILY_TICKER, (FIRST_DAY + dt.timedelta(days=i)).isoformat())
         for i in range(days)
     ]
     ours, pandas = [], []

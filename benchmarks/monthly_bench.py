@@ -62,10 +62,11 @@ def build_archive(workdir: Path, trades: int, days: int) -> Path:
 def child(path: Path) -> None:
     from binance_assets.bars import aggregate_trades
     from binance_assets.markets import MARKETS
-    from binance_assets.vision.trades import read_trades
+    from binance_assets.vision.archive import read_archive
+    from binance_assets.vision.trades import TRADES
 
     started = time.perf_counter()
-    aggregation = aggregate_trades(read_trades(path, MARKETS["um"]))
+    aggregation = aggregate_trades(read_archive(path, MARKETS["um"], TRADES))
     days = sum(1 for _ in aggregation.by_day())
     seconds = time.perf_counter() - started
     status = Path("/proc/self/status").read_text()

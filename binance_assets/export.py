@@ -29,6 +29,7 @@ from binance_assets.arguments import DAY_SECONDS, ArgumentError
 from binance_assets.clickhouse.reads import BARS_READ_SCHEMA, bars_sql
 from binance_assets.clickhouse.store import Store
 from binance_assets.clickhouse.tables import conform
+from binance_assets.plan import months_between
 from binance_assets.research import DEFAULT_LOCK_TIMEOUT, loaded_tickers, open_reader, require_loaded
 
 _FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.parquet$")
@@ -66,15 +67,7 @@ class ExportSummary:
 
 def month_parts(tickers: Sequence[str], first: dt.date, last: dt.date) -> list[Part]:
     """Each ticker's days first..last cut at month ends."""
-    parts = []
-    for ticker in tickers:
-        start = first
-        while start <= last:
-            next_month = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-            stop = min(last, next_month - dt.timedelta(days=1))
-            parts.append(Part(ticker, start, stop))
-            start = next_month
-    return parts
+    return [Part(ticker, start, stop) for ticker in tickers for start, stop in months_between(first, last)]
 
 
 def export_bars(

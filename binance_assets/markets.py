@@ -53,9 +53,6 @@ class Market:
     def trades_prefix(self, freq: str, ticker: str | None = None) -> str:
         return self.archive_prefix("trades", freq, ticker)
 
-    def trades_key(self, ticker: str, period: str) -> str:
-        return self.archive_key("trades", ticker, period)
-
     def klines_key(self, ticker: str, period: str, interval: str = "1m") -> str:
         freq = "daily" if len(period) == 10 else "monthly"
         return f"{self.vision_path}/{freq}/klines/{ticker}/{interval}/{ticker}-{interval}-{period}.zip"

@@ -1,4 +1,6 @@
-"""Which archives serve which requested days of one ticker: the monthly bootstrap, daily increments.
+"""Which archives serve which requested days of one ticker: the monthly bootstrap, daily increments; and
+the calendar months that runs (here), export files (export.py) and the plan's table (cli/preview.py) cut
+days by.
 
 Pure: takes the ticker's Vision listing and returns a plan; knows nothing of Dagster or downloads.
 """
@@ -12,8 +14,6 @@ from dataclasses import dataclass, field, replace
 from binance_assets.markets import DatasetName
 from binance_assets.settings import DEFAULT_PUBLISH_GRACE_DAYS
 from binance_assets.vision.listing import ArchiveInfo
-
-"""Binance publishes a day's archive hours to (rarely) a week late (docs/vision-format.md section 5)."""
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,6 @@ class TickerPlan:
     @property
     def download_bytes(self) -> int:
         return sum(archive.size for archive in self.serves)
-
-
-def _month(day: dt.date) -> str:
-    return day.strftime("%Y-%m")
 
 
 def plan_ticker(
@@ -60,7 +56,7 @@ def plan_ticker(
     serves = {archive: list(served) for archive, served in plan.serves.items()}
     no_archive, fallbacks = [], {}
     for day in plan.no_archive:
-        source = daily.get(day) or monthly.get(_month(day))
+        source = daily.get(day) or monthly.get(month_of(day))
         if source is None:
             no_archive.append(day)
         else:
@@ -118,8 +114,8 @@ def _plan_primary(
 
     serves: dict[ArchiveInfo, list[dt.date]] = {}
     leftover: list[dt.date] = []
-    for month in sorted({_month(d) for d in requested}):
-        month_days = [d for d in requested if _month(d) == month]
+    for month in sorted({month_of(d) for d in requested}):
+        month_days = [d for d in requested if month_of(d) == month]
         archive = monthly.get(month)
         if archive is not None and _covers_month(archive, wanted, first_listed, last_listed):
             serves.setdefault(archive, []).extend(month_days)
@@ -157,8 +153,7 @@ def run_ranges(days: Iterable[dt.date], max_days: int) -> list[tuple[dt.date, dt
         start = run[0]
         while start <= run[-1]:
             stop = min(run[-1], start + dt.timedelta(days=max_days - 1))
-            month_end = _next_month(stop) - dt.timedelta(days=1)
-            if stop < run[-1] and stop != month_end and _month(start) != _month(stop):
+            if stop < run[-1] and stop != month_end(stop) and month_of(start) != month_of(stop):
                 stop = stop.replace(day=1) - dt.timedelta(days=1)  # end the run where a month ends
             ranges.append((start, stop))
             start = stop + dt.timedelta(days=1)
@@ -175,5 +170,25 @@ def _consecutive(days: list[dt.date]) -> list[list[dt.date]]:
     return runs
 
 
-def _next_month(day: dt.date) -> dt.date:
+def month_of(day: dt.date) -> str:
+    """The day's month as YYYY-MM: the period of its monthly archive."""
+    return day.strftime("%Y-%m")
+
+
+def next_month(day: dt.date) -> dt.date:
+    """The first day of the month after the day's."""
     return (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+
+
+def month_end(day: dt.date) -> dt.date:
+    """The last day of the day's month."""
+    return next_month(day) - dt.timedelta(days=1)
+
+
+def months_between(first: dt.date, last: dt.date) -> list[tuple[dt.date, dt.date]]:
+    """first..last (inclusive) cut at month ends: (first, last) of each month's days in the range."""
+    spans: list[tuple[dt.date, dt.date]] = []
+    while first <= last:
+        spans.append((first, min(last, month_end(first))))
+        first = next_month(first)
+    return spans

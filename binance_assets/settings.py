@@ -38,6 +38,8 @@ from pydantic_core import ErrorDetails
 
 from binance_assets.markets import DATASETS, MARKETS, TICKER_PATTERN, DatasetName
 
+# The variables' defaults, written once: modules that take a setting as a field or parameter of their own
+# (the Dagster resources, the Store, the ClickHouse client, the planner, the retry policy) import them.
 DEFAULT_VISION_URL = "https://data.binance.vision"
 DEFAULT_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"
 DEFAULT_DATABASE = "binance"
@@ -55,8 +57,6 @@ DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT = 10
 DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT = 900
 """Seconds to wait for a server's answer: above insert_quorum_timeout (600 s by default), which an INSERT of
 a ticker-year (one block of about 6.3M rows) may wait for its replicas."""
-"""Defaults written here once: the Dagster resources (resources.py, clickhouse/resource.py), the Store
-(clickhouse/store.py) and plan.py import them."""
 
 DEFAULT_RETRY_DELAY_SECONDS = 30.0
 """The base delay of a run step's retries (assets.retry_policy)."""
@@ -82,7 +82,8 @@ DAGSTER_TUNING_DEFAULTS = {
 """Dagster's event-count levers, on wherever this package runs Dagster (`apply_dagster_tuning`) and in the
 repo's .env (read by `dagster dev`): one planned event per asset and run instead of one per partition
 (failed days stay visible: dagster_internals.plan_partitions), and a run's materialisations written in
-batches (PostgreSQL; SQLite writes them one by one either way). A value already set wins."""
+batches (PostgreSQL, and SQLite through dagster_internals.FastSqliteEventLogStorage). A value already set
+wins. A deployment's pods have them from deploy/helm-values.yaml (docs/performance.md "Market scale")."""
 DAGSTER_TUNING_VARIABLES = tuple(DAGSTER_TUNING_DEFAULTS)
 
 
@@ -91,10 +92,6 @@ def apply_dagster_tuning(environ: MutableMapping[str, str] = os.environ) -> None
     for name, value in DAGSTER_TUNING_DEFAULTS.items():
         environ.setdefault(name, value)
 
-
-"""Read by Dagster itself, set by deploy/helm-values.yaml for whole-market backfills (docs/performance.md
-"Market scale"): one planned event per asset and run, and materialisations written to PostgreSQL in
-batches."""
 
 Model = TypeVar("Model", bound=BaseModel)
 

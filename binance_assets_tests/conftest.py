@@ -3,7 +3,6 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 from dagster import DagsterInstance, instance_for_test
@@ -12,11 +11,9 @@ from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS
 from binance_assets.settings import DAGSTER_TUNING_VARIABLES
 from binance_assets_tests.helpers import REPO, Cli, cli_env
+from binance_assets_tests.loaded_store import LoadedStore, load_store
 from binance_assets_tests.postgres import PostgresServer, PostgresUnavailable, find_bin_dir, postgres_server
 from binance_assets_tests.vision_server import VisionServer
-
-if TYPE_CHECKING:
-    from binance_assets_tests.loaded_store import LoadedStore
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -48,9 +45,6 @@ def vision_server(vision_root: Path) -> Iterator[VisionServer]:
 
 
 restore_interrupts()  # so the CLI and daemon processes the tests start can stop their children
-
-REAL = Path(__file__).parent / "real"
-"""Real Binance Vision files (see real/PROVENANCE.md)."""
 
 TICKERS = ("BTCUSDT", "ETHUSDT", "BTCUSD_PERP")
 """Registered in every market by the `instance` fixture."""
@@ -127,8 +121,6 @@ def instance_cli(
 @pytest.fixture(scope="session")
 def loaded_store(tmp_path_factory: pytest.TempPathFactory) -> LoadedStore:
     """One store per session, filled by the real pipeline (see loaded_store.py); read only."""
-    from binance_assets_tests.loaded_store import load_store  # it imports REAL from here
-
     return load_store(tmp_path_factory.mktemp("loaded"))
 
 

@@ -1,6 +1,6 @@
-"""What several test modules share: the resources and runs of the assets, the CLI as a user runs it, the
-real daemon, and the oracle comparison of stored bars. Test modules import from here, never from each
-other; fixtures live in conftest.py."""
+"""What several test modules share: the real Vision files, the resources and runs of the assets, the CLI as
+a user runs it, the real daemon, and the oracle comparison of stored bars. Test modules import from here,
+never from each other; fixtures live in conftest.py."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ from binance_assets_tests.archives import expected_bars, expected_day_stats
 from binance_assets_tests.vision_server import VisionServer
 
 REPO = Path(__file__).resolve().parents[1]
+REAL = Path(__file__).parent / "real"
+"""Real Binance Vision files (see real/PROVENANCE.md)."""
 DAEMON = Path(sys.executable).with_name("dagster-daemon")
 WEBSERVER = Path(sys.executable).with_name("dagster-webserver")
 TODAY = dt.datetime.now(dt.UTC).date()

@@ -19,7 +19,7 @@ from binance_assets.plan import plan_ticker
 from binance_assets.vision.download import VisionDownloader
 from binance_assets.vision.listing import VisionListing
 from binance_assets_tests.archives import publish, write_archive, zip_archive
-from binance_assets_tests.conftest import REAL
+from binance_assets_tests.helpers import REAL
 from binance_assets_tests.vision_server import VisionServer
 
 REAL_DAY = dt.date(2025, 1, 1)
@@ -39,7 +39,7 @@ def load_store(root: Path) -> LoadedStore:
     mirror = root / "mirror"
     write_archive(
         mirror,
-        MARKETS["spot"].trades_key("BTCUSDT", REAL_DAY.isoformat()),
+        MARKETS["spot"].archive_key("trades", "BTCUSDT", REAL_DAY.isoformat()),
         zip_archive((REAL / "BTCUSDT-trades-2025-01-01_first-minute.csv").read_bytes(), "BTCUSDT.csv"),
     )
     trades = {

@@ -10,12 +10,14 @@ import pyarrow as pa
 from binance_assets.clickhouse.tables import BARS_TABLE
 
 
-def bars_of_day(ticker: str, day: dt.date, n: int = 6, version: float = 1.0) -> pa.Table:
-    """n spot bars of one ticker-day in the hl5s schema; `open` carries the version so a test can tell
-    writes apart."""
+def bars_of_day(
+    ticker: str, day: dt.date, n: int = 6, version: float = 1.0, *, market: str = "spot"
+) -> pa.Table:
+    """n bars of one ticker-day in the hl5s schema; `open` carries the version so a test can tell writes
+    apart."""
     start = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
     columns = {
-        "market": ["spot"] * n,
+        "market": [market] * n,
         "ticker": [ticker] * n,
         "day": [day] * n,
         "ts": [start + 5 * (i + 1) for i in range(n)],

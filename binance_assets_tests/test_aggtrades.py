@@ -19,7 +19,8 @@ from binance_assets.bars import GAPS_SCHEMA, Aggregation, aggregate_trades, id_r
 from binance_assets.markets import MARKETS, cm_contract_size
 from binance_assets.vision.agg_trades import AGG_TRADES, AGG_TRADES_SCHEMA
 from binance_assets.vision.archive import read_archive
-from binance_assets.vision.trades import TRADES, TradesFormatError
+from binance_assets.vision.trades import TRADES
+from binance_assets.vision.zip_member import ArchiveFormatError
 from binance_assets_tests.archives import (
     AGG_LAYOUTS,
     agg_trades,
@@ -234,7 +235,9 @@ def test_archive_keys() -> None:
         "data/spot/monthly/aggTrades/ZILBTC/ZILBTC-aggTrades-2021-02.zip"
     )
     assert um.archive_prefix("aggTrades", "daily") == "data/futures/um/daily/aggTrades/"
-    assert um.trades_key("BTCUSDT", "2024-01") == um.archive_key("trades", "BTCUSDT", "2024-01")
+    assert um.archive_key("trades", "BTCUSDT", "2024-01") == (
+        "data/futures/um/monthly/trades/BTCUSDT/BTCUSDT-trades-2024-01.zip"
+    )
     assert um.trades_prefix("daily", "X") == "data/futures/um/daily/trades/X/"
 
 
@@ -276,7 +279,7 @@ def good_lines(layout: str = "um_header", n: int = 3_000) -> list[bytes]:
 
 
 def expect_error(path: Path, match: str, layout: str = "um_header", line: int | None = None) -> None:
-    with pytest.raises(TradesFormatError, match=match) as caught:
+    with pytest.raises(ArchiveFormatError, match=match) as caught:
         read_aggs(layout, path, chunk_size=16 << 10)
     message = str(caught.value)
     assert path.name in message and "\n" not in message

@@ -31,7 +31,7 @@ from binance_assets_tests.archives import (
     write_archive,
     zip_archive,
 )
-from binance_assets_tests.conftest import REAL
+from binance_assets_tests.helpers import REAL
 
 SPOT_COLUMNS = ["id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match"]
 KLINE_COLUMNS = [

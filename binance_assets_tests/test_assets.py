@@ -111,12 +111,12 @@ def test_bad_archive_fails_and_leaves_old_rows_then_rerun_repairs(
     per_day = "SELECT day, count() AS n, sum(volume) AS v FROM binance.hl5s GROUP BY day ORDER BY day"
     before = query(store_url, per_day)
 
-    archive = vision_server.root / UM.trades_key("ETHUSDT", "2024-02-01")
+    archive = vision_server.root / UM.archive_key("trades", "ETHUSDT", "2024-02-01")
     good = archive.read_bytes()
     good_checksum = archive.with_name(archive.name + ".CHECKSUM").read_text()
     cut = good[: len(good) // 2]
     archive.write_bytes(cut)
-    write_archive(vision_server.root, UM.trades_key("ETHUSDT", "2024-02-01"), cut)
+    write_archive(vision_server.root, UM.archive_key("trades", "ETHUSDT", "2024-02-01"), cut)
     if checksum == "is wrong":
         archive.with_name(archive.name + ".CHECKSUM").write_text(f"{'0' * 64}  {archive.name}\n")
     assert not run_range(instance, res, "ETHUSDT", "2024-01-30", "2024-02-02")
@@ -182,9 +182,11 @@ def test_a_corrupt_day_fails_alone_and_its_rerun_repairs_it(
     monkeypatch.setenv(
         "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", str(planned_events == "one per run")
     )
-    archive = vision_server.root / UM.trades_key("ETHUSDT", "2024-02-01")
+    archive = vision_server.root / UM.archive_key("trades", "ETHUSDT", "2024-02-01")
     good = archive.read_bytes()
-    write_archive(vision_server.root, UM.trades_key("ETHUSDT", "2024-02-01"), good[: len(good) // 2])
+    write_archive(
+        vision_server.root, UM.archive_key("trades", "ETHUSDT", "2024-02-01"), good[: len(good) // 2]
+    )
     res = resources(vision_server, store_url, tmp_path)
     retry = RetryPolicy(max_retries=2, delay=0.01)
     result = materialize_range(instance, res, "ETHUSDT", "2024-01-30", "2024-02-02", retry_policy=retry)
@@ -206,7 +208,7 @@ def test_a_corrupt_day_fails_alone_and_its_rerun_repairs_it(
     bar_days = query(store_url, "SELECT DISTINCT day FROM binance.hl5s ORDER BY day")["day"].tolist()
     assert bar_days == stored["day"].tolist()
 
-    write_archive(vision_server.root, UM.trades_key("ETHUSDT", "2024-02-01"), good)
+    write_archive(vision_server.root, UM.archive_key("trades", "ETHUSDT", "2024-02-01"), good)
     before = vision_server.requests
     assert run_range(instance, res, "ETHUSDT", "2024-02-01", "2024-02-01")
     assert not any("2024-01-3" in r or "2024-02-02" in r for r in vision_server.requests[len(before) :])

@@ -186,7 +186,7 @@ def test_only_missing_and_only_failed_pick_what_dagster_shows(
     `failed` on loaded days submits nothing."""
     days = [dt.date(2024, 1, 30) + dt.timedelta(days=i) for i in range(4)]
     publish(vision_server.root, "um", "ETHUSDT", days, trades_per_day=20, seed=3)
-    write_archive(vision_server.root, UM.trades_key("ETHUSDT", "2024-02-01"), b"not a zip")
+    write_archive(vision_server.root, UM.archive_key("trades", "ETHUSDT", "2024-02-01"), b"not a zip")
     res = resources(vision_server, store_url, tmp_path)
     assert not materialize_range(instance, res, "ETHUSDT", "2024-01-30", "2024-02-01").success
 

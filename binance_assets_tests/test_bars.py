@@ -13,7 +13,8 @@ import pytest
 
 from binance_assets.bars import _merge, _merge_neighbours, _reduce, _SeenIds, aggregate_trades
 from binance_assets.markets import MARKETS
-from binance_assets.vision.trades import TRADES_SCHEMA, read_trades
+from binance_assets.vision.archive import read_archive
+from binance_assets.vision.trades import TRADES, TRADES_SCHEMA
 from binance_assets_tests.archives import (
     drop_ids,
     duplicate_ids,
@@ -21,8 +22,7 @@ from binance_assets_tests.archives import (
     make_trades,
     zip_archive,
 )
-from binance_assets_tests.conftest import REAL
-from binance_assets_tests.helpers import assert_aggregation_matches
+from binance_assets_tests.helpers import REAL, assert_aggregation_matches
 
 US = 1_000_000
 MIDNIGHT = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
@@ -220,7 +220,7 @@ def test_real_trades_reproduce_binance_kline_exactly(tmp_path: Path) -> None:
     csv = (REAL / "BTCUSDT-trades-2025-01-01_first-minute.csv").read_bytes()
     path.write_bytes(zip_archive(csv, "BTCUSDT-trades-2025-01-01.csv"))
     kline = (REAL / "spot_BTCUSDT_1m_kline_2025-01-01T00-00.csv").read_text().strip().split(",")
-    bars = aggregate_trades(read_trades(path, MARKETS["spot"])).bars.to_pandas()
+    bars = aggregate_trades(read_archive(path, MARKETS["spot"], TRADES)).bars.to_pandas()
     assert len(bars) == 12  # every 5 s of the minute traded
 
     def exact(value: float, decimals: int = 8) -> Decimal:

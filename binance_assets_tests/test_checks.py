@@ -56,7 +56,7 @@ def republish(root: Path, ticker: str, day: dt.date, trades: pd.DataFrame) -> No
     """Replace a day's archive (and its CHECKSUM) with these trades."""
     on_day = trades[pd.to_datetime(trades["time_us"], unit="us").dt.date == day]
     data = zip_archive(trades_csv(on_day, "um_header"), f"{ticker}-trades-{day}.csv")
-    write_archive(root, UM.trades_key(ticker, str(day)), data)
+    write_archive(root, UM.archive_key("trades", ticker, str(day)), data)
 
 
 def failing(check: AssetCheckEvaluation) -> dict[str, dict[str, object]]:

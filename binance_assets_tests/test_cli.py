@@ -191,7 +191,7 @@ def test_materialize_runs_every_ticker_and_names_each_failed_day(cli: Cli, visio
     days = [dt.date(2024, 1, 30) + dt.timedelta(days=i) for i in range(3)]
     for seed, ticker in enumerate(("ETHUSDT", "BTCUSDT")):
         publish(vision_root, "um", ticker, days, trades_per_day=10, seed=seed)
-    write_archive(vision_root, MARKETS["um"].trades_key("ETHUSDT", str(days[1])), b"not a zip")
+    write_archive(vision_root, MARKETS["um"].archive_key("trades", "ETHUSDT", str(days[1])), b"not a zip")
     result = cli(
         "materialize", "--market", "um", "--ticker", "ETHUSDT", "--ticker", "BTCUSDT",
         "--start", str(days[0]), "--end", str(days[-1]), "--no-retries",

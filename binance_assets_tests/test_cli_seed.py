@@ -63,7 +63,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str],
 
 
 def size(root: Path, ticker: str, *periods: str) -> int:
-    return sum((root / UM.trades_key(ticker, period)).stat().st_size for period in periods)
+    return sum((root / UM.archive_key("trades", ticker, period)).stat().st_size for period in periods)
 
 
 def test_plan_prints_what_runs_would_download_from_the_listing_alone(
@@ -148,7 +148,9 @@ def test_dry_run_prints_each_ticker_day_and_waits_for_late_days_as_the_run_would
 def test_dry_run_of_a_corrupt_archive_fails_as_the_run_would(
     store_url: str, vision_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    write_archive(vision_root, UM.trades_key("BTCUSDT", str(JAN_30)), b"not a zip")  # its checksum matches
+    write_archive(
+        vision_root, UM.archive_key("trades", "BTCUSDT", str(JAN_30)), b"not a zip"
+    )  # its checksum matches
     code, out, err = run(
         capsys, "materialize", "--dry-run", "--market", "um", "--ticker", "BTCUSDT", "--start", str(JAN_30)
     )

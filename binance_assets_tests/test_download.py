@@ -22,11 +22,11 @@ from binance_assets.vision.download import (
 )
 from binance_assets.vision.errors import VisionError, VisionHTTPError
 from binance_assets_tests.archives import write_archive
-from binance_assets_tests.conftest import REAL
+from binance_assets_tests.helpers import REAL
 from binance_assets_tests.vision_server import ChecksumStyle, VisionServer, put_archive
 
 SPOT = MARKETS["spot"]
-KEY = SPOT.trades_key("BTCUSDT", "2024-01-01")
+KEY = SPOT.archive_key("trades", "BTCUSDT", "2024-01-01")
 DATA = b"PK fake zip bytes " * 1000
 
 
@@ -44,7 +44,7 @@ def cache_files(cache: Path) -> list[Path]:
 
 
 def keys(count: int) -> list[str]:
-    return [SPOT.trades_key("BTCUSDT", f"2024-01-{day:02d}") for day in range(1, count + 1)]
+    return [SPOT.archive_key("trades", "BTCUSDT", f"2024-01-{day:02d}") for day in range(1, count + 1)]
 
 
 @pytest.mark.parametrize("style", ["newline", "no-newline"])
@@ -332,7 +332,7 @@ def test_body_shorter_than_content_length_is_retryable() -> None:
 
 def test_file_mirror_fetches_with_the_same_checks(vision_root: Path, cache: Path) -> None:
     put_archive(vision_root, KEY, DATA, checksum_style="no-newline")
-    wrong = SPOT.trades_key("BTCUSDT", "2024-01-02")
+    wrong = SPOT.archive_key("trades", "BTCUSDT", "2024-01-02")
     put_archive(vision_root, wrong, DATA, checksum_style="wrong")
     client = downloader(vision_root.as_uri(), cache, retries=1)
 
@@ -341,7 +341,7 @@ def test_file_mirror_fetches_with_the_same_checks(vision_root: Path, cache: Path
     assert client.fetch(KEY).downloaded_bytes == 0
     with pytest.raises(ChecksumMismatch):
         client.fetch(wrong)
-    missing = SPOT.trades_key("BTCUSDT", "2024-01-03")
+    missing = SPOT.archive_key("trades", "BTCUSDT", "2024-01-03")
     with pytest.raises(ArchiveNotFound, match=re.escape(f"{vision_root.as_uri()}/{missing}.CHECKSUM")):
         client.fetch(missing)
     assert cache_files(cache) == [archive.path]

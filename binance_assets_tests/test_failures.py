@@ -32,7 +32,7 @@ from binance_assets.vision.download import (
 )
 from binance_assets.vision.errors import VisionHTTPError
 from binance_assets.vision.listing import VisionListing
-from binance_assets.vision.trades import TradesFormatError
+from binance_assets.vision.zip_member import ArchiveFormatError
 from binance_assets_tests.archives import publish, write_archive, zip_archive
 from binance_assets_tests.helpers import (
     REPO,
@@ -49,7 +49,7 @@ from binance_assets_tests.vision_server import VisionServer
 UM = MARKETS["um"]
 DAYS = [dt.date(2024, 1, 30) + dt.timedelta(days=i) for i in range(4)]
 FIRST, LAST = str(DAYS[0]), str(DAYS[-1])
-SPOILED = UM.trades_key("ETHUSDT", "2024-02-01")
+SPOILED = UM.archive_key("trades", "ETHUSDT", "2024-02-01")
 RETRY_AT_ONCE = RetryPolicy(max_retries=2)
 """The asset's retries without the wait, so a test sees whether a failure is retried, not how long."""
 PER_DAY = "SELECT day, count() AS n, sum(volume) AS v FROM binance.hl5s GROUP BY day ORDER BY day"
@@ -60,7 +60,7 @@ PER_DAY = "SELECT day, count() AS n, sum(volume) AS v FROM binance.hl5s GROUP BY
     [
         (ChecksumMismatch("k.zip", "a" * 64, "b" * 64), True),
         (ChecksumFileError("expected 64 hex digits"), True),
-        (TradesFormatError("k.zip", "corrupt zip: member data ends early"), True),
+        (ArchiveFormatError("k.zip", "corrupt zip: member data ends early"), True),
         (VisionHTTPError("http://x/k", "HTTP 400", status=400, retryable=False), True),
         (OSError(errno.ENOSPC, "No space left on device", "/cache/k.zip"), True),
         (UnfinishedLoad("um: liquidity of the run read before its bars stream was drained"), True),

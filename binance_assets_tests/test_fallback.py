@@ -53,15 +53,17 @@ def day_rows(trades: pd.DataFrame, day: dt.date) -> pd.Series:
 
 def spoil_trades(root: Path, trades: pd.DataFrame) -> None:
     """The three ways a trades archive fails its day; the aggTrades and klines archives stay whole."""
-    missing = root / UM.trades_key("ETHUSDT", MISSING.isoformat())
+    missing = root / UM.archive_key("trades", "ETHUSDT", MISSING.isoformat())
     missing.unlink()
     missing.with_name(missing.name + ".CHECKSUM").unlink()
     partial = trades[day_rows(trades, PARTIAL)]
     write_archive(
-        root, UM.trades_key("ETHUSDT", PARTIAL.isoformat()), _zipped(partial.head(len(partial) // 3))
+        root,
+        UM.archive_key("trades", "ETHUSDT", PARTIAL.isoformat()),
+        _zipped(partial.head(len(partial) // 3)),
     )
     broken = trades[day_rows(trades, BROKEN)].assign(is_buyer_maker=True)
-    write_archive(root, UM.trades_key("ETHUSDT", BROKEN.isoformat()), _zipped(broken))
+    write_archive(root, UM.archive_key("trades", "ETHUSDT", BROKEN.isoformat()), _zipped(broken))
 
 
 def _zipped(trades: pd.DataFrame) -> bytes:
@@ -266,7 +268,9 @@ def test_a_partial_coin_m_day_is_replaced_only_when_a_count_matches(
     )
     day = trades[day_rows(trades, PARTIAL)]
     cut = day[day["time_us"] < day["time_us"].iloc[0] // DAY_US * DAY_US + 2 * 3_600_000_000]
-    write_archive(root, CM.trades_key(ticker, str(PARTIAL)), zip_archive(trades_csv(cut, "cm"), "trades.csv"))
+    write_archive(
+        root, CM.archive_key("trades", ticker, str(PARTIAL)), zip_archive(trades_csv(cut, "cm"), "trades.csv")
+    )
 
     result = materialize_range(instance, res, ticker, str(PARTIAL), str(whole), market="cm")
     assert result.success
@@ -297,7 +301,7 @@ def test_a_partial_coin_m_day_is_replaced_only_when_a_count_matches(
             f"kept: aggTrades covers {len(covered):,} trades and {len(uncovered):,} uncovered ids; neither "
             f"{len(covered):,} nor {len(covered) + len(uncovered):,} is the klines' {klines_count:,}"
         )
-        assert row["archive"] == CM.trades_key(ticker, str(PARTIAL)) and not klines[0]
+        assert row["archive"] == CM.archive_key("trades", ticker, str(PARTIAL)) and not klines[0]
 
 
 def summary_lines(stdout: str) -> list[str]:

@@ -33,9 +33,10 @@ from binance_assets.markets import MARKETS
 from binance_assets.plan import plan_ticker
 from binance_assets.settings import Settings
 from binance_assets.trust.klines_check import compare_minutes, kline_sources, read_bars_1m
+from binance_assets.vision.archive import read_archive
 from binance_assets.vision.klines import KLINES_SCHEMA, KlinesFormatError, parse_klines, read_klines
 from binance_assets.vision.listing import ArchiveInfo
-from binance_assets.vision.trades import read_trades
+from binance_assets.vision.trades import TRADES
 from binance_assets_tests.archives import (
     expected_klines,
     klines_csv,
@@ -47,8 +48,7 @@ from binance_assets_tests.archives import (
     write_klines,
     zip_archive,
 )
-from binance_assets_tests.conftest import REAL
-from binance_assets_tests.helpers import RANGE_END, RANGE_START, materialize_range, resources
+from binance_assets_tests.helpers import RANGE_END, RANGE_START, REAL, materialize_range, resources
 from binance_assets_tests.vision_server import VisionServer
 
 UM, CM, SPOT = MARKETS["um"], MARKETS["cm"], MARKETS["spot"]
@@ -156,7 +156,7 @@ def test_real_first_minute_trades_reproduce_binance_kline_through_the_stored_1m_
     archive.write_bytes(
         zip_archive((REAL / "BTCUSDT-trades-2025-01-01_first-minute.csv").read_bytes(), "x.csv")
     )
-    bars = aggregate_trades(read_trades(archive, SPOT)).bars
+    bars = aggregate_trades(read_archive(archive, SPOT, TRADES)).bars
     n = bars.num_rows
     rows = bars.add_column(0, "ticker", pa.array(["BTCUSDT"] * n)).add_column(
         0, "market", pa.array(["spot"] * n)
@@ -233,7 +233,7 @@ def test_uncovered_ids_count_in_their_minute_or_either_neighbour() -> None:
 def test_kline_sources_follow_the_trades_archives() -> None:
     def listed(period: str) -> ArchiveInfo:
         freq = "daily" if len(period) == 10 else "monthly"
-        key = UM.trades_key("BTCUSDT", period)
+        key = UM.archive_key("trades", "BTCUSDT", period)
         return ArchiveInfo(key, 1, dt.datetime(2024, 3, 1, tzinfo=dt.UTC), "e", "BTCUSDT", freq, period)
 
     archives = [listed("2024-02"), *(listed(d.isoformat()) for d in [*FEB, *DAYS])]
@@ -332,7 +332,7 @@ def test_coin_m_bars_match_coin_m_klines(
 ) -> None:
     """COIN-M in its real layout: volume in contracts, the kline quote_volume column is base-asset volume."""
     trades = publish(vision_server.root, "cm", "BTCUSD_PERP", DAYS, monthly=(), klines=True, seed=6)
-    header = zipfile.ZipFile(vision_server.root / CM.trades_key("BTCUSD_PERP", str(DAYS[0]))).read(
+    header = zipfile.ZipFile(vision_server.root / CM.archive_key("trades", "BTCUSD_PERP", str(DAYS[0]))).read(
         f"BTCUSD_PERP-trades-{DAYS[0]}.csv"
     )
     assert header.startswith(b"id,price,qty,base_qty,time,is_buyer_maker\n")

@@ -64,8 +64,10 @@ def test_each_loaded_archive_has_one_ledger_row_linked_to_its_days(
 
     ledger = query(store_url, "SELECT * FROM binance.archives FINAL ORDER BY key").set_index("key")
     listed = {a.key: a for a in VisionListing(vision_server.url).list_trades_archives(UM, "BTCUSDT")}
-    monthly = UM.trades_key("BTCUSDT", "2024-02")
-    assert sorted(ledger.index) == sorted([monthly, *(UM.trades_key("BTCUSDT", str(d)) for d in MAR)])
+    monthly = UM.archive_key("trades", "BTCUSDT", "2024-02")
+    assert sorted(ledger.index) == sorted(
+        [monthly, *(UM.archive_key("trades", "BTCUSDT", str(d)) for d in MAR)]
+    )
     days = pd.to_datetime(trades["time_us"], unit="us").dt.date
     for key, row in ledger.iterrows():
         archive = listed[key]
@@ -83,7 +85,7 @@ def test_each_loaded_archive_has_one_ledger_row_linked_to_its_days(
     liquidity = query(store_url, "SELECT day, archive_sha256 FROM binance.daily_liquidity FINAL ORDER BY day")
     by_sha = {row["sha256"]: key for key, row in ledger.iterrows()}
     fed = liquidity.groupby(liquidity["archive_sha256"].map(by_sha))["day"].apply(list).to_dict()
-    assert fed == {monthly: FEB, **{UM.trades_key("BTCUSDT", str(d)): [d] for d in MAR}}
+    assert fed == {monthly: FEB, **{UM.archive_key("trades", "BTCUSDT", str(d)): [d] for d in MAR}}
 
 
 def tick(instance: DagsterInstance, res: dict[str, object], cursor: str | None) -> SensorResult:
@@ -118,12 +120,15 @@ def test_republished_archives_rerun_exactly_the_days_they_fed(
     new_feb = publish(root, "um", "BTCUSDT", FEB, monthly=("2024-02",), daily=False, seed=7)
     new_mar = publish(root, "um", "BTCUSDT", [MAR[1]], seed=8)
     publish(root, "um", "BTCUSDT", [FEB[3]], seed=9)  # a daily archive the monthly one stood in for
-    checksum = root / f"{UM.trades_key('BTCUSDT', str(MAR[1]))}.CHECKSUM"
+    checksum = root / f"{UM.archive_key('trades', 'BTCUSDT', str(MAR[1]))}.CHECKSUM"
     good_checksum = checksum.read_text()
     checksum.write_text(f"{'0' * 64}  {checksum.name.removesuffix('.CHECKSUM')}\n")  # caught mid-update
 
     second = tick(instance, res, first.cursor)
-    monthly, daily = UM.trades_key("BTCUSDT", "2024-02"), UM.trades_key("BTCUSDT", str(MAR[1]))
+    monthly, daily = (
+        UM.archive_key("trades", "BTCUSDT", "2024-02"),
+        UM.archive_key("trades", "BTCUSDT", str(MAR[1])),
+    )
     assert ranges(second.run_requests) == [
         (f"{FEB[0]}|BTCUSDT", f"{FEB[-1]}|BTCUSDT", monthly),
         (f"{MAR[1]}|BTCUSDT", f"{MAR[1]}|BTCUSDT", daily),

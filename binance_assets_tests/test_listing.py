@@ -13,7 +13,7 @@ import requests
 from binance_assets.markets import MARKETS
 from binance_assets.vision.errors import VisionError
 from binance_assets.vision.listing import ArchiveInfo, ObjectInfo, VisionListing, VisionListingError
-from binance_assets_tests.conftest import REAL as REAL_FILES
+from binance_assets_tests.helpers import REAL as REAL_FILES
 from binance_assets_tests.vision_server import VisionServer, put_archive
 
 SPOT = MARKETS["spot"]
@@ -31,7 +31,9 @@ def listing(
 
 def put_trades(root: Path, market_key: str, ticker: str, *periods: str) -> None:
     for period in periods:
-        put_archive(root, MARKETS[market_key].trades_key(ticker, period), f"{ticker} {period}".encode())
+        put_archive(
+            root, MARKETS[market_key].archive_key("trades", ticker, period), f"{ticker} {period}".encode()
+        )
 
 
 def test_ticker_listing_pages_past_1000_entries(vision_root: Path, vision_server: VisionServer) -> None:
@@ -139,13 +141,15 @@ def test_trades_archives_of_one_freq_list_one_folder(vision_root: Path, vision_s
 
 def test_single_entry(vision_root: Path, vision_server: VisionServer) -> None:
     data = b"only one"
-    put_archive(vision_root, SPOT.trades_key("ONEUSDT", "2024-03-04"), data, checksum_style="no-newline")
+    put_archive(
+        vision_root, SPOT.archive_key("trades", "ONEUSDT", "2024-03-04"), data, checksum_style="no-newline"
+    )
     client = listing(vision_server)
 
     assert client.list_tickers(SPOT) == ["ONEUSDT"]
     [archive] = client.list_trades_archives(SPOT, "ONEUSDT")
 
-    assert archive.key == SPOT.trades_key("ONEUSDT", "2024-03-04")
+    assert archive.key == SPOT.archive_key("trades", "ONEUSDT", "2024-03-04")
     assert archive.size == len(data)
     assert archive.etag == hashlib.md5(data).hexdigest()
     assert archive.last_modified.tzinfo is not None and archive.last_modified.utcoffset() == dt.timedelta(0)

@@ -1,10 +1,12 @@
-"""Archive choice (monthly bootstrap, daily increments, late and missing days) and run ranges."""
+"""Archive choice (monthly bootstrap, daily increments, late and missing days), run ranges, and months."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from binance_assets.plan import plan_ticker, run_ranges
+import pytest
+
+from binance_assets.plan import month_end, month_of, months_between, next_month, plan_ticker, run_ranges
 from binance_assets.vision.listing import ArchiveInfo
 
 NOW = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -100,3 +102,51 @@ def test_run_ranges_split_gaps_and_cap_length() -> None:
         for d in days(str(first), str(last))
     ]
     assert covered == days("2023-11-20", "2024-03-10")
+
+
+D = dt.date
+
+
+@pytest.mark.parametrize(
+    ("day", "month", "following", "end"),
+    [
+        (D(2023, 12, 31), "2023-12", D(2024, 1, 1), D(2023, 12, 31)),  # December to January
+        (D(2023, 12, 1), "2023-12", D(2024, 1, 1), D(2023, 12, 31)),
+        (D(2024, 1, 31), "2024-01", D(2024, 2, 1), D(2024, 1, 31)),
+        (D(2024, 2, 10), "2024-02", D(2024, 3, 1), D(2024, 2, 29)),  # leap February
+        (D(2024, 2, 29), "2024-02", D(2024, 3, 1), D(2024, 2, 29)),
+        (D(2023, 2, 28), "2023-02", D(2023, 3, 1), D(2023, 2, 28)),
+        (D(2100, 2, 1), "2100-02", D(2100, 3, 1), D(2100, 2, 28)),  # a century: not a leap year
+        (D(2024, 4, 30), "2024-04", D(2024, 5, 1), D(2024, 4, 30)),
+    ],
+)
+def test_month_of_a_day_its_end_and_the_next(
+    day: dt.date, month: str, following: dt.date, end: dt.date
+) -> None:
+    assert (month_of(day), next_month(day), month_end(day)) == (month, following, end)
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "spans"),
+    [
+        (D(2024, 1, 10), D(2024, 1, 20), [(D(2024, 1, 10), D(2024, 1, 20))]),  # inside one month
+        (D(2024, 2, 29), D(2024, 2, 29), [(D(2024, 2, 29), D(2024, 2, 29))]),  # one day
+        (D(2024, 2, 1), D(2024, 2, 29), [(D(2024, 2, 1), D(2024, 2, 29))]),  # a whole (leap) month
+        (
+            D(2023, 12, 30),
+            D(2024, 3, 1),
+            [
+                (D(2023, 12, 30), D(2023, 12, 31)),
+                (D(2024, 1, 1), D(2024, 1, 31)),
+                (D(2024, 2, 1), D(2024, 2, 29)),
+                (D(2024, 3, 1), D(2024, 3, 1)),
+            ],
+        ),
+        (D(2024, 1, 31), D(2024, 2, 1), [(D(2024, 1, 31), D(2024, 1, 31)), (D(2024, 2, 1), D(2024, 2, 1))]),
+        (D(2024, 3, 2), D(2024, 3, 1), []),  # last before first: no days
+    ],
+)
+def test_months_between_cuts_a_range_at_month_ends(
+    first: dt.date, last: dt.date, spans: list[tuple[dt.date, dt.date]]
+) -> None:
+    assert months_between(first, last) == spans

@@ -11,9 +11,11 @@ import pyarrow as pa
 import pytest
 
 from binance_assets.markets import MARKETS
-from binance_assets.vision.trades import TRADES_SCHEMA, TradesFormatError, read_trades
+from binance_assets.vision.archive import read_archive
+from binance_assets.vision.trades import TRADES, TRADES_SCHEMA
+from binance_assets.vision.zip_member import ArchiveFormatError
 from binance_assets_tests.archives import LAYOUTS, make_trades, trades_csv, zip_archive
-from binance_assets_tests.conftest import REAL
+from binance_assets_tests.helpers import REAL
 
 START = dt.datetime(2024, 1, 1, 23, 59, tzinfo=dt.UTC)
 
@@ -25,7 +27,9 @@ def write_zip(tmp_path: Path, csv: bytes, name: str = "BTCUSDT-trades-2024-01-01
 
 
 def read_all(path: Path, market: str, **kwargs: int) -> pa.Table:
-    return pa.Table.from_batches(list(read_trades(path, MARKETS[market], **kwargs)), schema=TRADES_SCHEMA)
+    return pa.Table.from_batches(
+        list(read_archive(path, MARKETS[market], TRADES, **kwargs)), schema=TRADES_SCHEMA
+    )
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -90,8 +94,8 @@ def good_zip(tmp_path: Path) -> Path:
     return write_zip(tmp_path, trades_csv(make_trades(20_000, START, 60, time_unit="ms"), "um_header"))
 
 
-def expect_error(path: Path, match: str, market: str = "um") -> TradesFormatError:
-    with pytest.raises(TradesFormatError, match=match) as caught:
+def expect_error(path: Path, match: str, market: str = "um") -> ArchiveFormatError:
+    with pytest.raises(ArchiveFormatError, match=match) as caught:
         read_all(path, market, chunk_size=16 << 10)
     assert path.name in str(caught.value)
     return caught.value

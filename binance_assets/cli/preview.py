@@ -22,7 +22,7 @@ from binance_assets.cli.runner import RunFailed, Totals, progress_line, run_all
 from binance_assets.definitions import build_resources
 from binance_assets.markets import Market
 from binance_assets.pipeline import DayLoad, RunLoad
-from binance_assets.plan import TickerPlan, plan_ticker, run_ranges
+from binance_assets.plan import TickerPlan, month_of, next_month, plan_ticker, run_ranges
 from binance_assets.resources import VisionResource
 from binance_assets.settings import Settings
 from binance_assets.vision.listing import ArchiveInfo
@@ -126,7 +126,7 @@ def _print_plan(request: Request, settings: Settings, planner: Planner) -> int:
 def _plan_row(plans: Sequence[TickerPlan]) -> list[Any]:
     archives = {a.key: a for p in plans for a in p.serves}
     served = [(archive.freq, len(days)) for p in plans for archive, days in p.serves.items()]
-    months = sorted(a.period for a in archives.values() if a.freq == "monthly")
+    months = sorted(a.first_day for a in archives.values() if a.freq == "monthly")
     return [
         _month_spans(months) or "-",
         sum(n for freq, n in served if freq == "monthly"),
@@ -137,17 +137,14 @@ def _plan_row(plans: Sequence[TickerPlan]) -> list[Any]:
     ]
 
 
-def _month_spans(months: Sequence[str]) -> str:
-    """Sorted YYYY-MM months as spans: ``2023-11..2024-02, 2024-05``."""
-    spans: list[list[str]] = []
+def _month_spans(months: Sequence[dt.date]) -> str:
+    """Sorted first days of months as spans of YYYY-MM months: ``2023-11..2024-02, 2024-05``."""
+    spans: list[tuple[dt.date, dt.date]] = []
     for month in months:
-        if spans and _month_after(spans[-1][-1]) == month:
-            spans[-1].append(month)
+        if spans and next_month(spans[-1][1]) == month:
+            spans[-1] = (spans[-1][0], month)
         else:
-            spans.append([month])
-    return ", ".join(span[0] if len(span) == 1 else f"{span[0]}..{span[-1]}" for span in spans)
-
-
-def _month_after(month: str) -> str:
-    year, number = int(month[:4]), int(month[5:])
-    return f"{year + number // 12:04d}-{number % 12 + 1:02d}"
+            spans.append((month, month))
+    return ", ".join(
+        month_of(first) if first == last else f"{month_of(first)}..{month_of(last)}" for first, last in spans
+    )

@@ -7,16 +7,13 @@ takes its ``base_qty`` column instead, the base-asset volume Binance's COIN-M kl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from operator import attrgetter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from binance_assets.markets import Market
-from binance_assets.vision.archive import CHUNK_SIZE, Conversion, Dataset, read_archive, time_us
-from binance_assets.vision.zip_member import ArchiveFormatError
+from binance_assets.vision.archive import Conversion, Dataset, time_us
 
 TRADES_SCHEMA = pa.schema(
     [
@@ -28,8 +25,6 @@ TRADES_SCHEMA = pa.schema(
         ("is_buyer_maker", pa.bool_()),
     ]
 )
-TradesFormatError = ArchiveFormatError
-"""The name callers catch; the same error covers aggTrades archives."""
 
 
 def _conversion(market: Market, contract_size: float | None) -> Conversion:
@@ -55,10 +50,3 @@ def _conversion(market: Market, contract_size: float | None) -> Conversion:
 
 
 TRADES = Dataset("trades", TRADES_SCHEMA, attrgetter("csv_columns"), _conversion)
-
-
-def read_trades(
-    path: Path, market: Market, *, name: str | None = None, chunk_size: int = CHUNK_SIZE
-) -> Iterator[pa.RecordBatch]:
-    """`read_archive` of a trades zip."""
-    return read_archive(path, market, TRADES, name=name, chunk_size=chunk_size)
