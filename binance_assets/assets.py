@@ -241,13 +241,14 @@ def build_market_assets(
         with failing_fast():
             plans = _plan(context, market, archives, vision.publish_grace_days, todo, dataset, fallback)
         downloader = vision.downloader()
-        klines = load_klines(downloader, kline_sources(market, plans)) if kline_check else None
+        today = dt.datetime.now(dt.UTC).date()
+        klines = load_klines(downloader, kline_sources(market, plans, today)) if kline_check else None
         rebuild = None
         if fallback:  # before the writes: a partial day is one with fewer trades than Binance counts
             if klines is not None:
                 counts = counts_from_klines(klines)
             else:
-                counts = load_day_counts(downloader, market, plans, dt.datetime.now(dt.UTC).date())
+                counts = load_day_counts(downloader, market, plans, today)
             rebuild = Fallback(fallback, lambda ticker: archives(ticker, fallback), counts)
         load = RunLoad(market, plans, downloader, fallback=rebuild)
         writer = DayWriter(clickhouse.open, market.key, token=f"{context.run.run_id}/{context.retry_number}")

@@ -32,7 +32,12 @@ from binance_assets.definitions import build_definitions
 from binance_assets.markets import MARKETS
 from binance_assets.plan import plan_ticker
 from binance_assets.settings import Settings
-from binance_assets.trust.klines_check import compare_minutes, kline_sources, read_bars_1m
+from binance_assets.trust.klines_check import (
+    MONTH_FILE_FROM_DAYS,
+    compare_minutes,
+    kline_sources,
+    read_bars_1m,
+)
 from binance_assets.vision.archive import read_archive
 from binance_assets.vision.klines import KLINES_SCHEMA, KlinesFormatError, parse_klines, read_klines
 from binance_assets.vision.listing import ArchiveInfo
@@ -238,12 +243,38 @@ def test_kline_sources_follow_the_trades_archives() -> None:
 
     archives = [listed("2024-02"), *(listed(d.isoformat()) for d in [*FEB, *DAYS])]
     plan = plan_ticker("BTCUSDT", [*FEB, *DAYS[:2]], archives, today=dt.date(2024, 6, 1))
-    sources = kline_sources(UM, [plan])
-    assert [(s.key, len(s.days)) for s in sources] == [
-        ("data/futures/um/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip", 29),
-        ("data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-03-01.zip", 1),
-        ("data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-03-02.zip", 1),
+    sources = kline_sources(UM, [plan], today=dt.date(2024, 6, 1))
+    assert [(s.key, len(s.days), s.instead) for s in sources] == [
+        ("data/futures/um/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip", 29, ()),
+        ("data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-03-01.zip", 1, ()),
+        ("data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-03-02.zip", 1, ()),
     ]
+
+
+def test_a_week_of_daily_archives_in_a_month_that_is_over_reads_the_month_s_klines() -> None:
+    """One download for the month's days, with the days' files to read where it is not published; in the
+    current month, or for fewer days, the days' files; the 1d klines of the fallback's counts take the
+    month's file from one day."""
+    week = FEB[:MONTH_FILE_FROM_DAYS]
+    archives = [listed_daily(day) for day in week]
+    plan = plan_ticker("BTCUSDT", week, archives, today=dt.date(2024, 6, 1))
+    (month,) = kline_sources(UM, [plan], today=dt.date(2024, 3, 1))
+    assert month.key == "data/futures/um/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip"
+    assert month.days == tuple(week)
+    assert [s.key for s in month.instead] == [UM.klines_key("BTCUSDT", str(day)) for day in week]
+    assert kline_sources(UM, [plan], today=dt.date(2024, 2, 20)) == list(month.instead)
+    fewer = plan_ticker("BTCUSDT", week[1:], archives, today=dt.date(2024, 6, 1))
+    assert [s.days for s in kline_sources(UM, [fewer], today=dt.date(2024, 6, 1))] == [(d,) for d in week[1:]]
+    one = plan_ticker("BTCUSDT", week[:1], archives, today=dt.date(2024, 6, 1))
+    (counts,) = kline_sources(UM, [one], today=dt.date(2024, 6, 1), interval="1d", month_from=1)
+    assert counts.key == "data/futures/um/monthly/klines/BTCUSDT/1d/BTCUSDT-1d-2024-02.zip"
+
+
+def listed_daily(day: dt.date) -> ArchiveInfo:
+    key = UM.archive_key("trades", "BTCUSDT", day.isoformat())
+    return ArchiveInfo(
+        key, 1, dt.datetime(2024, 3, 1, tzinfo=dt.UTC), "e", "BTCUSDT", "daily", day.isoformat()
+    )
 
 
 # --- the check, end to end -----------------------------------------------------------------------
@@ -280,6 +311,32 @@ def test_matching_klines_pass_daily_and_monthly(
     assert vision_server.hits("monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip") >= 1
     assert vision_server.hits("daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02-") == 0
     assert all(c.passed for c in checks.values()), {n: c.metadata for n, c in checks.items() if not c.passed}
+
+
+def test_daily_archives_of_a_month_that_is_over_are_checked_against_the_month_s_klines(
+    vision_server: VisionServer, instance: DagsterInstance, tmp_path: Path
+) -> None:
+    """The month's file is read, not the days' (a minute changed in it fails the check); where it is not
+    published, the days' files are."""
+    week = FEB[:MONTH_FILE_FROM_DAYS]
+    trades = publish(vision_server.root, "um", "BTCUSDT", week, monthly=(), klines=True, seed=6)
+    passed = run_checks(vision_server, instance, tmp_path, "um", "BTCUSDT", week[0], week[-1])
+    assert passed["matches_binance_klines"].passed
+    assert passed["matches_binance_klines"].metadata["days_checked"].value == len(week)
+    assert vision_server.hits("monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip") >= 1
+    assert vision_server.hits("daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02-") >= len(week)
+
+    klines = expected_klines(trades, week)
+    traded = klines.index[klines["count"] > 0][3]
+    klines.loc[traded, "volume"] *= 2
+    write_klines(vision_server.root, "um", "BTCUSDT", "2024-02", klines)
+    before = vision_server.hits("daily/klines/")
+    failed = run_checks(vision_server, instance, tmp_path, "um", "BTCUSDT", week[0], week[-1])
+    check = failed["matches_binance_klines"]
+    minute = pd.Timestamp(klines.loc[traded, "open_time"], unit="ms")
+    assert not check.passed
+    assert check.metadata["first_failure"].value == f"BTCUSDT {minute.date()} {minute:%H:%M}"
+    assert vision_server.hits("daily/klines/") == before
 
 
 def test_a_kline_disagreeing_in_one_minute_fails_naming_it(

@@ -2,8 +2,9 @@
 
 Binance computes its klines from the same trades (docs/vision-format.md section 4: count, OHLC, volume,
 sum(price * qty) and taker-buy volume agree on every minute), so a disagreement means our rows, or the
-trades archive they came from, are wrong. The klines come from the archive of the same period as the
-trades: the day's daily file, or the month's file where the run read the monthly trades archive.
+trades archive they came from, are wrong. The klines come from the month's file where the run read a
+monthly trades archive, or a week or more of daily ones in a month that is over (`kline_sources`), and
+from the days' own files otherwise, or where the month's file is not published.
 
 A day built from aggTrades may have trade ids no aggregate covers (bars.py, uncovered_trade_ids). Whether
 Binance's kline `count` counts them is not known (docs/vision-format.md section 8), so such a day's
@@ -49,6 +50,11 @@ NEITHER = "neither"
 """The count rule of a day with uncovered ids whose counts match under neither rule."""
 
 
+MONTH_FILE_FROM_DAYS = 7
+"""Daily trades archives of a month that is over read the month's klines file, one download for up to 31
+days, where the run has at least this many of its days; fewer read the days' own files."""
+
+
 @dataclass(frozen=True)
 class KlineSource:
     """One klines archive and the run's days of one ticker it covers."""
@@ -56,21 +62,41 @@ class KlineSource:
     ticker: str
     key: str
     days: tuple[dt.date, ...]
+    instead: tuple[KlineSource, ...] = ()
+    """The days' own files, read where this (month's) file is not published."""
 
 
-def kline_sources(market: Market, plans: Sequence[TickerPlan]) -> list[KlineSource]:
-    """The kline archive of each planned trades archive: the month's file for a monthly trades archive,
-    the day's file for a daily one. Days without a trades archive are not checked."""
+def kline_sources(
+    market: Market,
+    plans: Sequence[TickerPlan],
+    today: dt.date,
+    interval: str = "1m",
+    month_from: int = MONTH_FILE_FROM_DAYS,
+) -> list[KlineSource]:
+    """The klines of the planned days read from archives: the month's file for a monthly trades archive;
+    for daily ones, the month's file where that month is over and the run has ``month_from`` of its days
+    or more (the days' files where it is not published), else the days' files. Days without a trades
+    archive are not checked."""
     sources = []
     for plan in plans:
+        ticker = plan.ticker
+        by_month: dict[dt.date, list[dt.date]] = defaultdict(list)
         for archive, days in plan.serves.items():
             if archive.freq == "monthly":
-                sources.append(KlineSource(plan.ticker, market.klines_key(plan.ticker, archive.period), days))
+                sources.append(KlineSource(ticker, market.klines_key(ticker, archive.period, interval), days))
             else:
-                sources += [
-                    KlineSource(plan.ticker, market.klines_key(plan.ticker, d.isoformat()), (d,))
-                    for d in days
-                ]
+                for day in days:
+                    by_month[day.replace(day=1)].append(day)
+        for month, days in sorted(by_month.items()):
+            files = tuple(
+                KlineSource(ticker, market.klines_key(ticker, day.isoformat(), interval), (day,))
+                for day in sorted(days)
+            )
+            if month < today.replace(day=1) and len(days) >= month_from:
+                key = market.klines_key(ticker, f"{month:%Y-%m}", interval)
+                sources.append(KlineSource(ticker, key, tuple(sorted(days)), instead=files))
+            else:
+                sources += files
     return sources
 
 
@@ -89,12 +115,21 @@ class LoadedKlines:
 
 
 def load_klines(downloader: VisionDownloader, sources: Sequence[KlineSource]) -> LoadedKlines:
-    """Download (concurrently, verified, cached) and read every source's klines; a missing or unusable
-    archive is recorded, never raised: the trades rows are written already and stay checkable later."""
+    """Download (concurrently, verified, cached) and read every source's klines, or its days' files where
+    a month's file is not published; a missing or unusable archive is recorded, never raised: the trades
+    rows are written already and stay checkable later."""
     loaded = LoadedKlines()
-    for source, result in zip(sources, read_sources(downloader, sources), strict=True):
+    results = read_sources(downloader, sources)
+    instead = [
+        day for source, result in zip(sources, results, strict=True)
+        if isinstance(result, ArchiveNotFound) for day in source.instead
+    ]  # fmt: skip
+    for source, result in zip(
+        [*sources, *instead], [*results, *read_sources(downloader, instead)], strict=True
+    ):
         if isinstance(result, ArchiveNotFound):
-            loaded.not_published += [f"{source.ticker} {day}" for day in source.days]
+            if not source.instead:
+                loaded.not_published += [f"{source.ticker} {day}" for day in source.days]
         elif isinstance(result, Exception):
             loaded.unusable[source.key] = str(result)
         else:
