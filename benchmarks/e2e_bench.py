@@ -85,17 +85,32 @@ def build_mirror(workdir: Path, days: int, per_day: int, monthly: int) -> Path:
     market = MARKETS["um"]
     root = workdir / "e2e-mirror"
     root.mkdir(parents=True, exist_ok=True)
-    daily_done = root / f".daily-{days}x{per_day}.done"
+    daily_done = root / f".daily-{days}x{per_day}-monthly-klines.done"
     if not daily_done.exists():
         started = time.perf_counter()
         shutil.rmtree(root / "data/futures/um/daily/trades" / DAILY_TICKER, ignore_errors=True)
+        month_klines = []
         for index in range(days):
             day = FIRST_DAY + dt.timedelta(days=index)
             trades = _day_trades(day, per_day, 1 + index * per_day, seed=index)
             key = market.archive_key("trades", DAILY_TICKER, day.isoformat())
             name = f"{DAILY_TICKER}-trades-{day}.csv"
             write_archive(root, key, zip_archive(trades_csv(trades, "um_header"), name))
-            write_klines(root, "um", DAILY_TICKER, day.isoformat(), expected_klines(trades, [day]))
+            klines = expected_klines(trades, [day])
+            write_klines(root, "um", DAILY_TICKER, day.isoformat(), klines)
+            month_klines.append(klines)
+        # the month's file, as Vision has it: every minute of the month (idle after the last day)
+        idle = klines.assign(
+            open=klines["close"].iloc[-1], high=klines["close"].iloc[-1], low=klines["close"].iloc[-1],
+            close=klines["close"].iloc[-1], volume=0.0, quote_volume=0.0, count=0, taker_buy_volume=0.0,
+            taker_buy_quote_volume=0.0,
+        )  # fmt: skip
+        later = day + dt.timedelta(days=1)
+        while later.month == day.month:
+            month_klines.append(idle.assign(open_time=idle["open_time"] + (later - day).days * 86_400_000))
+            later += dt.timedelta(days=1)
+        month = day.strftime("%Y-%m")
+        write_klines(root, "um", DAILY_TICKER, month, pd.concat(month_klines, ignore_index=True))
         daily_done.write_text("")
         print(f"generated {days} daily archives in {time.perf_counter() - started:.0f} s", flush=True)
     monthly_done = root / f".monthly-{monthly}.done"
@@ -130,10 +145,11 @@ OVERHEAD_DAYS, OVERHEAD_TRADES = 62, 2_000
 
 
 def build_overhead_mirror(root: Path) -> None:
-    """4 tickers x 62 daily archives of 2,000 trades, with their 1m klines (written once)."""
+    """4 tickers x 62 daily archives of 2,000 trades, with their 1m klines, daily and monthly, as Vision
+    has them (written once)."""
     from binance_assets_tests.archives import expected_klines, publish, write_klines
 
-    done = root / f".overhead-{len(OVERHEAD_TICKERS)}x{OVERHEAD_DAYS}x{OVERHEAD_TRADES}.done"
+    done = root / f".overhead-{len(OVERHEAD_TICKERS)}x{OVERHEAD_DAYS}x{OVERHEAD_TRADES}-monthly-klines.done"
     if done.exists():
         return
     days = [FIRST_DAY + dt.timedelta(days=i) for i in range(OVERHEAD_DAYS)]
@@ -141,6 +157,9 @@ def build_overhead_mirror(root: Path) -> None:
         trades = publish(root, "um", ticker, days, trades_per_day=OVERHEAD_TRADES, spread=24, seed=seed)
         for day in days:
             write_klines(root, "um", ticker, day.isoformat(), expected_klines(trades, [day]))
+        for month in sorted({day.strftime("%Y-%m") for day in days}):
+            in_month = [day for day in days if day.strftime("%Y-%m") == month]
+            write_klines(root, "um", ticker, month, expected_klines(trades, in_month))
     done.write_text("")
 
 
