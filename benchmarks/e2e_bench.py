@@ -91,7 +91,7 @@ def build_mirror(workdir: Path, days: int, per_day: int, monthly: int) -> Path:
     root = workdir / "e2e-mirror"
     root.mkdir(parents=True, exist_ok=True)
     daily_done = root / f".daily-{days}x{per_day}-monthly-klines.done"
-    if not daily_done.exists():
+    if days and not daily_done.exists():
         started = time.perf_counter()
         shutil.rmtree(root / "data/futures/um/daily/trades" / DAILY_TICKER, ignore_errors=True)
         month_klines = []

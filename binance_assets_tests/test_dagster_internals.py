@@ -1,5 +1,6 @@
-"""The laptop instance's storage (dagster.yaml, dagster_internals.FastSqliteStorage): where Dagster's
-default SQLite storage keeps its data, and a batch of events written in one transaction."""
+"""The instances dagster_internals.py defines: the laptop's storage (dagster.yaml, FastSqliteStorage) where
+Dagster's default SQLite storage keeps its data, a batch written in one transaction, and the production
+instance's pooled PostgreSQL connections (deploy/dagster.yaml, PooledInstance)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializa
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 
-from binance_assets.dagster_internals import FastSqliteEventLogStorage
+from binance_assets.dagster_internals import FastSqliteEventLogStorage, PooledInstance
 from binance_assets_tests.helpers import REPO
+from binance_assets_tests.postgres import PostgresServer
 
 KEY = AssetKey(["binance", "um", "hl5s_bars"])
 
@@ -102,3 +104,23 @@ def test_a_home_made_with_the_default_storage_opens_with_the_same_data(
     assert [r.partition_key for r in instance.fetch_materializations(KEY, limit=10).records] == [
         "2024-01-01|BTCUSDT"
     ]
+
+
+def test_the_production_instance_keeps_its_postgres_connections_open(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/dagster.yaml's PooledInstance: one connection kept per storage (dagster-postgres's default
+    opens one per event), and what it writes another process's instance reads."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    for name, value in postgres.create_database("pooled").env.items():
+        monkeypatch.setenv(name, value)
+    instance = open_instance(home, monkeypatch)
+    assert isinstance(instance, PooledInstance)
+    storage = instance.event_log_storage
+    assert type(storage._engine.pool).__name__ == "QueuePool"  # type: ignore[attr-defined]
+    run_id = str(uuid.uuid4())
+    storage.store_event_batch([materialization(run_id, f"2024-01-0{day}|BTCUSDT") for day in (1, 2)])
+    with DagsterInstance.from_config(str(home)) as other:
+        assert len(other.fetch_materializations(KEY, limit=10).records) == 2
