@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import urlparse
 
@@ -14,52 +13,31 @@ from binance_assets.clickhouse.client import without_password
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.markets import MARKETS, Market
-from binance_assets.resources import VisionResource
 from binance_assets.sensors import build_daily_sensor, build_republished_sensor, build_ticker_sensor
 from binance_assets.settings import Settings, apply_dagster_tuning, load_settings
 
 
 def _clickhouse_connection(settings: Settings) -> dict[str, str | EnvVar]:
     """The store's url (and password): a password is handed to Dagster as an EnvVar, never as a value, so
-    it lands in no config. CLICKHOUSE_URL set: its EnvVar. A server URL built from run.py's CLICKHOUSE_HOST
-    ... settings: that URL without its password, and EnvVar("CLICKHOUSE_PASSWORD")."""
-    if _is_set("CLICKHOUSE_URL"):
+    it lands in no config. CLICKHOUSE_URL set in the process environment: its EnvVar. A server URL built
+    from run.py's CLICKHOUSE_HOST ... settings: that URL without its password, and
+    EnvVar("CLICKHOUSE_PASSWORD")."""
+    if settings.process_variable("CLICKHOUSE_URL"):
         return {"url": EnvVar("CLICKHOUSE_URL")}
-    if urlparse(settings.clickhouse_url).password is not None and _is_set("CLICKHOUSE_PASSWORD"):
+    if urlparse(settings.clickhouse_url).password is not None and settings.process_variable(
+        "CLICKHOUSE_PASSWORD"
+    ):
         return {"url": without_password(settings.clickhouse_url), "password": EnvVar("CLICKHOUSE_PASSWORD")}
     return {"url": settings.clickhouse_url}
 
 
-def _is_set(name: str) -> bool:
-    return bool(os.environ.get(name, "").strip())
-
-
 def build_resources(settings: Settings) -> dict[str, Any]:
     """The resources of the code location; the CLI materialises in-process with the same ones."""
-    clickhouse = ClickHouseResource(
-        **_clickhouse_connection(settings),
-        database=settings.clickhouse_database,
-        bars_table=settings.bars_table,
-        liquidity_table=settings.liquidity_table,
-        archives_table=settings.archives_table,
-        cluster=settings.clickhouse_cluster,
-        compression=settings.clickhouse_compression,
-        ca_cert=settings.clickhouse_ca_cert,
-        connect_timeout=settings.clickhouse_connect_timeout,
-        send_receive_timeout=settings.clickhouse_send_receive_timeout,
-    )
+    clickhouse = ClickHouseResource.of(settings.store, **_clickhouse_connection(settings))
     return {
         "clickhouse_io_manager": ClickHouseIOManager(clickhouse=clickhouse),
         "clickhouse": clickhouse,
-        "vision": VisionResource(
-            vision_url=settings.vision_url,
-            listing_url=settings.listing_url,
-            cache_dir=str(settings.cache_dir),
-            cache_max_gb=settings.cache_max_gb,
-            download_concurrency=settings.download_concurrency,
-            timeout_seconds=settings.http_timeout,
-            publish_grace_days=settings.publish_grace_days,
-        ),
+        "vision": settings.vision,
     }
 
 

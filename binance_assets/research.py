@@ -88,7 +88,7 @@ def environment_store() -> Store:
     """The store of the CLI's settings; a setting given both ways is a SettingsWarning at the caller of
     the API."""
     settings = settings_from_environment(lambda text: warnings.warn(text, SettingsWarning, stacklevel=5))
-    return Store.from_settings(settings)
+    return settings.store
 
 
 def open_reader(store: Store, lock_timeout: float) -> AbstractContextManager[OpenStore]:

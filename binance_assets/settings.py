@@ -18,7 +18,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
-from typing import Annotated, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, TypeVar, get_args
 from urllib.parse import quote, unquote, urlparse
 
 from dotenv import load_dotenv
@@ -29,6 +29,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -36,27 +37,21 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
+from binance_assets.clickhouse import defaults as store_defaults
 from binance_assets.markets import DATASETS, MARKETS, TICKER_PATTERN, DatasetName
 
+if TYPE_CHECKING:  # built on demand: the driver (pyarrow, clickhouse_connect) and Dagster are not imported
+    from binance_assets.clickhouse.store import Store  # by `binance-assets --help`
+    from binance_assets.resources import VisionResource
+
 # The variables' defaults, written once: modules that take a setting as a field or parameter of their own
-# (the Dagster resources, the Store, the ClickHouse client, the planner, the retry policy) import them.
+# (the Vision resource, the planner, the retry policy) import them; the store's are in clickhouse/defaults.py.
 DEFAULT_VISION_URL = "https://data.binance.vision"
 DEFAULT_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"
-DEFAULT_DATABASE = "binance"
-DEFAULT_BARS_TABLE = "hl5s"
-DEFAULT_LIQUIDITY_TABLE = "daily_liquidity"
-DEFAULT_ARCHIVES_TABLE = "archives"
 DEFAULT_CACHE_MAX_GB = 20.0
 DEFAULT_DOWNLOAD_CONCURRENCY = 4
 DEFAULT_HTTP_TIMEOUT = 60.0
 DEFAULT_PUBLISH_GRACE_DAYS = 7
-DEFAULT_CLICKHOUSE_COMPRESSION = "lz4"
-"""How INSERTs to a server are compressed (benchmarks/insert_compression_bench.py measured the choice)."""
-CLICKHOUSE_COMPRESSIONS = ("lz4", "zstd", "none")
-DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT = 10
-DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT = 900
-"""Seconds to wait for a server's answer: above insert_quorum_timeout (600 s by default), which an INSERT of
-a ticker-year (one block of about 6.3M rows) may wait for its replicas."""
 
 DEFAULT_RETRY_DELAY_SECONDS = 30.0
 """The base delay of a run step's retries (assets.retry_policy)."""
@@ -140,22 +135,22 @@ def _vision_url(value: str) -> str:
 
 
 def _clickhouse_url(value: str) -> str:
-    parsed = urlparse(value)
-    if parsed.scheme == "chdb" and parsed.path.startswith("/") and not parsed.netloc:
-        return value
-    if parsed.scheme in ("http", "https") and parsed.hostname:
-        try:
-            parsed.port  # noqa: B018 - raises on a non-numeric port
-        except ValueError:
-            raise ValueError("a numeric port") from None
-        return value
-    raise ValueError("chdb:///absolute/path or http(s)://user:password@host:port")
+    expected = store_defaults.url_expected(value)
+    if expected is not None:
+        raise ValueError(expected)
+    return value
+
+
+def _identifier(value: str) -> str:
+    if not store_defaults.is_identifier(value):
+        raise ValueError("a ClickHouse identifier (letters, digits, underscore; not a digit first)")
+    return value
 
 
 def _compression(value: object) -> object:
-    if isinstance(value, str) and value.lower() in CLICKHOUSE_COMPRESSIONS:
+    if isinstance(value, str) and value.lower() in store_defaults.COMPRESSIONS:
         return value.lower()
-    raise ValueError(f"one of {', '.join(CLICKHOUSE_COMPRESSIONS)}")
+    raise ValueError(f"one of {', '.join(store_defaults.COMPRESSIONS)}")
 
 
 def _ca_cert(value: str) -> str:
@@ -164,18 +159,9 @@ def _ca_cert(value: str) -> str:
     return str(Path(value).expanduser()) if value else value
 
 
-IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-"""What a database, table or cluster name may be (clickhouse/tables.py quotes only these)."""
-
 # An error says "expected" the ValueError of a validator, else the field's description, else its bounds.
 Flag = Annotated[bool, Field(description="true or false")]
-Identifier = Annotated[
-    str,
-    Field(
-        pattern=IDENTIFIER_PATTERN,
-        description="a ClickHouse identifier (letters, digits, underscore; not a digit first)",
-    ),
-]
+Identifier = Annotated[str, AfterValidator(_identifier)]
 Clock = Annotated[
     str, Field(pattern=r"^([01]\d|2[0-3]):([0-5]\d)$", description="a UTC time HH:MM such as 09:00")
 ]
@@ -215,30 +201,35 @@ class Settings(BaseModel):
         repr=False,  # may carry a password
         validation_alias="CLICKHOUSE_URL",
     )
-    clickhouse_database: Identifier = Field(DEFAULT_DATABASE, validation_alias="CLICKHOUSE_DATABASE")
+    clickhouse_database: Identifier = Field(
+        store_defaults.DEFAULT_DATABASE, validation_alias="CLICKHOUSE_DATABASE"
+    )
     bars_table: Identifier = Field(
-        DEFAULT_BARS_TABLE, validation_alias=AliasChoices("CLICKHOUSE_BARS_TABLE", "DATA_TABLE_NAME")
+        store_defaults.DEFAULT_BARS_TABLE,
+        validation_alias=AliasChoices("CLICKHOUSE_BARS_TABLE", "DATA_TABLE_NAME"),
     )
     liquidity_table: Identifier = Field(
-        DEFAULT_LIQUIDITY_TABLE,
+        store_defaults.DEFAULT_LIQUIDITY_TABLE,
         validation_alias=AliasChoices("CLICKHOUSE_LIQUIDITY_TABLE", "CONTROL_TABLE_NAME"),
     )
-    archives_table: Identifier = Field(DEFAULT_ARCHIVES_TABLE, validation_alias="CLICKHOUSE_ARCHIVES_TABLE")
+    archives_table: Identifier = Field(
+        store_defaults.DEFAULT_ARCHIVES_TABLE, validation_alias="CLICKHOUSE_ARCHIVES_TABLE"
+    )
     clickhouse_cluster: Identifier = Field("", validation_alias="CLICKHOUSE_CLUSTER")
     clickhouse_ca_cert: Annotated[str, AfterValidator(_ca_cert)] = Field(
         "", validation_alias="CLICKHOUSE_CA_CERT"
     )
     clickhouse_connect_timeout: int = Field(
-        DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT, ge=1, le=600, validation_alias="CLICKHOUSE_CONNECT_TIMEOUT"
+        store_defaults.DEFAULT_CONNECT_TIMEOUT, ge=1, le=600, validation_alias="CLICKHOUSE_CONNECT_TIMEOUT"
     )
     clickhouse_send_receive_timeout: int = Field(
-        DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT,
+        store_defaults.DEFAULT_SEND_RECEIVE_TIMEOUT,
         ge=1,
         le=86400,
         validation_alias="CLICKHOUSE_SEND_RECEIVE_TIMEOUT",
     )
     clickhouse_compression: Annotated[str, BeforeValidator(_compression)] = Field(
-        DEFAULT_CLICKHOUSE_COMPRESSION, validation_alias="CLICKHOUSE_COMPRESSION"
+        store_defaults.DEFAULT_COMPRESSION, validation_alias="CLICKHOUSE_COMPRESSION"
     )
     cache_dir: Directory = Field(
         default_factory=lambda data: data["dagster_home"] / "vision-cache",
@@ -272,6 +263,9 @@ class Settings(BaseModel):
         "aggTrades", validation_alias="BINANCE_FALLBACK"
     )
 
+    _from_process: dict[str, str] = PrivateAttr(default_factory=dict)
+    """The variables ``from_env`` found set in the process environment (stripped), empty for a mapping."""
+
     @field_validator("clickhouse_cluster")
     @classmethod
     def _cluster_needs_a_server(cls, cluster: str, info: ValidationInfo) -> str:
@@ -284,7 +278,8 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The settings ``environ`` (default: the process environment) sets, the others at their default."""
-        env = _set_variables(os.environ if environ is None else environ, (cls, _Server))
+        given = _set_variables(os.environ if environ is None else environ, (cls, _Server))
+        env = dict(given)
         source = env.get("SOURCE_TO_SYNC")  # run.py's name for the market, in its own words
         if source is not None:
             if source.upper() not in SEED_SOURCES:
@@ -312,7 +307,47 @@ class Settings(BaseModel):
                     SettingsWarning,
                     stacklevel=2,
                 )
+        if environ is None:
+            settings._from_process.update(given)
         return settings
+
+    def process_variable(self, name: str) -> str | None:
+        """Variable ``name`` as the process environment set it when these settings were read from it, else
+        None: a value Dagster can read again at run time (an EnvVar) and the CLI can quote."""
+        return self._from_process.get(name)
+
+    @property
+    def store(self) -> Store:
+        """The ClickHouse store of these settings (CLICKHOUSE_URL, CLICKHOUSE_DATABASE, ...)."""
+        from binance_assets.clickhouse.store import Store
+
+        return Store(
+            url=self.clickhouse_url,
+            database=self.clickhouse_database,
+            bars_table=self.bars_table,
+            liquidity_table=self.liquidity_table,
+            archives_table=self.archives_table,
+            cluster=self.clickhouse_cluster,
+            compression=self.clickhouse_compression,
+            ca_cert=self.clickhouse_ca_cert,
+            connect_timeout=self.clickhouse_connect_timeout,
+            send_receive_timeout=self.clickhouse_send_receive_timeout,
+        )
+
+    @property
+    def vision(self) -> VisionResource:
+        """Binance Vision as these settings configure it: its listing, downloads and cache."""
+        from binance_assets.resources import VisionResource
+
+        return VisionResource(
+            vision_url=self.vision_url,
+            listing_url=self.listing_url,
+            cache_dir=str(self.cache_dir),
+            cache_max_gb=self.cache_max_gb,
+            download_concurrency=self.download_concurrency,
+            timeout_seconds=self.http_timeout,
+            publish_grace_days=self.publish_grace_days,
+        )
 
     @property
     def fallback_dataset(self) -> DatasetName | None:

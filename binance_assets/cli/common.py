@@ -70,9 +70,9 @@ def open_instance(settings: Settings, *, capture_logs: bool = True) -> DagsterIn
     from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
-    home = os.environ.get("DAGSTER_HOME", "")
-    path = os.path.expanduser(home) if home.strip() else str(settings.dagster_home)
-    if not home.strip():
+    home = settings.process_variable("DAGSTER_HOME")
+    path = str(settings.dagster_home)
+    if home is None:
         settings.dagster_home.mkdir(parents=True, exist_ok=True)
         say(f"DAGSTER_HOME is unset: using {path}", progress=True)
     elif not (os.path.isabs(path) and os.path.isdir(path)):
@@ -125,9 +125,7 @@ Listed = Mapping[str, Sequence["ArchiveInfo"]]
 
 def list_archives(request: Request, settings: Settings) -> Listed:
     """List each ticker's archives of BINANCE_DATASET on Vision; fail on a ticker that has none."""
-    from binance_assets.vision.listing import VisionListing
-
-    listing = VisionListing(settings.listing_url, timeout=settings.http_timeout)
+    listing = settings.vision.listing()
     market, dataset = request.market, settings.dataset
     listed = {
         ticker: listing.list_trades_archives(market, ticker, dataset=dataset) for ticker in request.tickers

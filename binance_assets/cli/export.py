@@ -7,7 +7,6 @@ import argparse
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from binance_assets.cli.common import CliError, count_of, one_line, say, size_of
-from binance_assets.clickhouse.store import Store
 from binance_assets.export import export_bars
 from binance_assets.settings import Settings
 
@@ -16,7 +15,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     """Progress on stderr, one line per file; the summary on stdout."""
     try:
         summary = export_bars(
-            Store.from_settings(settings),
+            settings.store,
             args.market.key,
             args.ticker or (),
             args.start,

@@ -19,7 +19,6 @@ from binance_assets.cli.common import (
     size_of,
 )
 from binance_assets.cli.runner import RunFailed, Totals, progress_line, run_all
-from binance_assets.definitions import build_resources
 from binance_assets.markets import Market
 from binance_assets.pipeline import DayLoad, RunLoad
 from binance_assets.plan import TickerPlan, month_of, next_month, plan_ticker, run_ranges
@@ -40,7 +39,7 @@ def run_preview(args: argparse.Namespace, request: Request, listed: Listed, sett
     if args.plan:
         return _print_plan(request, settings, planner)
     say("dry run: nothing is written to ClickHouse or the Dagster instance", progress=True)
-    vision: VisionResource = build_resources(settings)["vision"]
+    vision = settings.vision
     return run_all(request, settings, DryRuns(planner, vision), "dry run of")
 
 

@@ -52,7 +52,6 @@ from binance_assets.markets import MARKETS, Market
 from binance_assets.run_metadata import BYTES_DOWNLOADED, FAILED_DAYS, FALLBACK_DAYS, FIRST_FAILURE, LATE_DAYS
 from binance_assets.sensors import RANGE_END, RANGE_START
 from binance_assets.settings import Settings
-from binance_assets.vision.listing import VisionListing
 
 
 def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
@@ -61,7 +60,7 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         [enabled_market(args.market, settings)] if args.market else [MARKETS[k] for k in settings.markets]
     )
     instance = open_instance(settings)
-    listing = VisionListing(settings.listing_url, timeout=settings.http_timeout)
+    listing = settings.vision.listing()
     for market in markets:
         listed = listing.list_tickers(market, lambda line: say(f"{PROG}: warning: {line}", progress=True))
         wanted = [t for t in listed if settings.wants_ticker(t)]

@@ -26,7 +26,7 @@ def _store(settings: Settings) -> Iterator[OpenStore]:
     """The store of the settings, open, its tables not created; a server that cannot be reached or used
     is one error line."""
     try:
-        with Store.from_settings(settings).open(create_tables=False) as store:
+        with settings.store.open(create_tables=False) as store:
             yield store
     except OperationalError as error:
         reason = _OS_ERROR.search(str(error))
@@ -150,7 +150,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     """Run a query on the store (chdb:// tables created if missing, a server's checked) and print it."""
     try:
-        with Store.from_settings(settings).open() as store:
+        with settings.store.open() as store:
             store.client.database = store.store.database
             result = store.client.query(args.query)
     except ClickHouseError as error:

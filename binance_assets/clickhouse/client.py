@@ -25,11 +25,12 @@ from urllib.parse import unquote, urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from binance_assets.locks import file_lock
-from binance_assets.settings import (
-    DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT,
-    DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT,
+from binance_assets.clickhouse.defaults import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_SEND_RECEIVE_TIMEOUT,
+    url_expected,
 )
+from binance_assets.locks import file_lock
 
 LOCK_TIMEOUT = 600.0
 """Seconds a run, sensor or CLI command waits for an embedded store another process is using."""
@@ -50,22 +51,11 @@ class StoreBusyError(TimeoutError):
 
 def validate_url(url: str) -> str:
     """Return url if it is `chdb:///abs/path` or `http(s)://[user[:password]@]host[:port]`, else raise."""
-    parsed = urlparse(url)
-    if parsed.scheme == "chdb" and not parsed.netloc and parsed.path.startswith("/"):
-        return url
-    if parsed.scheme in ("http", "https") and parsed.hostname and _has_valid_port(url):
+    if url_expected(url) is None:
         return url
     raise ValueError(
         f"ClickHouse URL {describe_url(url)!r}: expected chdb:///abs/path or http(s)://host:port"
     )
-
-
-def _has_valid_port(url: str) -> bool:
-    try:
-        urlparse(url).port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
-    except ValueError:
-        return False
-    return True
 
 
 def describe_url(url: str) -> str:
@@ -104,8 +94,8 @@ def lock_file_for(store: Path) -> Path:
 class Transport:
     """How a server is reached (ignored by chdb://): timeouts in seconds and a CA bundle for https."""
 
-    connect_timeout: int = DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT
-    send_receive_timeout: int = DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
+    send_receive_timeout: int = DEFAULT_SEND_RECEIVE_TIMEOUT
     ca_cert: str = ""
     """A PEM file of CA certificates that verify the server's (CLICKHOUSE_CA_CERT); empty: the system's."""
 

@@ -33,6 +33,16 @@ from binance_assets.clickhouse.client import (
     validate_url,
     with_host,
 )
+from binance_assets.clickhouse.defaults import (
+    COMPRESSIONS,
+    DEFAULT_ARCHIVES_TABLE,
+    DEFAULT_BARS_TABLE,
+    DEFAULT_COMPRESSION,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DATABASE,
+    DEFAULT_LIQUIDITY_TABLE,
+    DEFAULT_SEND_RECEIVE_TIMEOUT,
+)
 from binance_assets.clickhouse.tables import (
     ARCHIVES_TABLE,
     BARS_TABLE,
@@ -48,17 +58,6 @@ from binance_assets.clickhouse.tables import (
     qualified,
     quote,
     stored_tables,
-)
-from binance_assets.settings import (
-    CLICKHOUSE_COMPRESSIONS,
-    DEFAULT_ARCHIVES_TABLE,
-    DEFAULT_BARS_TABLE,
-    DEFAULT_CLICKHOUSE_COMPRESSION,
-    DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT,
-    DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT,
-    DEFAULT_DATABASE,
-    DEFAULT_LIQUIDITY_TABLE,
-    Settings,
 )
 
 if sys.version_info >= (3, 14):
@@ -134,29 +133,73 @@ def owning_shard(value: int, shards: Sequence[tuple[int, int]]) -> int:
     raise AssertionError("unreachable: slot below the total weight")
 
 
+def _about(description: str, **constraints: int) -> dict[str, object]:
+    """A Store field's metadata: its description (the variable first) and bounds, for ClickHouseResource."""
+    return {"description": description, **constraints}
+
+
 @dataclass(frozen=True)
 class Store:
     """Where the tables live: the connection (url, password), the database and table names, the cluster.
 
-    Validated when built (the URL by `client.validate_url`, the names as identifiers). The defaults are
-    those of the settings (CLICKHOUSE_DATABASE, CLICKHOUSE_*_TABLE, CLICKHOUSE_CLUSTER).
+    Validated when built (the URL by `client.validate_url`, the names as identifiers). Each field is
+    declared here once: `Settings.store` builds the Store of the variables, and `ClickHouseResource` takes
+    its fields (defaults, descriptions) from these.
     """
 
-    url: str = field(repr=False)  # may carry a password
-    password: str = field(default="", repr=False)
+    url: str = field(
+        repr=False,  # may carry a password
+        metadata=_about(
+            "CLICKHOUSE_URL: chdb:///abs/path (embedded chDB store) or http(s)://user:password@host:port"
+        ),
+    )
+    password: str = field(
+        default="",
+        repr=False,
+        metadata=_about(
+            "CLICKHOUSE_PASSWORD, for a server URL built from run.py's CLICKHOUSE_HOST... settings "
+            "(kept out of url so it can be an EnvVar); empty: the url's own"
+        ),
+    )
     """Replaces the URL's password when not empty (a server password kept out of the URL)."""
-    database: str = DEFAULT_DATABASE
-    bars_table: str = DEFAULT_BARS_TABLE
-    liquidity_table: str = DEFAULT_LIQUIDITY_TABLE
-    archives_table: str = DEFAULT_ARCHIVES_TABLE
-    cluster: str = ""
-    """A cluster: Distributed tables over ReplicatedMergeTree ones; empty for one server or chDB."""
-    compression: str = DEFAULT_CLICKHOUSE_COMPRESSION
-    """How INSERTs to a server are compressed: lz4, zstd or none (chdb:// is never compressed)."""
-    ca_cert: str = ""
-    """A PEM file of CA certificates that verify an https server; empty: the system's."""
-    connect_timeout: int = DEFAULT_CLICKHOUSE_CONNECT_TIMEOUT
-    send_receive_timeout: int = DEFAULT_CLICKHOUSE_SEND_RECEIVE_TIMEOUT
+    database: str = field(
+        default=DEFAULT_DATABASE, metadata=_about("CLICKHOUSE_DATABASE: database of the tables")
+    )
+    bars_table: str = field(
+        default=DEFAULT_BARS_TABLE, metadata=_about("CLICKHOUSE_BARS_TABLE: the 5-second bars")
+    )
+    liquidity_table: str = field(
+        default=DEFAULT_LIQUIDITY_TABLE, metadata=_about("CLICKHOUSE_LIQUIDITY_TABLE: the per-day stats")
+    )
+    archives_table: str = field(
+        default=DEFAULT_ARCHIVES_TABLE, metadata=_about("CLICKHOUSE_ARCHIVES_TABLE: the archive ledger")
+    )
+    cluster: str = field(
+        default="",
+        metadata=_about(
+            "CLICKHOUSE_CLUSTER: a cluster of servers (Distributed over ReplicatedMergeTree tables); "
+            "empty: one server or the embedded store"
+        ),
+    )
+    compression: str = field(
+        default=DEFAULT_COMPRESSION,
+        metadata=_about("CLICKHOUSE_COMPRESSION: how INSERTs to a server are compressed: lz4, zstd or none"),
+    )
+    """chdb:// is never compressed."""
+    ca_cert: str = field(
+        default="",
+        metadata=_about(
+            "CLICKHOUSE_CA_CERT: CA certificates (PEM) of an https server; empty: the system CAs"
+        ),
+    )
+    connect_timeout: int = field(
+        default=DEFAULT_CONNECT_TIMEOUT,
+        metadata=_about("CLICKHOUSE_CONNECT_TIMEOUT: seconds to connect", ge=1),
+    )
+    send_receive_timeout: int = field(
+        default=DEFAULT_SEND_RECEIVE_TIMEOUT,
+        metadata=_about("CLICKHOUSE_SEND_RECEIVE_TIMEOUT: seconds to wait for a server's answer", ge=1),
+    )
 
     def __post_init__(self) -> None:
         validate_url(self.url)
@@ -164,25 +207,8 @@ class Store:
             quote(name)
         if self.cluster:
             quote(self.cluster)
-        if self.compression not in CLICKHOUSE_COMPRESSIONS:
-            raise ValueError(
-                f"compression {self.compression!r}: expected one of {', '.join(CLICKHOUSE_COMPRESSIONS)}"
-            )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Store:
-        return cls(
-            url=settings.clickhouse_url,
-            database=settings.clickhouse_database,
-            bars_table=settings.bars_table,
-            liquidity_table=settings.liquidity_table,
-            archives_table=settings.archives_table,
-            cluster=settings.clickhouse_cluster,
-            compression=settings.clickhouse_compression,
-            ca_cert=settings.clickhouse_ca_cert,
-            connect_timeout=settings.clickhouse_connect_timeout,
-            send_receive_timeout=settings.clickhouse_send_receive_timeout,
-        )
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression {self.compression!r}: expected one of {', '.join(COMPRESSIONS)}")
 
     @property
     def embedded(self) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 from clickhouse_connect.driver.binding import format_query_value
 
-from binance_assets.settings import IDENTIFIER_PATTERN
+from binance_assets.clickhouse.defaults import is_identifier
 
 LOCAL_SUFFIX = "_local"
 """On a cluster (CLICKHOUSE_CLUSTER), `<table>_local` is the ReplicatedMergeTree table on each server and
@@ -26,8 +26,6 @@ SHARDING_KEY = "cityHash64(market, ticker)"
 """How a Distributed table places rows: a ticker's rows live on one shard, so a slice's DELETE, count and
 FINAL see all of them in one place, and one ticker's INSERT is one block on one shard."""
 
-_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
-"""A ClickHouse database, table or cluster name as this project accepts it (then backtick-quoted)."""
 _PARAMETER = re.compile(r"\{(\w+):[^}]+\}")
 _ARROW_TYPES: Mapping[str, pa.DataType] = {
     "LowCardinality(String)": pa.string(),
@@ -190,7 +188,7 @@ class Slice:
 
 def quote(identifier: str) -> str:
     """Backtick-quote a validated identifier (letters, digits, underscore; not a digit first)."""
-    if not _IDENTIFIER.fullmatch(identifier):
+    if not is_identifier(identifier):
         raise ValueError(f"invalid ClickHouse identifier {identifier!r}: use letters, digits and underscore")
     return f"`{identifier}`"
 
