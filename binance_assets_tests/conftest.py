@@ -17,8 +17,8 @@ from binance_assets_tests.vision_server import VisionServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The daemon tests (`slow`, minutes each) first: the two workers (pyproject addopts) share them, and
-    the short tests fill in around them."""
+    """The daemon tests (`slow`, minutes each) first: `--dist load` (pyproject addopts) hands the first
+    tests out one per worker in turn, so the workers share them, and the short tests fill in around them."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
