@@ -93,9 +93,9 @@ def main() -> None:
 
     from dagster import instance_for_test, materialize
 
-    from binance_assets.assets import build_market_assets
-    from binance_assets.definitions import build_resources
     from binance_assets.markets import MARKETS
+    from binance_assets.orchestration.assets import build_market_assets
+    from binance_assets.orchestration.definitions import build_resources
     from binance_assets.plan import run_ranges
     from binance_assets.settings import Settings
     from binance_assets_tests.archives import publish

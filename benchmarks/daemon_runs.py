@@ -73,7 +73,7 @@ def submit_backfill(
 
 def stop_sensors(env: dict[str, str], workdir: Path) -> None:
     """Stop every sensor (the daily sensor would add runs of its own to the measured ones)."""
-    from binance_assets.definitions import build_definitions
+    from binance_assets.orchestration.definitions import build_definitions
     from binance_assets.settings import Settings
 
     for sensor in build_definitions(Settings.from_env(env)).sensors:

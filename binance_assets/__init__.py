@@ -1,6 +1,6 @@
 """binance-assets: Binance Vision trades as verified 5-second bars in ClickHouse.
 
-The read API, `read_bars` and `read_liquidity` (see `research.py`), is imported on first use: importing
+The read API, `read_bars` and `read_liquidity` (see `read/api.py`), is imported on first use: importing
 the package costs nothing, and never imports Dagster.
 """
 
@@ -13,7 +13,7 @@ __all__ = ["read_bars", "read_liquidity"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from binance_assets import research
+        from binance_assets.read import api
 
-        return getattr(research, name)
+        return getattr(api, name)
     raise AttributeError(f"module 'binance_assets' has no attribute {name!r}")

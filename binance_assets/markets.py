@@ -1,7 +1,7 @@
 """The Binance markets we load: where they live on Vision and how their trades and aggTrades CSVs are
 laid out (docs/vision-format.md sections 1, 3 and 8).
 
-Pure data, no Dagster: `assets.py` builds partitions and asset keys from these fields.
+Pure data, no Dagster: `orchestration/assets.py` builds partitions and asset keys from these fields.
 """
 
 from __future__ import annotations

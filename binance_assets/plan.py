@@ -1,5 +1,5 @@
 """Which archives serve which requested days of one ticker: the monthly bootstrap, daily increments; and
-the calendar months that runs (here), export files (export.py) and the plan's table (cli/preview.py) cut
+the calendar months that runs (here), export files (read/export.py) and the plan's table (cli/preview.py) cut
 days by.
 
 Pure: takes the ticker's Vision listing and returns a plan; knows nothing of Dagster or downloads.

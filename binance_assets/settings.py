@@ -42,7 +42,7 @@ from binance_assets.markets import DATASETS, MARKETS, TICKER_PATTERN, DatasetNam
 
 if TYPE_CHECKING:  # built on demand: the driver (pyarrow, clickhouse_connect) and Dagster are not imported
     from binance_assets.clickhouse.store import Store  # by `binance-assets --help`
-    from binance_assets.resources import VisionResource
+    from binance_assets.orchestration.resources import VisionResource
 
 # The variables' defaults, written once: modules that take a setting as a field or parameter of their own
 # (the Vision resource, the planner, the retry policy) import them; the store's are in clickhouse/defaults.py.
@@ -337,7 +337,7 @@ class Settings(BaseModel):
     @property
     def vision(self) -> VisionResource:
         """Binance Vision as these settings configure it: its listing, downloads and cache."""
-        from binance_assets.resources import VisionResource
+        from binance_assets.orchestration.resources import VisionResource
 
         return VisionResource(
             vision_url=self.vision_url,

@@ -25,13 +25,13 @@ import pyarrow as pa
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, RetryPolicy, materialize
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
 
-from binance_assets.assets import build_market_assets, market_partitions
 from binance_assets.bars import DAY_BARS_SCHEMA, DAYS_SCHEMA, Aggregation
 from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.markets import MARKETS
-from binance_assets.resources import VisionResource
+from binance_assets.orchestration.assets import build_market_assets, market_partitions
+from binance_assets.orchestration.resources import VisionResource
 from binance_assets_tests.archives import expected_bars, expected_day_stats
 from binance_assets_tests.vision_server import VisionServer
 

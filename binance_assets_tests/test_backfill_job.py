@@ -1,6 +1,6 @@
-"""The shared backfill submission (backfills.py) and the `<market>_backfill` job (backfill_job.py): its
-config checks, what it submits on a real instance, and (slow) a launch through the real webserver's
-GraphQL run by the real daemon."""
+"""The shared backfill submission (orchestration/backfills.py) and the `<market>_backfill` job
+(backfill_job.py): its config checks, what it submits on a real instance, and (slow) a launch through the
+real webserver's GraphQL run by the real daemon."""
 
 from __future__ import annotations
 
@@ -26,10 +26,15 @@ from dagster._core.execution.backfill import (
     PartitionBackfill,
 )
 
-from binance_assets.assets import BARS, LIQUIDITY, asset_key, build_market_assets
-from binance_assets.backfill_job import REASON, build_backfill_job
-from binance_assets.backfills import BACKFILL_TICKER_DAYS, request_days, select_tickers, ticker_groups
 from binance_assets.markets import MARKETS
+from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key, build_market_assets
+from binance_assets.orchestration.backfill_job import REASON, build_backfill_job
+from binance_assets.orchestration.backfills import (
+    BACKFILL_TICKER_DAYS,
+    request_days,
+    select_tickers,
+    ticker_groups,
+)
 from binance_assets_tests.archives import publish, write_archive
 from binance_assets_tests.helpers import (
     BACKFILL_TAG,

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pytest
 from dagster import AssetCheckEvaluation, AssetCheckSeverity, DagsterInstance, materialize
 
-from binance_assets.assets import build_market_assets
 from binance_assets.clickhouse.store import Store
 from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE
 from binance_assets.markets import MARKETS
+from binance_assets.orchestration.assets import build_market_assets
 from binance_assets.trust.checks import (
     AROUND_THE_CLOCK_SECONDS,
     LIMIT,

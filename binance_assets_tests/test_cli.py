@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from dagster import DagsterRunStatus, RunsFilter
 
-from binance_assets.assets import BARS, LIQUIDITY, asset_key
-from binance_assets.backfills import BACKFILL_TICKER_DAYS
 from binance_assets.cli import main
 from binance_assets.clickhouse.client import open_client
 from binance_assets.markets import MARKETS
+from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key
+from binance_assets.orchestration.backfills import BACKFILL_TICKER_DAYS
 from binance_assets_tests.archives import expected_bars, expected_klines, publish, write_archive, write_klines
 from binance_assets_tests.helpers import (
     DAYS,

@@ -18,8 +18,8 @@ from binance_assets.cli import main
 from binance_assets.cli.common import format_table
 from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.store import Store
-from binance_assets.definitions import build_definitions, build_resources
 from binance_assets.markets import MARKETS
+from binance_assets.orchestration.definitions import build_definitions, build_resources
 from binance_assets.settings import load_settings
 from binance_assets_tests.archives import publish, write_archive
 from binance_assets_tests.vision_server import VisionServer

@@ -1,6 +1,7 @@
-"""The instances dagster_internals.py defines: the laptop's storage (dagster.yaml, FastSqliteStorage) where
-Dagster's default SQLite storage keeps its data, a batch written in one transaction, and the production
-instance's pooled PostgreSQL connections (deploy/dagster.yaml, PooledInstance)."""
+"""The instances orchestration/dagster_internals.py defines: the laptop's storage (dagster.yaml,
+FastSqliteStorage) where Dagster's default SQLite storage keeps its data, a batch written in one
+transaction, and the production instance's pooled PostgreSQL connections (deploy/dagster.yaml,
+PooledInstance)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializa
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 
-from binance_assets.dagster_internals import FastSqliteEventLogStorage, PooledInstance
+from binance_assets.orchestration.dagster_internals import FastSqliteEventLogStorage, PooledInstance
 from binance_assets_tests.helpers import REPO
 from binance_assets_tests.postgres import PostgresServer
 

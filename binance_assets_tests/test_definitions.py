@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey
 
-from binance_assets.definitions import build_definitions, defs
+from binance_assets.orchestration.definitions import build_definitions, defs
 from binance_assets.settings import Settings
 
 

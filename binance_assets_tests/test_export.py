@@ -16,7 +16,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from binance_assets import read_bars
-from binance_assets.export import Part, month_parts
+from binance_assets.read.export import Part, month_parts
 from binance_assets_tests.loaded_store import DAYS, LoadedStore
 
 FIRST, LAST = DAYS[0].isoformat(), DAYS[-1].isoformat()

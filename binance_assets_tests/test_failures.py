@@ -1,5 +1,6 @@
-"""Failures cost seconds, not minutes: what retries and what fails at once (failures.py), Vision faults in
-the middle of a run, a full cache disk, first use of a fresh DAGSTER_HOME, names that are no ticker."""
+"""Failures cost seconds, not minutes: what retries and what fails at once (orchestration/failures.py),
+Vision faults in the middle of a run, a full cache disk, first use of a fresh DAGSTER_HOME, names that
+are no ticker."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from dagster import (
 )
 
 from binance_assets.clickhouse.client import StoreBusyError
-from binance_assets.failures import permanent_failure
 from binance_assets.markets import MARKETS
+from binance_assets.orchestration.failures import permanent_failure
 from binance_assets.pipeline import UnfinishedLoad
 from binance_assets.vision.download import (
     ArchiveNotFound,

@@ -14,7 +14,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, SensorResult, build_sensor_context
 
 from binance_assets.markets import MARKETS
-from binance_assets.sensors import ARCHIVE_TAG, build_republished_sensor
+from binance_assets.orchestration.sensors import ARCHIVE_TAG, build_republished_sensor
 from binance_assets.settings import Settings
 from binance_assets_tests.archives import (
     DAY_US,

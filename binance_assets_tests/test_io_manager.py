@@ -341,7 +341,7 @@ def test_unknown_asset_name_is_refused(store: Runs) -> None:
 
 
 def test_load_input_is_refused_naming_the_read_api(store: Runs) -> None:
-    """No asset reads the tables as an input: research reads them through research.read_bars."""
+    """No asset reads the tables as an input: research reads them through read_bars (read/api.py)."""
     store.run(spot_asset(versioned(1.0)), "BTCUSDT", D1)
 
     @dg.asset(partitions_def=PARTITIONS, ins={"hl5s_bars": dg.AssetIn(key=["binance", "spot", "hl5s_bars"])})
@@ -359,7 +359,7 @@ def test_load_input_is_refused_naming_the_read_api(store: Runs) -> None:
     assert not result.success
     message = str(result.get_step_failure_events()[0].step_failure_data)
     assert "ClickHouseIOManager loads no inputs (binance/spot/hl5s_bars)" in message
-    assert "binance_assets.research.read_bars" in message
+    assert "binance_assets.read.api.read_bars" in message
 
 
 def test_a_new_slice_is_written_without_a_delete(store: Runs) -> None:

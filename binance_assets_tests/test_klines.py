@@ -23,13 +23,13 @@ from dagster import (
     materialize,
 )
 
-from binance_assets.assets import build_market_assets, liquidity_freshness
 from binance_assets.bars import GAPS_SCHEMA, aggregate_trades
 from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.store import Store
 from binance_assets.clickhouse.tables import BARS_TABLE
-from binance_assets.definitions import build_definitions
 from binance_assets.markets import MARKETS
+from binance_assets.orchestration.assets import build_market_assets, liquidity_freshness
+from binance_assets.orchestration.definitions import build_definitions
 from binance_assets.plan import plan_ticker
 from binance_assets.settings import Settings
 from binance_assets.trust.klines_check import (

@@ -16,13 +16,13 @@ from dagster import (
     materialize,
 )
 
-from binance_assets.assets import build_market_assets
 from binance_assets.clickhouse.client import open_client
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.clickhouse.store import OpenStore, Store
 from binance_assets.clickhouse.tables import ARCHIVES_TABLE, LIQUIDITY_TABLE
 from binance_assets.markets import MARKETS
-from binance_assets.sensors import (
+from binance_assets.orchestration.assets import build_market_assets
+from binance_assets.orchestration.sensors import (
     ARCHIVE_TAG,
     RANGE_END,
     RANGE_START,

@@ -48,9 +48,9 @@ from dagster._core.workspace.context import WorkspaceRequestContext
 from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
-from binance_assets.assets import BARS, LIQUIDITY, asset_key
-from binance_assets.definitions import build_resources
 from binance_assets.markets import MARKETS
+from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key
+from binance_assets.orchestration.definitions import build_resources
 from binance_assets.settings import DAGSTER_INSTANCE_VARIABLES, Settings
 from binance_assets_tests.archives import publish, write_archive, zip_archive
 from binance_assets_tests.helpers import (

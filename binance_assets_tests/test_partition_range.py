@@ -8,9 +8,9 @@ from collections.abc import Iterator, Sequence
 import pytest
 from dagster import DagsterInstance, PartitionKeyRange, partition_loading_context
 
-from binance_assets.assets import market_partitions
 from binance_assets.markets import MARKETS
-from binance_assets.partition_range import days_of_range
+from binance_assets.orchestration.assets import market_partitions
+from binance_assets.orchestration.partition_range import days_of_range
 
 PARTITIONS = market_partitions(MARKETS["um"])
 

@@ -43,7 +43,7 @@ from binance_assets.clickhouse.tables import (
     delete_slice_sql,
     render_sql,
 )
-from binance_assets.definitions import build_resources
+from binance_assets.orchestration.definitions import build_resources
 from binance_assets.settings import (
     DAGSTER_INSTANCE_VARIABLES,
     DAGSTER_TUNING_VARIABLES,

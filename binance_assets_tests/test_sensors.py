@@ -11,8 +11,14 @@ from dagster import DagsterInstance, SensorResult, build_sensor_context
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.markets import MARKETS
-from binance_assets.resources import VisionResource
-from binance_assets.sensors import RANGE_END, RANGE_START, build_daily_sensor, build_ticker_sensor, due_days
+from binance_assets.orchestration.resources import VisionResource
+from binance_assets.orchestration.sensors import (
+    RANGE_END,
+    RANGE_START,
+    build_daily_sensor,
+    build_ticker_sensor,
+    due_days,
+)
 from binance_assets.settings import Settings
 from binance_assets_tests.archives import publish
 from binance_assets_tests.vision_server import VisionServer

@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from binance_assets.backfills import Request, request_days
-from binance_assets.backfills import count_of as count_of  # the commands import it from here
 from binance_assets.locks import file_lock
 from binance_assets.markets import Market
+from binance_assets.orchestration.backfills import Request, request_days
+from binance_assets.orchestration.backfills import count_of as count_of  # the commands import it from here
 from binance_assets.settings import Settings
 
 if TYPE_CHECKING:  # Dagster and the Vision client (requests) are imported by the commands that use them

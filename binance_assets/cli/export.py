@@ -1,4 +1,4 @@
-"""`export`: bars to a Hive-partitioned Parquet dataset (see `binance_assets/export.py`). No Dagster."""
+"""`export`: bars to a Hive-partitioned Parquet dataset (see `binance_assets/read/export.py`). No Dagster."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from binance_assets.cli.common import CliError, count_of, one_line, say, size_of
-from binance_assets.export import export_bars
+from binance_assets.read.export import export_bars
 from binance_assets.settings import Settings
 
 

@@ -20,9 +20,9 @@ from binance_assets.cli.common import (
 )
 from binance_assets.cli.runner import RunFailed, Totals, progress_line, run_all
 from binance_assets.markets import Market
+from binance_assets.orchestration.resources import VisionResource
 from binance_assets.pipeline import DayLoad, RunLoad
 from binance_assets.plan import TickerPlan, month_of, next_month, plan_ticker, run_ranges
-from binance_assets.resources import VisionResource
 from binance_assets.settings import Settings
 from binance_assets.vision.listing import ArchiveInfo
 

@@ -29,8 +29,6 @@ from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
 from dagster._core.execution.plan.objects import StepFailureData
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
 
-from binance_assets.assets import BARS, LIQUIDITY, asset_key
-from binance_assets.backfills import ONLY_WHICH, Only, select_keys, submit_backfills
 from binance_assets.cli.common import (
     PROG,
     REASON,
@@ -47,10 +45,18 @@ from binance_assets.cli.common import (
 )
 from binance_assets.cli.preview import run_preview, wants_preview
 from binance_assets.cli.runner import RunFailed, Totals, progress_line, run_all, ticker_workers
-from binance_assets.definitions import build_definitions, build_resources, market_assets
 from binance_assets.markets import MARKETS, Market
-from binance_assets.run_metadata import BYTES_DOWNLOADED, FAILED_DAYS, FALLBACK_DAYS, FIRST_FAILURE, LATE_DAYS
-from binance_assets.sensors import RANGE_END, RANGE_START
+from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key
+from binance_assets.orchestration.backfills import ONLY_WHICH, Only, select_keys, submit_backfills
+from binance_assets.orchestration.definitions import build_definitions, build_resources, market_assets
+from binance_assets.orchestration.run_metadata import (
+    BYTES_DOWNLOADED,
+    FAILED_DAYS,
+    FALLBACK_DAYS,
+    FIRST_FAILURE,
+    LATE_DAYS,
+)
+from binance_assets.orchestration.sensors import RANGE_END, RANGE_START
 from binance_assets.settings import Settings
 
 
@@ -158,7 +164,7 @@ def run_totals(
     success: bool,
 ) -> Totals:
     """A run's counts, from its daily_liquidity materialisations (each carries its day's figures and the
-    run's totals: run_metadata.py) and its failure (the failed days it names)."""
+    run's totals: orchestration/run_metadata.py) and its failure (the failed days it names)."""
     key = asset_key(market, LIQUIDITY)
     by_day = {m.partition: m.metadata for m in materializations if m.asset_key == key}
     run = next(iter(by_day.values()), {})
@@ -210,7 +216,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     at most as many tickers as days: its runs are then a ticker's consecutive days (which lets a run use
     a month's monthly archive), not one day of many tickers. Each also holds at most
     `backfills.BACKFILL_TICKER_DAYS` (see there). The `<market>_backfill` job submits the same backfills
-    (backfills.py).
+    (orchestration/backfills.py).
     """
     request = parse_request(args, settings)
     listed = list_archives(request, settings)

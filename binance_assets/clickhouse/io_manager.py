@@ -15,7 +15,7 @@ Handlers: `pyarrow.Table` (per ticker: delete the slice, one insert), and an ite
 no table held; if the iterable raises, days not yet written keep their rows).
 The asset yields bars before daily_liquidity: a liquidity row marks its ticker-day complete.
 Inputs are not loaded: no asset reads these tables as an input; research reads them with
-`research.read_bars` / `read_liquidity` or `export`.
+`read_bars` / `read_liquidity` (`read/api.py`) or `export`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from binance_assets.clickhouse.tables import (
     render_sql,
     select_slice_sql,
 )
-from binance_assets.partition_range import days_of_range
+from binance_assets.orchestration.partition_range import days_of_range
 
 STREAM_FLUSH_ROWS = 600_000
 """Streamed rows buffered before a write: a month of 5 s bars (535,680) fits; about 60 MB."""
@@ -205,7 +205,7 @@ class ClickHouseIOManager(ConfigurableIOManager):
         key = upstream.asset_key.to_user_string() if upstream and upstream.has_asset_key else "its input"
         raise NotImplementedError(
             f"ClickHouseIOManager loads no inputs ({key}): read the stored bars with "
-            "binance_assets.research.read_bars (daily stats: read_liquidity), or export them with "
+            "binance_assets.read.api.read_bars (daily stats: read_liquidity), or export them with "
             "`binance-assets export`"
         )
 

@@ -45,14 +45,12 @@ from binance_assets.clickhouse.io_manager import table_schema
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.clickhouse.store import OpenStore
 from binance_assets.clickhouse.tables import BARS_TABLE, LIQUIDITY_TABLE
-from binance_assets.dagster_internals import add_partition_metadata, plan_partitions
-from binance_assets.failures import permanent_failure
 from binance_assets.markets import DatasetName, Market
-from binance_assets.partition_range import asset_run_days
-from binance_assets.pipeline import FailedDay, RunLoad
-from binance_assets.plan import ArchiveLister, TickerPlan, plan_tickers
-from binance_assets.resources import VisionResource
-from binance_assets.run_metadata import (
+from binance_assets.orchestration.dagster_internals import add_partition_metadata, plan_partitions
+from binance_assets.orchestration.failures import permanent_failure
+from binance_assets.orchestration.partition_range import asset_run_days
+from binance_assets.orchestration.resources import VisionResource
+from binance_assets.orchestration.run_metadata import (
     FAILED_DAYS,
     check_metadata,
     day_figures,
@@ -61,6 +59,8 @@ from binance_assets.run_metadata import (
     partial_days,
     run_metadata,
 )
+from binance_assets.pipeline import FailedDay, RunLoad
+from binance_assets.plan import ArchiveLister, TickerPlan, plan_tickers
 from binance_assets.settings import DEFAULT_RETRY_DELAY_SECONDS
 from binance_assets.trust.checks import (
     LIMIT,

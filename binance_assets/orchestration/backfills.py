@@ -133,7 +133,7 @@ def unmaterialized(
     on both (failed, or never loaded)."""
     from dagster import AssetPartitionStatus
 
-    from binance_assets.assets import BARS, LIQUIDITY, asset_key, market_partitions
+    from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key, market_partitions
 
     partitions = market_partitions(market)
     flat = [key for ticker_keys in keys.values() for key in ticker_keys]
@@ -178,7 +178,7 @@ def submit_backfills(
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
 
-    from binance_assets.assets import BARS, LIQUIDITY, asset_key
+    from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key
 
     asset_graph = AssetGraph.from_assets([assets])
     groups = ticker_groups(keys)

@@ -7,13 +7,17 @@ from urllib.parse import urlparse
 
 from dagster import AssetsDefinition, Definitions, EnvVar, definitions, in_process_executor
 
-from binance_assets.assets import build_market_assets, retry_policy
-from binance_assets.backfill_job import build_backfill_job
 from binance_assets.clickhouse.client import without_password
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.markets import MARKETS, Market
-from binance_assets.sensors import build_daily_sensor, build_republished_sensor, build_ticker_sensor
+from binance_assets.orchestration.assets import build_market_assets, retry_policy
+from binance_assets.orchestration.backfill_job import build_backfill_job
+from binance_assets.orchestration.sensors import (
+    build_daily_sensor,
+    build_republished_sensor,
+    build_ticker_sensor,
+)
 from binance_assets.settings import Settings, apply_dagster_tuning, load_settings
 
 

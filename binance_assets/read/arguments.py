@@ -1,6 +1,6 @@
 """The arguments of the read API and `export`, checked: each error is one line naming the argument.
 
-Pure, no I/O: whether a ticker is loaded is asked of the store by `research.py`.
+Pure, no I/O: whether a ticker is loaded is asked of the store by `api.py`.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import datetime as dt
 from dagster import AssetsDefinition, Config, Failure, JobDefinition, OpExecutionContext, job, op
 from pydantic import Field
 
-from binance_assets.arguments import day
-from binance_assets.backfills import (
+from binance_assets.markets import Market
+from binance_assets.orchestration.backfills import (
     ONLY_WHICH,
     Only,
     Request,
@@ -24,7 +24,7 @@ from binance_assets.backfills import (
     select_tickers,
     submit_backfills,
 )
-from binance_assets.markets import Market
+from binance_assets.read.arguments import day
 
 REASON = "backfill_job"
 """binance/reason of the runs of the backfills this job submits (the CLI's are `cli`)."""

@@ -21,13 +21,13 @@ from dagster import (
     sensor,
 )
 
-from binance_assets.assets import BARS, LIQUIDITY, asset_key, tickers_partitions
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.clickhouse.store import OpenStore
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.markets import Market
+from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key, tickers_partitions
+from binance_assets.orchestration.resources import VisionResource
 from binance_assets.plan import run_ranges
-from binance_assets.resources import VisionResource
 from binance_assets.settings import Settings
 from binance_assets.trust.ledger import Republished, read_broken_days, read_ledger, republished
 

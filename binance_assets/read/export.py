@@ -24,13 +24,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from binance_assets import arguments
-from binance_assets.arguments import DAY_SECONDS, ArgumentError
-from binance_assets.clickhouse.reads import BARS_READ_SCHEMA, bars_sql
 from binance_assets.clickhouse.store import Store
 from binance_assets.clickhouse.tables import conform
 from binance_assets.plan import months_between
-from binance_assets.research import DEFAULT_LOCK_TIMEOUT, loaded_tickers, open_reader, require_loaded
+from binance_assets.read import arguments
+from binance_assets.read.api import DEFAULT_LOCK_TIMEOUT, loaded_tickers, open_reader, require_loaded
+from binance_assets.read.arguments import DAY_SECONDS, ArgumentError
+from binance_assets.read.sql import BARS_READ_SCHEMA, bars_sql
 
 _FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.parquet$")
 

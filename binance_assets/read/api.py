@@ -16,17 +16,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from binance_assets import arguments
-from binance_assets.arguments import ArgumentError
-from binance_assets.clickhouse.reads import (
+from binance_assets.clickhouse.store import OpenStore, Store
+from binance_assets.clickhouse.tables import LIQUIDITY_TABLE, conform
+from binance_assets.read import arguments
+from binance_assets.read.arguments import ArgumentError
+from binance_assets.read.sql import (
     BARS_READ_SCHEMA,
     LIQUIDITY_READ_SCHEMA,
     bars_sql,
     liquidity_sql,
     tickers_sql,
 )
-from binance_assets.clickhouse.store import OpenStore, Store
-from binance_assets.clickhouse.tables import LIQUIDITY_TABLE, conform
 from binance_assets.settings import SettingsWarning, settings_from_environment
 
 DEFAULT_LOCK_TIMEOUT = 60.0
