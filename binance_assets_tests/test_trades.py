@@ -51,6 +51,20 @@ def test_every_layout_reads_to_the_one_schema(tmp_path: Path, layout: str) -> No
     np.testing.assert_allclose(table["quote_qty"].to_numpy(), expected_quote.to_numpy(), rtol=1e-12)
 
 
+def test_a_blank_line_is_skipped(tmp_path: Path) -> None:
+    lines = trades_csv(make_trades(100, START, 60, time_unit="ms"), "um_noheader").split(b"\n")
+    lines[40] = b""
+    table = read_all(write_zip(tmp_path, b"\n".join(lines)), "um")
+    assert table["id"].to_pylist() == [int(line.split(b",")[0]) for line in lines if line]
+
+
+def test_long_row_names_its_line(tmp_path: Path) -> None:
+    lines = trades_csv(make_trades(100, START, 60, time_unit="ms"), "um_noheader").split(b"\n")
+    lines[41] += b",7"
+    error = expect_error(write_zip(tmp_path, b"\n".join(lines)), "Expected 6 columns, got 7")
+    assert error.line == 42
+
+
 def test_quote_qty_is_recomputed_not_read(tmp_path: Path) -> None:
     """UM BTCUSDT 2024-01-01 trade 4428495241 has quote_qty 1.0704968 for price*qty 10704968.43."""
     trades = make_trades(10, START, 5, time_unit="ms")
