@@ -339,6 +339,24 @@ def test_daily_archives_of_a_month_that_is_over_are_checked_against_the_month_s_
     assert vision_server.hits("daily/klines/") == before
 
 
+def test_the_trades_download_while_the_klines_load(
+    vision_server: VisionServer, instance: DagsterInstance, tmp_path: Path
+) -> None:
+    """The klines load in a thread of their own (trust/day_counts.KlinesAhead): slow kline downloads hold
+    back none of the trades archives, and the check waits for them."""
+    publish(vision_server.root, "um", "BTCUSDT", DAYS, klines=True, seed=8)
+    vision_server.slow("/klines/BTCUSDT/1m/BTCUSDT-1m-", 3.0, times=None)
+
+    checks = run_checks(vision_server, instance, tmp_path, "um", "BTCUSDT", DAYS[0], DAYS[-1])
+
+    assert checks["matches_binance_klines"].passed
+    assert checks["matches_binance_klines"].metadata["days_checked"].value == len(DAYS)
+    zips = [r for r in vision_server.requests if r.endswith(".zip")]  # in the order they arrived
+    kline_zips = [i for i, r in enumerate(zips) if "/klines/" in r]
+    trades_zips = [i for i, r in enumerate(zips) if "/trades/BTCUSDT/" in r]
+    assert len(trades_zips) == len(DAYS) and max(trades_zips) < min(kline_zips)
+
+
 def test_a_kline_disagreeing_in_one_minute_fails_naming_it(
     vision_server: VisionServer, instance: DagsterInstance, tmp_path: Path
 ) -> None:

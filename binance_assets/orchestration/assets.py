@@ -72,9 +72,9 @@ from binance_assets.trust.checks import (
     sane_trades,
     trade_ids_continuous,
 )
-from binance_assets.trust.day_counts import counts_from_klines, load_day_counts
+from binance_assets.trust.day_counts import KlinesAhead
 from binance_assets.trust.fallback import Fallback
-from binance_assets.trust.klines_check import kline_sources, load_klines, matches_binance_klines
+from binance_assets.trust.klines_check import matches_binance_klines
 from binance_assets.trust.ledger import write_ledger
 from binance_assets.vision.listing import ArchiveInfo
 
@@ -242,14 +242,10 @@ def build_market_assets(
             plans = _plan(context, market, archives, vision.publish_grace_days, todo, dataset, fallback)
         downloader = vision.downloader()
         today = dt.datetime.now(dt.UTC).date()
-        klines = load_klines(downloader, kline_sources(market, plans, today)) if kline_check else None
+        ahead = KlinesAhead(downloader, market, plans, today, kline_check=kline_check, counts=bool(fallback))
         rebuild = None
-        if fallback:  # before the writes: a partial day is one with fewer trades than Binance counts
-            if klines is not None:
-                counts = counts_from_klines(klines)
-            else:
-                counts = load_day_counts(downloader, market, plans, today)
-            rebuild = Fallback(fallback, lambda ticker: archives(ticker, fallback), counts)
+        if fallback:  # a partial day is one with fewer trades than Binance counts
+            rebuild = Fallback(fallback, lambda ticker: archives(ticker, fallback), ahead.counts)
         load = RunLoad(market, plans, downloader, fallback=rebuild)
         writer = DayWriter(clickhouse.open, market.key, token=f"{context.run.run_id}/{context.retry_number}")
 
@@ -280,6 +276,7 @@ def build_market_assets(
         # nothing written (a run of late days only, or every day failed): nothing to check
         results = [_nothing_checked(spec) for spec in checks if spec.name != FROM_FALLBACK]
         if written:
+            klines = ahead.klines  # waited for before the store is open: its lock is not held meanwhile
             with clickhouse.open() as store:
                 write_ledger(store, load.ledger_rows)
                 results = _checks(market, store, run)
