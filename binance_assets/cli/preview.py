@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from binance_assets.cli.common import (
@@ -79,13 +79,10 @@ class DryRuns:
         say(progress_line(what, days, seconds, figures.trades, figures.bars), progress=True)
         failures = tuple(f"{f.ticker} {f.day}: {one_line(str(f.error))}" for f in load.failed)
         totals = Totals(
-            done=figures.days,
+            **asdict(figures),
             without_archive=len(plan.no_archive),
             failed=len(failures),
             late=len(plan.unpublished),
-            trades=figures.trades,
-            bars=figures.bars,
-            downloaded=figures.downloaded_bytes,
             failures=failures,
         )
         if failures:

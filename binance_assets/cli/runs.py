@@ -8,7 +8,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from dagster import (
@@ -50,11 +50,11 @@ from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key
 from binance_assets.orchestration.backfills import ONLY_WHICH, Only, select_keys, submit_backfills
 from binance_assets.orchestration.definitions import build_definitions, build_resources, market_assets
 from binance_assets.orchestration.run_metadata import (
-    BYTES_DOWNLOADED,
     FAILED_DAYS,
     FALLBACK_DAYS,
     FIRST_FAILURE,
     LATE_DAYS,
+    read_figures,
 )
 from binance_assets.orchestration.sensors import RANGE_END, RANGE_START
 from binance_assets.settings import Settings
@@ -178,13 +178,10 @@ def run_totals(
     else:  # a run that failed before it could name its failed days failed them all
         late, unwritten = len(_json(run, LATE_DAYS)), len(failed) or days - len(by_day)
     return Totals(
-        done=len(by_day),
+        **asdict(read_figures(by_day.values())),
         without_archive=sum(1 for m in by_day.values() if m["source"].value == "none"),
         failed=unwritten,
         late=late,
-        trades=sum(int(m["trade_count"].value) for m in by_day.values()),
-        bars=sum(int(m["bar_count"].value) for m in by_day.values()),
-        downloaded=int(run[BYTES_DOWNLOADED].value) if BYTES_DOWNLOADED in run else 0,
         fallbacks=tuple(
             f"{row['ticker']} {row['day']}: {row['reason']}" for row in _json(run, FALLBACK_DAYS)
         ),
@@ -252,7 +249,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
         (_backfill_run_totals(instance, run, market) for run in runs), Totals(tickers=len(request.tickers))
     )
     requested_days = sum(map(len, keys.values()))
-    totals += Totals(skipped=requested_days - totals.done - totals.failed - totals.late)
+    totals += Totals(skipped=requested_days - totals.days - totals.failed - totals.late)
     say(totals.summary("backfilled", market, time.monotonic() - started))
     failed = [run.run_id for run in runs if run.status != DagsterRunStatus.SUCCESS]
     if failed:
