@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from binance_assets.bars import DAY_BARS_SCHEMA, DAYS_SCHEMA, DayResult, aggregate_trades
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
+from binance_assets.errors import UnfinishedLoad
 from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
 from binance_assets.prefetch import prefetch
@@ -29,10 +30,9 @@ from binance_assets.trust.ledger import ledger_row
 from binance_assets.vision.agg_trades import AGG_TRADES
 from binance_assets.vision.archive import read_archive
 from binance_assets.vision.download import LocalArchive, VisionDownloader
-from binance_assets.vision.errors import VisionError
+from binance_assets.vision.errors import ArchiveFormatError, VisionError
 from binance_assets.vision.listing import ArchiveInfo
 from binance_assets.vision.trades import TRADES
-from binance_assets.vision.zip_member import ArchiveFormatError
 
 T = TypeVar("T")
 _READERS = {"trades": TRADES, "aggTrades": AGG_TRADES}
@@ -65,10 +65,6 @@ _NO_TRADES = {
     if f.name in LIQUIDITY_STATS
 }
 """Their value on a day without trades: zero, or empty text."""
-
-
-class UnfinishedLoad(RuntimeError):
-    """A run's results were read before its bars stream was drained."""
 
 
 ARCHIVE_ERRORS = (VisionError, ArchiveFormatError)

@@ -18,7 +18,8 @@ from binance_assets.cli.common import (
     say,
     size_of,
 )
-from binance_assets.cli.runner import RunFailed, Totals, progress_line, run_all
+from binance_assets.cli.errors import RunFailed
+from binance_assets.cli.runner import Totals, progress_line, run_all
 from binance_assets.markets import Market
 from binance_assets.orchestration.resources import VisionResource
 from binance_assets.pipeline import DayLoad, RunLoad

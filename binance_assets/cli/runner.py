@@ -8,7 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from binance_assets.cli.common import CliError, Request, count_of, say, size_of
+from binance_assets.cli.common import Request, count_of, say, size_of
+from binance_assets.cli.errors import CliError, RunFailed
 from binance_assets.markets import Market
 from binance_assets.pipeline import LoadFigures
 from binance_assets.plan import run_ranges
@@ -45,15 +46,6 @@ class Totals(LoadFigures):
         ]
         lines += [f"  from aggTrades: {market.key} {day}" for day in self.fallbacks]
         return "\n".join(lines + [f"  failed: {market.key} {failure}" for failure in self.failures])
-
-
-class RunFailed(CliError):
-    """A run that did not write all its days: ``totals`` holds what it did (the days it wrote, the days
-    that failed and why)."""
-
-    def __init__(self, message: str, totals: Totals, code: int = 1) -> None:
-        super().__init__(message, code)
-        self.totals = totals
 
 
 RunRange = Callable[[str, dt.date, dt.date], Totals]

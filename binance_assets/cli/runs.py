@@ -32,7 +32,6 @@ from dagster._core.storage.tags import BACKFILL_ID_TAG
 from binance_assets.cli.common import (
     PROG,
     REASON,
-    CliError,
     count_of,
     enabled_market,
     list_archives,
@@ -43,8 +42,9 @@ from binance_assets.cli.common import (
     register_tickers,
     say,
 )
+from binance_assets.cli.errors import CliError, RunFailed
 from binance_assets.cli.preview import run_preview, wants_preview
-from binance_assets.cli.runner import RunFailed, Totals, progress_line, run_all, ticker_workers
+from binance_assets.cli.runner import Totals, progress_line, run_all, ticker_workers
 from binance_assets.markets import MARKETS, Market
 from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key
 from binance_assets.orchestration.backfills import ONLY_WHICH, Only, select_keys, submit_backfills
