@@ -13,14 +13,15 @@ import ctypes
 import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import pyarrow as pa
 
 from binance_assets.bars import DAY_BARS_SCHEMA, DAYS_SCHEMA, DayResult, aggregate_trades
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
+from binance_assets.errors import UnfinishedLoad
 from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
 from binance_assets.prefetch import prefetch
@@ -29,10 +30,9 @@ from binance_assets.trust.ledger import ledger_row
 from binance_assets.vision.agg_trades import AGG_TRADES
 from binance_assets.vision.archive import read_archive
 from binance_assets.vision.download import LocalArchive, VisionDownloader
-from binance_assets.vision.errors import VisionError
+from binance_assets.vision.errors import ArchiveFormatError, VisionError
 from binance_assets.vision.listing import ArchiveInfo
 from binance_assets.vision.trades import TRADES
-from binance_assets.vision.zip_member import ArchiveFormatError
 
 T = TypeVar("T")
 _READERS = {"trades": TRADES, "aggTrades": AGG_TRADES}
@@ -67,10 +67,6 @@ _NO_TRADES = {
 """Their value on a day without trades: zero, or empty text."""
 
 
-class UnfinishedLoad(RuntimeError):
-    """A run's results were read before its bars stream was drained."""
-
-
 ARCHIVE_ERRORS = (VisionError, ArchiveFormatError)
 """What one archive can raise (not verifiable, not downloadable, not readable): its days fail, the run's
 other archives go on."""
@@ -98,16 +94,23 @@ class DayLoad:
     archive: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadFigures:
-    """A load's counts and timings so far (current while the stream is read, final once it is drained)."""
+    """A load's counts and timings: the one list of a run's figures. A `RunLoad` adds them up as it goes
+    (current while the stream is read, final once it is drained); a run's metadata writes them and reads
+    them back (orchestration/run_metadata.py), and the CLI's totals extend them (cli/runner.py `Totals`)."""
 
+    days: int = 0
+    """Ticker-days yielded (written, or in a dry run aggregated), days without an archive included."""
+    trades: int = 0
+    bars: int = 0
     downloaded_bytes: int = 0
     download_seconds: float = 0.0
     aggregate_seconds: float = 0.0
-    days: int = 0
-    trades: int = 0
-    bars: int = 0
+
+    def __add__(self, other: Self) -> Self:
+        """Field by field, in this class or a subclass: numbers add up, tuples concatenate."""
+        return replace(self, **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
 @dataclass(frozen=True)
@@ -248,9 +251,8 @@ class RunLoad:
 
     def _read(self, ticker: str, archive: ArchiveInfo, local: LocalArchive) -> _Read:
         """Aggregate one verified archive of its dataset and keep its ledger row."""
-        market, figures = self.market, self.figures
-        figures.downloaded_bytes += local.downloaded_bytes
-        figures.download_seconds += local.seconds
+        market = self.market
+        self.figures += LoadFigures(downloaded_bytes=local.downloaded_bytes, download_seconds=local.seconds)
         started = time.monotonic()
         name = PurePosixPath(archive.key).name
         dataset = _READERS[archive.dataset]
@@ -263,7 +265,7 @@ class RunLoad:
             raise
         except ValueError as exc:  # rows the aggregator cannot take (an impossible id span)
             raise ArchiveFormatError(name, str(exc)) from None
-        figures.aggregate_seconds += time.monotonic() - started
+        self.figures += LoadFigures(aggregate_seconds=time.monotonic() - started)
         if local.size >= _TRIM_AFTER_BYTES:
             release_freed_memory()
         self._ledger_rows.append(
@@ -308,12 +310,11 @@ class RunLoad:
         return replaced
 
     def _day(self, ticker: str, day: dt.date, result: DayResult | None, read: _Read | None) -> DayLoad:
-        market, figures = self.market, self.figures
+        market = self.market
         bars = result.bars if result else _EMPTY_BARS
         rows = bars.num_rows
-        figures.days += 1
-        figures.bars += rows
-        figures.trades += int(result.stats["trade_count"]) if result else 0
+        trades = int(result.stats["trade_count"]) if result else 0
+        self.figures += LoadFigures(days=1, trades=trades, bars=rows)
         keyed = bars.add_column(0, "ticker", pa.array([ticker] * rows, pa.string()))
         keyed = keyed.add_column(0, "market", pa.array([market.key] * rows, pa.string()))
         values = result.stats if result else _NO_TRADES

@@ -38,6 +38,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from binance_assets.clickhouse import defaults as store_defaults
+from binance_assets.errors import SettingsError
 from binance_assets.markets import DATASETS, MARKETS, TICKER_PATTERN, DatasetName
 
 if TYPE_CHECKING:  # built on demand: the driver (pyarrow, clickhouse_connect) and Dagster are not imported
@@ -89,10 +90,6 @@ def apply_dagster_tuning(environ: MutableMapping[str, str] = os.environ) -> None
 
 
 Model = TypeVar("Model", bound=BaseModel)
-
-
-class SettingsError(ValueError):
-    """A configuration variable holds a value we cannot use; the message names the variable."""
 
 
 class SettingsWarning(UserWarning):

@@ -19,8 +19,8 @@ from binance_assets.bars import GAPS_SCHEMA, Aggregation, aggregate_trades, id_r
 from binance_assets.markets import MARKETS, cm_contract_size
 from binance_assets.vision.agg_trades import AGG_TRADES, AGG_TRADES_SCHEMA
 from binance_assets.vision.archive import read_archive
+from binance_assets.vision.errors import ArchiveFormatError
 from binance_assets.vision.trades import TRADES
-from binance_assets.vision.zip_member import ArchiveFormatError
 from binance_assets_tests.archives import (
     AGG_LAYOUTS,
     agg_trades,

@@ -15,13 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from binance_assets.clickhouse.client import (
-    StoreBusyError,
-    describe_url,
-    lock_file_for,
-    open_client,
-    validate_url,
-)
+from binance_assets.clickhouse.client import describe_url, lock_file_for, open_client, validate_url
+from binance_assets.clickhouse.errors import StoreBusyError
 from binance_assets.clickhouse.store import Store
 from binance_assets.clickhouse.tables import BARS_TABLE, Slice
 from binance_assets_tests.rows import bars_of_day

@@ -12,15 +12,15 @@ import requests
 
 from binance_assets.markets import MARKETS
 from binance_assets.vision import download, http
-from binance_assets.vision.download import (
+from binance_assets.vision.download import VisionDownloader, parse_checksum
+from binance_assets.vision.errors import (
     ArchiveNotFound,
     ChecksumFileError,
     ChecksumMismatch,
     DownloadError,
-    VisionDownloader,
-    parse_checksum,
+    VisionError,
+    VisionHTTPError,
 )
-from binance_assets.vision.errors import VisionError, VisionHTTPError
 from binance_assets_tests.archives import write_archive
 from binance_assets_tests.helpers import REAL
 from binance_assets_tests.vision_server import ChecksumStyle, VisionServer, put_archive

@@ -21,19 +21,19 @@ from dagster import (
     RetryPolicy,
 )
 
-from binance_assets.clickhouse.client import StoreBusyError
+from binance_assets.clickhouse.errors import StoreBusyError
+from binance_assets.errors import UnfinishedLoad
 from binance_assets.markets import MARKETS
 from binance_assets.orchestration.failures import permanent_failure
-from binance_assets.pipeline import UnfinishedLoad
-from binance_assets.vision.download import (
+from binance_assets.vision.errors import (
+    ArchiveFormatError,
     ArchiveNotFound,
     ChecksumFileError,
     ChecksumMismatch,
     DownloadError,
+    VisionHTTPError,
 )
-from binance_assets.vision.errors import VisionHTTPError
 from binance_assets.vision.listing import VisionListing
-from binance_assets.vision.zip_member import ArchiveFormatError
 from binance_assets_tests.archives import publish, write_archive, zip_archive
 from binance_assets_tests.helpers import (
     REPO,

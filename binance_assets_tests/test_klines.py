@@ -39,7 +39,8 @@ from binance_assets.trust.klines_check import (
     read_bars_1m,
 )
 from binance_assets.vision.archive import read_archive
-from binance_assets.vision.klines import KLINES_SCHEMA, KlinesFormatError, parse_klines, read_klines
+from binance_assets.vision.errors import KlinesFormatError
+from binance_assets.vision.klines import KLINES_SCHEMA, parse_klines, read_klines
 from binance_assets.vision.listing import ArchiveInfo
 from binance_assets.vision.trades import TRADES
 from binance_assets_tests.archives import (

@@ -22,10 +22,9 @@ from binance_assets.clickhouse.store import OpenStore, Store
 from binance_assets.clickhouse.tables import ARCHIVES_TABLE, LIQUIDITY_TABLE
 from binance_assets.markets import MARKETS
 from binance_assets.orchestration.assets import build_market_assets
+from binance_assets.orchestration.partition_range import RANGE_END, RANGE_START
 from binance_assets.orchestration.sensors import (
     ARCHIVE_TAG,
-    RANGE_END,
-    RANGE_START,
     REPUBLISHED_TICK_SECONDS,
     REPUBLISHED_TICKERS_PER_TICK,
     build_republished_sensor,

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from binance_assets.markets import MARKETS
-from binance_assets.vision.errors import VisionError
-from binance_assets.vision.listing import ArchiveInfo, ObjectInfo, VisionListing, VisionListingError
+from binance_assets.vision.errors import VisionError, VisionListingError
+from binance_assets.vision.listing import ArchiveInfo, ObjectInfo, VisionListing
 from binance_assets_tests.helpers import REAL as REAL_FILES
 from binance_assets_tests.vision_server import VisionServer, put_archive
 

@@ -13,8 +13,9 @@ import pytest
 
 from binance_assets.bars import DAYS_SCHEMA
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
+from binance_assets.errors import UnfinishedLoad
 from binance_assets.markets import MARKETS, DatasetName
-from binance_assets.pipeline import LIQUIDITY_STATS, RunLoad, UnfinishedLoad
+from binance_assets.pipeline import LIQUIDITY_STATS, RunLoad
 from binance_assets.plan import plan_tickers
 from binance_assets.vision.download import VisionDownloader
 from binance_assets.vision.listing import ArchiveInfo, VisionListing

@@ -30,9 +30,10 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 
 from binance_assets.clickhouse import store as store_module
 from binance_assets.clickhouse.client import open_client
+from binance_assets.clickhouse.errors import SchemaError, ShardRoutingError
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.clickhouse.resource import ClickHouseResource
-from binance_assets.clickhouse.store import OpenStore, SchemaError, ShardRoutingError, Store, owning_shard
+from binance_assets.clickhouse.store import OpenStore, Store, owning_shard
 from binance_assets.clickhouse.tables import (
     ARCHIVES_TABLE,
     BARS_TABLE,
@@ -43,13 +44,9 @@ from binance_assets.clickhouse.tables import (
     delete_slice_sql,
     render_sql,
 )
+from binance_assets.errors import SettingsError
 from binance_assets.orchestration.definitions import build_resources
-from binance_assets.settings import (
-    DAGSTER_INSTANCE_VARIABLES,
-    DAGSTER_TUNING_VARIABLES,
-    Settings,
-    SettingsError,
-)
+from binance_assets.settings import DAGSTER_INSTANCE_VARIABLES, DAGSTER_TUNING_VARIABLES, Settings
 from binance_assets_tests.archives import expected_bars, publish
 from binance_assets_tests.helpers import (
     BACKFILL_TAG,

@@ -16,8 +16,9 @@ import pyarrow as pa
 import pytest
 
 from binance_assets import read_bars, read_liquidity
-from binance_assets.clickhouse.client import StoreBusyError, lock_file_for
-from binance_assets.read.arguments import ArgumentError
+from binance_assets.clickhouse.client import lock_file_for
+from binance_assets.clickhouse.errors import StoreBusyError
+from binance_assets.read.errors import ArgumentError
 from binance_assets.settings import SettingsWarning
 from binance_assets_tests.helpers import REAL, query
 from binance_assets_tests.loaded_store import DAYS, REAL_DAY, LoadedStore

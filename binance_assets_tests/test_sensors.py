@@ -11,10 +11,9 @@ from dagster import DagsterInstance, SensorResult, build_sensor_context
 from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.markets import MARKETS
+from binance_assets.orchestration.partition_range import RANGE_END, RANGE_START
 from binance_assets.orchestration.resources import VisionResource
 from binance_assets.orchestration.sensors import (
-    RANGE_END,
-    RANGE_START,
     build_daily_sensor,
     build_ticker_sensor,
     due_days,

@@ -9,13 +9,8 @@ from urllib.parse import unquote, urlparse
 import pytest
 from dotenv import dotenv_values
 
-from binance_assets.settings import (
-    DAGSTER_TUNING_DEFAULTS,
-    Settings,
-    SettingsError,
-    SettingsWarning,
-    apply_dagster_tuning,
-)
+from binance_assets.errors import SettingsError
+from binance_assets.settings import DAGSTER_TUNING_DEFAULTS, Settings, SettingsWarning, apply_dagster_tuning
 from binance_assets_tests.helpers import REPO
 
 

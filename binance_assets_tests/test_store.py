@@ -15,7 +15,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from dagster import DagsterInstance
 
-from binance_assets.clickhouse.store import ServerVersionError, Store, require_server_version
+from binance_assets.clickhouse.errors import ServerVersionError
+from binance_assets.clickhouse.store import Store, require_server_version
 from binance_assets.clickhouse.tables import ARCHIVES_TABLE, BARS_TABLE, LIQUIDITY_TABLE, Slice
 from binance_assets_tests.archives import publish
 from binance_assets_tests.helpers import REPO, assert_bars_match, materialize_range, resources

@@ -12,8 +12,8 @@ import pytest
 
 from binance_assets.markets import MARKETS
 from binance_assets.vision.archive import read_archive
+from binance_assets.vision.errors import ArchiveFormatError
 from binance_assets.vision.trades import TRADES, TRADES_SCHEMA
-from binance_assets.vision.zip_member import ArchiveFormatError
 from binance_assets_tests.archives import LAYOUTS, make_trades, trades_csv, zip_archive
 from binance_assets_tests.helpers import REAL
 

@@ -1,4 +1,5 @@
-"""What the commands share: errors, the validated request, the Dagster instance, one-line output."""
+"""What the commands share: the validated request, the Dagster instance, one-line output (their errors are
+in errors.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from binance_assets.cli.errors import CliError
 from binance_assets.locks import file_lock
 from binance_assets.markets import Market
 from binance_assets.orchestration.backfills import Request, request_days
@@ -25,14 +27,6 @@ if TYPE_CHECKING:  # Dagster and the Vision client (requests) are imported by th
 
 PROG = "binance-assets"
 REASON = "cli"
-
-
-class CliError(Exception):
-    """A failure reported as one line on stderr; ``code`` 2 for usage errors, 1 otherwise."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def enabled_market(market: Market, settings: Settings) -> Market:

@@ -6,7 +6,8 @@ import argparse
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from binance_assets.cli.common import CliError, count_of, one_line, say, size_of
+from binance_assets.cli.common import count_of, one_line, say, size_of
+from binance_assets.cli.errors import CliError
 from binance_assets.read.export import export_bars
 from binance_assets.settings import Settings
 

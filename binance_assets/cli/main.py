@@ -21,11 +21,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from binance_assets.cli.common import PROG, CliError, one_line
+from binance_assets.cli.common import PROG, one_line
+from binance_assets.cli.errors import CliError
+from binance_assets.errors import SettingsError
 from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS, TICKER_PATTERN, Market
-from binance_assets.read.arguments import ArgumentError
-from binance_assets.settings import Settings, SettingsError, apply_dagster_tuning, settings_from_environment
+from binance_assets.read.errors import ArgumentError
+from binance_assets.settings import Settings, apply_dagster_tuning, settings_from_environment
 from binance_assets.vision.errors import VisionError
 
 Handler = Callable[[argparse.Namespace, Settings], int]

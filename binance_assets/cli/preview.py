@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from binance_assets.cli.common import (
@@ -18,7 +18,8 @@ from binance_assets.cli.common import (
     say,
     size_of,
 )
-from binance_assets.cli.runner import RunFailed, Totals, progress_line, run_all
+from binance_assets.cli.errors import RunFailed
+from binance_assets.cli.runner import Totals, progress_line, run_all
 from binance_assets.markets import Market
 from binance_assets.orchestration.resources import VisionResource
 from binance_assets.pipeline import DayLoad, RunLoad
@@ -79,13 +80,10 @@ class DryRuns:
         say(progress_line(what, days, seconds, figures.trades, figures.bars), progress=True)
         failures = tuple(f"{f.ticker} {f.day}: {one_line(str(f.error))}" for f in load.failed)
         totals = Totals(
-            done=figures.days,
+            **asdict(figures),
             without_archive=len(plan.no_archive),
             failed=len(failures),
             late=len(plan.unpublished),
-            trades=figures.trades,
-            bars=figures.bars,
-            downloaded=figures.downloaded_bytes,
             failures=failures,
         )
         if failures:

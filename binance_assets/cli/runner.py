@@ -6,38 +6,32 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
-from binance_assets.cli.common import CliError, Request, count_of, say, size_of
+from binance_assets.cli.common import Request, count_of, say, size_of
+from binance_assets.cli.errors import CliError, RunFailed
 from binance_assets.markets import Market
+from binance_assets.pipeline import LoadFigures
 from binance_assets.plan import run_ranges
 from binance_assets.settings import Settings
 
 
 @dataclass(frozen=True)
-class Totals:
-    """What runs did, for the closing summary: one run's, one ticker's or the whole command's."""
+class Totals(LoadFigures):
+    """What runs did, for the closing summary: one run's, one ticker's or the whole command's. Its counts
+    of ticker-days (`days`: done), trades, bars and bytes are a load's (pipeline.LoadFigures), added up."""
 
     tickers: int = 0
-    done: int = 0
-    """Ticker-days written (or, in a dry run, aggregated), days without an archive included."""
     without_archive: int = 0
     failed: int = 0
     late: int = 0
     """Ticker-days not yet published on Vision: left missing for the daily sensor or a re-run."""
     skipped: int = 0
     """Ticker-days not run: by a backfill that ended without them."""
-    trades: int = 0
-    bars: int = 0
-    downloaded: int = 0
-    """Bytes."""
     fallbacks: tuple[str, ...] = ()
     """``TICKER YYYY-MM-DD: why`` of each ticker-day built from the fallback dataset (aggTrades)."""
     failures: tuple[str, ...] = ()
     """``TICKER YYYY-MM-DD[..YYYY-MM-DD]: why`` of each failed ticker-day (or span of one archive)."""
-
-    def __add__(self, other: Totals) -> Totals:
-        return Totals(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def summary(self, verb: str, market: Market, seconds: float) -> str:
         """One line of counts, then one line per ticker-day built from the fallback dataset, and one per
@@ -45,22 +39,13 @@ class Totals:
         fallback = f", {len(self.fallbacks):,} built from aggTrades" if self.fallbacks else ""
         late = f", {self.late:,} not yet published" if self.late else ""
         lines = [
-            f"{verb} {market.key}: {count_of(self.tickers, 'ticker')}; ticker-days: {self.done:,} done "
+            f"{verb} {market.key}: {count_of(self.tickers, 'ticker')}; ticker-days: {self.days:,} done "
             f"({self.without_archive:,} without archive{fallback}), {self.failed:,} failed{late}, "
             f"{self.skipped:,} skipped; {self.trades:,} trades, {self.bars:,} bars, "
-            f"{size_of(self.downloaded)} downloaded; {seconds:.1f} s"
+            f"{size_of(self.downloaded_bytes)} downloaded; {seconds:.1f} s"
         ]
         lines += [f"  from aggTrades: {market.key} {day}" for day in self.fallbacks]
         return "\n".join(lines + [f"  failed: {market.key} {failure}" for failure in self.failures])
-
-
-class RunFailed(CliError):
-    """A run that did not write all its days: ``totals`` holds what it did (the days it wrote, the days
-    that failed and why)."""
-
-    def __init__(self, message: str, totals: Totals, code: int = 1) -> None:
-        super().__init__(message, code)
-        self.totals = totals
 
 
 RunRange = Callable[[str, dt.date, dt.date], Totals]

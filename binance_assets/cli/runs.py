@@ -8,7 +8,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from dagster import (
@@ -27,12 +27,11 @@ from dagster import (
 )
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
 from dagster._core.execution.plan.objects import StepFailureData
-from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
+from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from binance_assets.cli.common import (
     PROG,
     REASON,
-    CliError,
     count_of,
     enabled_market,
     list_archives,
@@ -43,20 +42,21 @@ from binance_assets.cli.common import (
     register_tickers,
     say,
 )
+from binance_assets.cli.errors import CliError, RunFailed
 from binance_assets.cli.preview import run_preview, wants_preview
-from binance_assets.cli.runner import RunFailed, Totals, progress_line, run_all, ticker_workers
+from binance_assets.cli.runner import Totals, progress_line, run_all, ticker_workers
 from binance_assets.markets import MARKETS, Market
 from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key
 from binance_assets.orchestration.backfills import ONLY_WHICH, Only, select_keys, submit_backfills
 from binance_assets.orchestration.definitions import build_definitions, build_resources, market_assets
+from binance_assets.orchestration.partition_range import range_tags, run_tags, tagged_range
 from binance_assets.orchestration.run_metadata import (
-    BYTES_DOWNLOADED,
     FAILED_DAYS,
     FALLBACK_DAYS,
     FIRST_FAILURE,
     LATE_DAYS,
+    read_figures,
 )
-from binance_assets.orchestration.sensors import RANGE_END, RANGE_START
 from binance_assets.settings import Settings
 
 
@@ -112,12 +112,7 @@ class InProcessRuns:
             [self.assets],
             instance=self.instance,
             resources=dict(self.resources),
-            tags={
-                RANGE_START: f"{first}|{ticker}",
-                RANGE_END: f"{last}|{ticker}",
-                "binance/market": self.market.key,
-                "binance/reason": REASON,
-            },
+            tags=range_tags(self.market, ticker, first, last, REASON),
             run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}},
             raise_on_error=False,
         )
@@ -178,13 +173,10 @@ def run_totals(
     else:  # a run that failed before it could name its failed days failed them all
         late, unwritten = len(_json(run, LATE_DAYS)), len(failed) or days - len(by_day)
     return Totals(
-        done=len(by_day),
+        **asdict(read_figures(by_day.values())),
         without_archive=sum(1 for m in by_day.values() if m["source"].value == "none"),
         failed=unwritten,
         late=late,
-        trades=sum(int(m["trade_count"].value) for m in by_day.values()),
-        bars=sum(int(m["bar_count"].value) for m in by_day.values()),
-        downloaded=int(run[BYTES_DOWNLOADED].value) if BYTES_DOWNLOADED in run else 0,
         fallbacks=tuple(
             f"{row['ticker']} {row['day']}: {row['reason']}" for row in _json(run, FALLBACK_DAYS)
         ),
@@ -240,7 +232,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
         keys,
         title=f"{market.key} {request.describe()}",
         description=f"{PROG} backfill",
-        tags={"binance/market": market.key, "binance/reason": REASON},
+        tags=run_tags(market, REASON),
     )
     backfill_ids = [backfill.backfill_id for backfill in submitted]
     say("\n".join(backfill_ids))
@@ -252,7 +244,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
         (_backfill_run_totals(instance, run, market) for run in runs), Totals(tickers=len(request.tickers))
     )
     requested_days = sum(map(len, keys.values()))
-    totals += Totals(skipped=requested_days - totals.done - totals.failed - totals.late)
+    totals += Totals(skipped=requested_days - totals.days - totals.failed - totals.late)
     say(totals.summary("backfilled", market, time.monotonic() - started))
     failed = [run.run_id for run in runs if run.status != DagsterRunStatus.SUCCESS]
     if failed:
@@ -272,7 +264,7 @@ def _follow(instance: DagsterInstance, backfill_ids: Sequence[str]) -> list[Dags
         latest: dict[tuple[str, str], DagsterRun] = {}
         for backfill_id in backfill_ids:
             for run in instance.get_runs(RunsFilter(tags={BACKFILL_ID_TAG: backfill_id})):  # newest first
-                latest.setdefault(_run_partitions(run), run)
+                latest.setdefault(tagged_range(run.tags), run)
         counts = Counter(run.status.value.lower() for run in latest.values())
         progress = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no run yet"
         if progress != shown:
@@ -283,16 +275,9 @@ def _follow(instance: DagsterInstance, backfill_ids: Sequence[str]) -> list[Dags
         time.sleep(_POLL_SECONDS)
 
 
-def _run_partitions(run: DagsterRun) -> tuple[str, str]:
-    """First and last partition key of a backfill run (one ticker's consecutive days)."""
-    if RANGE_START in run.tags:
-        return run.tags[RANGE_START], run.tags[RANGE_END]
-    return run.tags[PARTITION_NAME_TAG], run.tags[PARTITION_NAME_TAG]
-
-
 def _backfill_run_totals(instance: DagsterInstance, run: DagsterRun, market: Market) -> Totals:
     """A finished run's counts, from its materialisations and its step failure."""
-    first, last = (dt.date.fromisoformat(key.split("|")[0]) for key in _run_partitions(run))
+    first, last = (dt.date.fromisoformat(key.split("|")[0]) for key in tagged_range(run.tags))
     records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
     materializations = [m for r in records if (m := r.event_log_entry.asset_materialization)]
     failures = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_FAILURE).records

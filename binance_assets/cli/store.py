@@ -11,9 +11,11 @@ from typing import Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
-from binance_assets.cli.common import PROG, CliError, format_table, one_line
+from binance_assets.cli.common import PROG, format_table, one_line
+from binance_assets.cli.errors import CliError
 from binance_assets.clickhouse.client import describe_url
-from binance_assets.clickhouse.store import OpenStore, ServerVersionError, Store
+from binance_assets.clickhouse.errors import ServerVersionError
+from binance_assets.clickhouse.store import OpenStore, Store
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE, TableSpec, quote
 from binance_assets.settings import Settings
 

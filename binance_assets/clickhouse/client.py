@@ -30,23 +30,13 @@ from binance_assets.clickhouse.defaults import (
     DEFAULT_SEND_RECEIVE_TIMEOUT,
     url_expected,
 )
+from binance_assets.clickhouse.errors import StoreBusyError
 from binance_assets.locks import file_lock
 
 LOCK_TIMEOUT = 600.0
 """Seconds a run, sensor or CLI command waits for an embedded store another process is using."""
 _EMBEDDED_LOCK = threading.Lock()
 """One chDB engine per process: threads use embedded stores one at a time."""
-
-
-class StoreBusyError(TimeoutError):
-    """The embedded store stayed locked by another process (or thread) for the whole wait."""
-
-    def __init__(self, lock_file: Path, timeout: float) -> None:
-        super().__init__(
-            f"embedded ClickHouse store is busy: could not lock {lock_file} within {timeout:g} s "
-            "(another run, sensor or CLI command is using it; retry later or raise lock_timeout)"
-        )
-        self.lock_file = lock_file
 
 
 def validate_url(url: str) -> str:

@@ -43,6 +43,7 @@ from binance_assets.clickhouse.defaults import (
     DEFAULT_LIQUIDITY_TABLE,
     DEFAULT_SEND_RECEIVE_TIMEOUT,
 )
+from binance_assets.clickhouse.errors import SchemaError, ServerVersionError, ShardRoutingError
 from binance_assets.clickhouse.tables import (
     ARCHIVES_TABLE,
     BARS_TABLE,
@@ -94,18 +95,6 @@ the replica that took it loses no acknowledged rows. Parallel quorum inserts: ma
 table at once; nothing of ours reads with select_sequential_consistency (`OpenStore.clear` never counts
 on a cluster)."""
 _ROWS_PER_BATCH = 1 << 17
-
-
-class SchemaError(RuntimeError):
-    """A server's tables are missing or lack columns of this version: `binance-assets init` makes them."""
-
-
-class ShardRoutingError(RuntimeError):
-    """A cluster DELETE cannot find the slice's shard: the cluster is not in the server's system.clusters."""
-
-
-class ServerVersionError(RuntimeError):
-    """The ClickHouse server is too old for this project."""
 
 
 def require_server_version(

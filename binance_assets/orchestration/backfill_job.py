@@ -24,6 +24,7 @@ from binance_assets.orchestration.backfills import (
     select_tickers,
     submit_backfills,
 )
+from binance_assets.orchestration.partition_range import run_tags
 from binance_assets.read.arguments import day
 
 REASON = "backfill_job"
@@ -86,7 +87,7 @@ def build_backfill_job(market: Market, assets: AssetsDefinition) -> JobDefinitio
             keys,
             title=f"{market.key} {request.describe()}",
             description=f"{context.job_name} run {context.run_id}",
-            tags={"binance/market": market.key, "binance/reason": REASON},
+            tags=run_tags(market, REASON),
         )
         for backfill in submitted:
             context.log.info(

@@ -5,31 +5,25 @@ their retries: the downloader's own attempts, then the asset's RetryPolicy and t
 A fault that the same bytes would raise again (an archive that no longer matches its ``.CHECKSUM`` after
 the downloader's attempts, a corrupt zip, an unparsable row, an impossible layout, a full disk) fails the
 run at once, with one line naming the archive and the reason: retrying it only costs minutes. So do a
-load's results read before its stream was drained (pipeline.UnfinishedLoad): they would be again.
+load's results read before its stream was drained (`UnfinishedLoad`): they would be again.
+
+A load's errors say which they are themselves (`LoadError.permanent_reason`: binance_assets/errors.py,
+vision/errors.py); a full disk is the one fault of another kind this module knows.
 """
 
 from __future__ import annotations
 
 import errno
 
-from binance_assets.pipeline import UnfinishedLoad
-from binance_assets.vision.download import ArchiveNotFound, ChecksumFileError, ChecksumMismatch
-from binance_assets.vision.errors import VisionError
-from binance_assets.vision.zip_member import ArchiveFormatError
+from binance_assets.errors import LoadError
 
 _FULL_DISK = {errno.ENOSPC, errno.EDQUOT}
 
 
 def permanent_failure(exc: BaseException) -> str | None:
     """One line saying why ``exc`` cannot heal by waiting, or None when trying again may help."""
-    if isinstance(exc, ChecksumMismatch):
-        return f"archive does not match its .CHECKSUM (after every download attempt): {exc}"
-    if isinstance(exc, ChecksumFileError | ArchiveFormatError | UnfinishedLoad):
-        return str(exc)
-    if isinstance(exc, ArchiveNotFound):
-        return None  # listed, yet 404: the CDN may still serve a cached 404 for a new archive
-    if isinstance(exc, VisionError):
-        return None if exc.retryable else str(exc)
+    if isinstance(exc, LoadError):
+        return exc.permanent_reason()
     if isinstance(exc, OSError) and exc.errno in _FULL_DISK:
         return f"{exc}: free space or lower BINANCE_CACHE_MAX_GB (the archives already verified are kept)"
     return None

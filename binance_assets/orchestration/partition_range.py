@@ -7,13 +7,17 @@ enumerate such a range through the dynamic `ticker` dimension, which looks the t
 and the IO manager asked several times per run, some of them once per ticker-day. The daily dimension
 needs no instance, so a one-ticker range costs nothing; a range across tickers (never made by our CLI,
 sensors or BackfillPolicy) falls back to Dagster's enumeration.
+
+A run we request names its range in its tags (`range_tags`, for the sensors' run requests and the CLI's
+runs alike), read back by `tagged_range`; every run and backfill we request also names its market and
+why (`run_tags`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from dagster import (
     AssetExecutionContext,
@@ -22,6 +26,39 @@ from dagster import (
     PartitionKeyRange,
     TimeWindowPartitionsDefinition,
 )
+from dagster._core.storage.tags import PARTITION_NAME_TAG
+
+from binance_assets.markets import Market
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+MARKET_TAG = "binance/market"
+"""dagster.yaml limits the runs in progress per value of this tag."""
+REASON_TAG = "binance/reason"
+"""Who asked for the run: a sensor's reason, `cli` or `backfill_job`."""
+
+
+def run_tags(market: Market, reason: str) -> dict[str, str]:
+    """The tags of every run and backfill we request: its market and why."""
+    return {MARKET_TAG: market.key, REASON_TAG: reason}
+
+
+def range_tags(market: Market, ticker: str, first: dt.date, last: dt.date, reason: str) -> dict[str, str]:
+    """The tags of one run over consecutive days of one ticker (the shape BackfillPolicy.multi_run gives
+    backfills): its partition key range, first and last day inclusive, and `run_tags`."""
+    return {
+        RANGE_START: f"{first.isoformat()}|{ticker}",
+        RANGE_END: f"{last.isoformat()}|{ticker}",
+        **run_tags(market, reason),
+    }
+
+
+def tagged_range(tags: Mapping[str, str]) -> tuple[str, str]:
+    """The first and last partition key of a run, from its tags: its range (`range_tags`, or a backfill's
+    ranged run), else its one partition."""
+    if RANGE_START in tags:
+        return tags[RANGE_START], tags[RANGE_END]
+    return tags[PARTITION_NAME_TAG], tags[PARTITION_NAME_TAG]
 
 
 def days_of_range(

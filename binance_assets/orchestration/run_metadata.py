@@ -1,30 +1,34 @@
 """The metadata a run writes on its materialisations and checks: the one list of its keys.
 
-assets.py writes it; cli/runs.py reads the run's totals back from the instance for its summaries. Every
-daily_liquidity partition a run materialises carries the run's totals (`run_metadata`) beside its own
-day's figures (`day_metadata`), so the totals stay small whatever the run's length: the archives read are
+assets.py writes it; cli/runs.py reads the run's totals back from the instance for its summaries (the
+figures through `read_figures`, beside `figures_metadata` that writes them). Every daily_liquidity
+partition a run materialises carries the run's totals (`run_metadata`) beside its own day's figures
+(`day_figures`), so the totals stay small whatever the run's length: the archives read are
 counted, not listed (each partition names its own, and the ledger holds them all).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from dagster import MetadataValue
 
-from binance_assets.pipeline import DayLoad, FailedDay, RunLoad
+from binance_assets.pipeline import DayLoad, FailedDay, LoadFigures, RunLoad
 from binance_assets.trust.checks import CheckOutcome
 
 RUN_TICKER_DAYS = "run_ticker_days"
-RUN_DAYS_WITHOUT_ARCHIVE = "run_days_without_archive"
 RUN_TRADE_COUNT = "run_trade_count"
 RUN_BAR_COUNT = "run_bar_count"
 BYTES_DOWNLOADED = "bytes_downloaded"
+SECONDS_DOWNLOAD = "seconds_download"
+SECONDS_AGGREGATE = "seconds_aggregate"
+"""The run's figures (pipeline.LoadFigures): `figures_metadata` writes them, `read_figures` reads back."""
+RUN_DAYS_WITHOUT_ARCHIVE = "run_days_without_archive"
 FALLBACK_DAYS = "fallback_days"
 FAILED_DAYS = "failed_days"
 LATE_DAYS = "late_days"
-"""The run's totals that cli/runs.py reads back."""
+"""The run's days built from the fallback, failed and late, which cli/runs.py reads back."""
 PARTIAL_DAYS = "partial_days"
 """Partial trades days kept: their fallback day matched neither klines count (trust/fallback.py)."""
 RANGES_SHOWN = 20
@@ -35,14 +39,12 @@ FIRST_FAILURE = "first_failure"
 
 def run_metadata(load: RunLoad, tickers: Sequence[str], seconds_total: float) -> dict[str, Any]:
     """The run's totals, from a drained load: the days it wrote, and those it did not (failed, late)."""
-    rows, figures = load.liquidity_rows, load.figures
+    rows = load.liquidity_rows
     sources = [row["source"] for row in rows]
     return {
-        RUN_TRADE_COUNT: figures.trades,
-        RUN_BAR_COUNT: figures.bars,
+        **figures_metadata(load.figures),
         "run_volume": float(sum(row["volume"] for row in rows)),
         "run_quote_volume": float(sum(row["quote_volume"] for row in rows)),
-        RUN_TICKER_DAYS: figures.days,
         "run_days_from_daily": sources.count("daily"),
         "run_days_from_monthly": sources.count("monthly"),
         RUN_DAYS_WITHOUT_ARCHIVE: sources.count("none"),
@@ -50,14 +52,44 @@ def run_metadata(load: RunLoad, tickers: Sequence[str], seconds_total: float) ->
         FALLBACK_DAYS: MetadataValue.json(fallback_days(load)),
         PARTIAL_DAYS: MetadataValue.json(partial_days(load)),
         "run_archives_read": len(load.ledger_rows),
-        BYTES_DOWNLOADED: figures.downloaded_bytes,
-        "seconds_download": round(figures.download_seconds, 3),
-        "seconds_aggregate": round(figures.aggregate_seconds, 3),
         "seconds_total": round(seconds_total, 3),
         "tickers": MetadataValue.json(sorted(tickers)),
         FAILED_DAYS: MetadataValue.json(failed_days(load.failed)),
         LATE_DAYS: MetadataValue.json([{"ticker": t, "day": d.isoformat()} for t, d in load.late]),
     }
+
+
+def figures_metadata(figures: LoadFigures) -> dict[str, Any]:
+    """A load's figures as the run's totals: the one mapping of `LoadFigures` to metadata keys."""
+    return {
+        RUN_TICKER_DAYS: figures.days,
+        RUN_TRADE_COUNT: figures.trades,
+        RUN_BAR_COUNT: figures.bars,
+        BYTES_DOWNLOADED: figures.downloaded_bytes,
+        SECONDS_DOWNLOAD: round(figures.download_seconds, 3),
+        SECONDS_AGGREGATE: round(figures.aggregate_seconds, 3),
+    }
+
+
+def read_figures(partitions: Collection[Mapping[str, MetadataValue]]) -> LoadFigures:
+    """A run's figures read back from the metadata of its daily_liquidity partitions (one each, the latest
+    of the run). The days, trades and bars are those of the partitions themselves (`day_figures`): a run
+    that failed part-way wrote its days without the run's totals, and the totals of a retry that resumed
+    count only the days it wrote. The bytes and seconds are the run's totals (`figures_metadata`) of the
+    first partition, 0 where it carries none."""
+    run = next(iter(partitions), {})
+
+    def total(key: str) -> Any:
+        return run[key].value if key in run else 0
+
+    return LoadFigures(
+        days=len(partitions),
+        trades=sum(int(day["trade_count"].value) for day in partitions),
+        bars=sum(int(day["bar_count"].value) for day in partitions),
+        downloaded_bytes=int(total(BYTES_DOWNLOADED)),
+        download_seconds=float(total(SECONDS_DOWNLOAD)),
+        aggregate_seconds=float(total(SECONDS_AGGREGATE)),
+    )
 
 
 def day_figures(day: DayLoad) -> dict[str, Any]:

@@ -9,9 +9,11 @@ import bisect
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from dagster import (
+    AssetKey,
     DefaultSensorStatus,
     RunRequest,
     SensorDefinition,
@@ -26,13 +28,12 @@ from binance_assets.clickhouse.store import OpenStore
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.markets import Market
 from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key, tickers_partitions
+from binance_assets.orchestration.partition_range import range_tags
 from binance_assets.orchestration.resources import VisionResource
 from binance_assets.plan import run_ranges
 from binance_assets.settings import Settings
 from binance_assets.trust.ledger import Republished, read_broken_days, read_ledger, republished
 
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 RETRY_AFTER = dt.timedelta(hours=6)
 """A ticker-day still missing is requested again at most this often (late archives:
 docs/vision-format.md section 5)."""
@@ -53,17 +54,29 @@ def range_run_request(
     run_key: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> RunRequest:
-    """One run over consecutive days of one ticker (the shape BackfillPolicy.multi_run gives backfills)."""
+    """One run over consecutive days of one ticker (partition_range.range_tags), of both assets."""
     return RunRequest(
         run_key=run_key,
-        asset_selection=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
-        tags={
-            RANGE_START: f"{first.isoformat()}|{ticker}",
-            RANGE_END: f"{last.isoformat()}|{ticker}",
-            "binance/market": market.key,
-            "binance/reason": reason,
-            **(tags or {}),
-        },
+        asset_selection=_targets(market),
+        tags={**range_tags(market, ticker, first, last, reason), **(tags or {})},
+    )
+
+
+def _targets(market: Market) -> list[AssetKey]:
+    """What every sensor requests: the market's two assets, one op."""
+    return [asset_key(market, BARS), asset_key(market, LIQUIDITY)]
+
+
+def _market_sensor(
+    market: Market, name: str, seconds: int, status: DefaultSensorStatus, description: str
+) -> Callable[[Callable[..., Any]], SensorDefinition]:
+    """The decorator of the market's sensor ``<market>_<name>``, ticking at most every ``seconds``."""
+    return sensor(
+        name=f"{market.key}_{name}",
+        minimum_interval_seconds=seconds,
+        target=_targets(market),
+        default_status=status,
+        description=description,
     )
 
 
@@ -80,12 +93,12 @@ def build_ticker_sensor(market: Market, settings: Settings) -> SensorDefinition:
     """``<market>_ticker_sensor``: add newly listed (and wanted) tickers to the market's partitions."""
     partitions = tickers_partitions(market)
 
-    @sensor(
-        name=f"{market.key}_ticker_sensor",
-        minimum_interval_seconds=3600,
-        target=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
-        default_status=DefaultSensorStatus.RUNNING,
-        description=f"Adds new {market.key} tickers listed on Binance Vision (TICKER_FILTER / TICKERS)"
+    @_market_sensor(
+        market,
+        "ticker_sensor",
+        3600,
+        DefaultSensorStatus.RUNNING,
+        f"Adds new {market.key} tickers listed on Binance Vision (TICKER_FILTER / TICKERS)"
         + (" and backfills their history" if settings.auto_backfill else ""),
     )
     def ticker_sensor(context: SensorEvaluationContext, vision: VisionResource) -> SensorResult:
@@ -123,14 +136,14 @@ def build_daily_sensor(market: Market, settings: Settings, lookback_days: int) -
     partitions = tickers_partitions(market)
     publish_at = dt.time.fromisoformat(settings.daily_run_time)
 
-    @sensor(
-        name=f"{market.key}_daily_sensor",
-        minimum_interval_seconds=900,
-        target=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
+    @_market_sensor(
+        market,
+        "daily_sensor",
+        900,
         # Off until turned on in the UI: with the default TICKER_FILTER it keeps ~600 tickers per market
         # up to date, gigabytes a day, which nobody should get from merely starting `dagster dev`.
-        default_status=DefaultSensorStatus.STOPPED,
-        description=f"Materialises each new {market.key} day after {settings.daily_run_time} UTC, "
+        DefaultSensorStatus.STOPPED,
+        f"Materialises each new {market.key} day after {settings.daily_run_time} UTC, "
         f"re-trying late archives for {lookback_days} days",
     )
     def daily_sensor(
@@ -203,13 +216,13 @@ def build_republished_sensor(market: Market, settings: Settings) -> SensorDefini
     day: the run builds them from aggTrades."""
     partitions = tickers_partitions(market)
 
-    @sensor(
-        name=f"{market.key}_republished_archives_sensor",
-        minimum_interval_seconds=REPUBLISHED_TICK_SECONDS,
-        target=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
-        default_status=DefaultSensorStatus.RUNNING,
-        description=f"Re-lists {market.key} archives already loaded ({REPUBLISHED_TICKERS_PER_TICK} tickers "
-        "per tick) and re-materialises the days of those Binance republished",
+    @_market_sensor(
+        market,
+        "republished_archives_sensor",
+        REPUBLISHED_TICK_SECONDS,
+        DefaultSensorStatus.RUNNING,
+        f"Re-lists {market.key} archives already loaded ({REPUBLISHED_TICKERS_PER_TICK} tickers per tick) "
+        "and re-materialises the days of those Binance republished",
     )
     def republished_sensor(
         context: SensorEvaluationContext, vision: VisionResource, clickhouse: ClickHouseResource

@@ -3,7 +3,7 @@
 Settings come from the environment and a `.env` file in the working directory, as for the CLI. An
 embedded store is opened, queried and closed by each call, its lock held for that span only: a notebook
 reads while `dagster dev` or a backfill writes, each waiting its turn (at most ``lock_timeout`` seconds,
-then :class:`~binance_assets.clickhouse.client.StoreBusyError`).
+then :class:`~binance_assets.clickhouse.errors.StoreBusyError`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow as pa
 from binance_assets.clickhouse.store import OpenStore, Store
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE, conform
 from binance_assets.read import arguments
-from binance_assets.read.arguments import ArgumentError
+from binance_assets.read.errors import ArgumentError
 from binance_assets.read.sql import (
     BARS_READ_SCHEMA,
     LIQUIDITY_READ_SCHEMA,

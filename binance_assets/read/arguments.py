@@ -9,6 +9,7 @@ import datetime as dt
 import re
 
 from binance_assets.markets import MARKETS
+from binance_assets.read.errors import ArgumentError
 
 BAR_SECONDS = 5
 """The stored bars' size: every interval is a multiple of it."""
@@ -17,14 +18,6 @@ FORMATS = ("pandas", "polars", "arrow")
 _INTERVAL = re.compile(r"^(\d+)(s|m|min|h|d)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": DAY_SECONDS}
 _LABELS = (("d", DAY_SECONDS), ("h", 3600), ("m", 60), ("s", 1))
-
-
-class ArgumentError(ValueError):
-    """A bad argument of the read API or `export`; the message names it."""
-
-    def __init__(self, argument: str, message: str) -> None:
-        super().__init__(message)
-        self.argument = argument
 
 
 def market_key(market: str) -> str:

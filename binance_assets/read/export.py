@@ -29,7 +29,8 @@ from binance_assets.clickhouse.tables import conform
 from binance_assets.plan import months_between
 from binance_assets.read import arguments
 from binance_assets.read.api import DEFAULT_LOCK_TIMEOUT, loaded_tickers, open_reader, require_loaded
-from binance_assets.read.arguments import DAY_SECONDS, ArgumentError
+from binance_assets.read.arguments import DAY_SECONDS
+from binance_assets.read.errors import ArgumentError
 from binance_assets.read.sql import BARS_READ_SCHEMA, bars_sql
 
 _FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.parquet$")

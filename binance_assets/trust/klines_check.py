@@ -33,10 +33,9 @@ from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
 from binance_assets.trust.checks import LIMIT, CheckOutcome
 from binance_assets.trust.fallback import COVERED, COVERED_PLUS_GAPS
-from binance_assets.vision.download import ArchiveNotFound, VisionDownloader
-from binance_assets.vision.errors import VisionError
+from binance_assets.vision.download import VisionDownloader
+from binance_assets.vision.errors import ArchiveFormatError, ArchiveNotFound, VisionError
 from binance_assets.vision.klines import minute_day, read_klines
-from binance_assets.vision.zip_member import ArchiveFormatError
 
 RELATIVE_TOLERANCE = 1e-7
 ABSOLUTE_TOLERANCE = 1e-8

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from binance_assets.markets import Market
-from binance_assets.vision.archive import BadRow, Conversion, Dataset, time_us
+from binance_assets.vision.archive import Conversion, Dataset, time_us
+from binance_assets.vision.errors import BadRow
 from binance_assets.vision.trades import TRADES_SCHEMA
 
 AGG_TRADES_SCHEMA = TRADES_SCHEMA.append(pa.field("last_id", pa.int64()))

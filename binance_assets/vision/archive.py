@@ -23,7 +23,8 @@ import pyarrow.csv as pa_csv
 
 from binance_assets.markets import DatasetName, Market
 from binance_assets.prefetch import prefetch
-from binance_assets.vision.zip_member import ArchiveFormatError, MemberChunks, csv_member
+from binance_assets.vision.errors import ArchiveFormatError, BadRow
+from binance_assets.vision.zip_member import MemberChunks, csv_member
 
 MS_TO_US_BELOW = 10**14
 """Times below this are milliseconds (year 5138 in ms), at or above it microseconds (1973 in us)."""
@@ -42,15 +43,6 @@ _COLUMN_TYPES = {
     **dict.fromkeys(("price", "qty", "quote_qty", "base_qty"), pa.float64()),
     **dict.fromkeys(("is_buyer_maker", "is_best_match"), pa.bool_()),
 }
-
-
-class BadRow(Exception):
-    """Raised by a dataset's `build` for a row that parses but makes no sense; `row` counts in the batch."""
-
-    def __init__(self, row: int, problem: str) -> None:
-        super().__init__(problem)
-        self.row = row
-        self.problem = problem
 
 
 class Conversion(NamedTuple):

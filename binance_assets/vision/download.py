@@ -26,7 +26,13 @@ from typing import BinaryIO, TypeVar
 import requests
 
 from binance_assets.vision import http
-from binance_assets.vision.errors import VisionError, VisionHTTPError
+from binance_assets.vision.errors import (
+    ArchiveNotFound,
+    ChecksumFileError,
+    ChecksumMismatch,
+    DownloadError,
+    VisionHTTPError,
+)
 
 T = TypeVar("T")
 CHUNK_BYTES = 1 << 20
@@ -36,42 +42,6 @@ before it lists the cache again: listing it for every archive read was quadratic
 (5.4 s of a 248-ticker-day materialize, docs/performance.md). Other processes' writes are seen within
 this time."""
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-class ArchiveNotFound(VisionError):
-    """The archive or its ``.CHECKSUM`` does not exist (HTTP 404): not published yet, or never."""
-
-    def __init__(self, key: str, url: str) -> None:
-        super().__init__(f"{url} not found (404)")
-        self.key = key
-        self.url = url
-
-
-class ChecksumMismatch(VisionError):
-    """The archive's sha256 differs from the one its ``.CHECKSUM`` names (raised once retries are spent)."""
-
-    retryable = True  # a republication caught half-way settles later
-
-    def __init__(self, key: str, expected: str, actual: str) -> None:
-        super().__init__(f"{key}: sha256 {actual} does not match its .CHECKSUM ({expected})")
-        self.key = key
-        self.expected = expected
-        self.actual = actual
-
-
-class DownloadError(VisionError):
-    """Transient failures (5xx, timeouts, cut transfers) outlasted every attempt."""
-
-    retryable = True
-
-    def __init__(self, url: str, attempts: int, cause: Exception) -> None:
-        super().__init__(f"{url}: failed after {attempts} attempts, last: {cause}")
-        self.url = url
-        self.attempts = attempts
-
-
-class ChecksumFileError(VisionError, ValueError):
-    """A ``.CHECKSUM`` file does not hold ``<64 hex>  <zip name>``."""
 
 
 def parse_checksum(text: str, expected_name: str | None = None) -> str:

@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from binance_assets.vision.archive import INTEGER, MS_TO_US_BELOW
-from binance_assets.vision.zip_member import ArchiveFormatError, csv_member
+from binance_assets.vision.errors import KlinesFormatError
+from binance_assets.vision.zip_member import csv_member
 
 KLINE_COLUMNS = (
     "open_time", "open", "high", "low", "close", "volume", "close_time",
@@ -45,10 +46,6 @@ KLINES_SCHEMA = pa.schema(
     ]
 )
 _TIMES = {"open_time": "open_time_us", "close_time": "close_time_us"}
-
-
-class KlinesFormatError(ArchiveFormatError):
-    """The archive is not a readable klines file; the message names the archive."""
 
 
 def read_klines(path: Path) -> pa.Table:

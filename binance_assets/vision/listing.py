@@ -24,21 +24,13 @@ import requests
 
 from binance_assets.markets import TICKER_PATTERN, DatasetName, Market
 from binance_assets.vision import http
-from binance_assets.vision.errors import VisionError, VisionHTTPError
+from binance_assets.vision.errors import VisionHTTPError, VisionListingError
 
 Freq = Literal["daily", "monthly"]
 FREQS: tuple[Freq, ...] = ("daily", "monthly")
 log = logging.getLogger(__name__)
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _PERIOD = {"daily": re.compile(r"\d{4}-\d{2}-\d{2}"), "monthly": re.compile(r"\d{4}-\d{2}")}
-
-
-class VisionListingError(VisionError):
-    """A listing could not be read; the message names the URL and, when there was one, the S3 error code."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)

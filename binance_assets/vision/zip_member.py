@@ -13,6 +13,8 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from binance_assets.vision.errors import ArchiveFormatError
+
 try:  # ISA-L is a dependency; zlib keeps the reader working where its wheel is missing.
     from isal import isal_zlib as _inflate_lib
 except ImportError:  # pragma: no cover - exercised only without isal installed
@@ -20,16 +22,6 @@ except ImportError:  # pragma: no cover - exercised only without isal installed
 
 _READ_SIZE = 1 << 20
 _LOCAL_HEADER = struct.Struct("<4s5H3I2H")
-
-
-class ArchiveFormatError(ValueError):
-    """The archive is not a readable trades or aggTrades file; the message names it (and the line)."""
-
-    def __init__(self, archive: str, problem: str, line: int | None = None) -> None:
-        where = f"{archive}, line {line}" if line is not None else archive
-        super().__init__(f"{where}: {problem}")
-        self.archive = archive
-        self.line = line
 
 
 def csv_member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
