@@ -1,7 +1,8 @@
-"""The instances orchestration/dagster_internals.py defines: the laptop's storage (dagster.yaml,
+"""What orchestration/dagster_internals.py reaches inside Dagster: the laptop's storage (dagster.yaml,
 FastSqliteStorage) where Dagster's default SQLite storage keeps its data, a batch written in one
-transaction, and the production instance's pooled PostgreSQL connections (deploy/dagster.yaml,
-PooledInstance)."""
+transaction, the production instance's pooled PostgreSQL connections (deploy/dagster.yaml,
+PooledInstance), the names Dagster does not export, the backfills we add and the instance with
+overrides. An upgrade that moves any of these fails here."""
 
 from __future__ import annotations
 
@@ -19,7 +20,18 @@ from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializa
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 
-from binance_assets.orchestration.dagster_internals import FastSqliteEventLogStorage, PooledInstance
+from binance_assets.cli.common import _NO_CAPTURE
+from binance_assets.markets import MARKETS
+from binance_assets.orchestration.assets import build_market_assets, tickers_partitions
+from binance_assets.orchestration.dagster_internals import (
+    BACKFILL_ID_TAG,
+    BULK_ACTION_TERMINAL_STATUSES,
+    PARTITION_NAME_TAG,
+    FastSqliteEventLogStorage,
+    PooledInstance,
+    instance_from_dir,
+    new_backfill,
+)
 from binance_assets_tests.helpers import REPO
 from binance_assets_tests.postgres import PostgresServer
 
@@ -105,6 +117,29 @@ def test_a_home_made_with_the_default_storage_opens_with_the_same_data(
     assert [r.partition_key for r in instance.fetch_materializations(KEY, limit=10).records] == [
         "2024-01-01|BTCUSDT"
     ]
+
+
+def test_a_backfill_we_add_is_dagster_s_own(laptop_home: Path) -> None:
+    """As the UI's partition dialog adds it: its partitions, title and tags; not finished; its runs (once
+    the daemon launches them) tagged with its id and their partition under the names the CLI reads."""
+    market = MARKETS["um"]
+    assets = build_market_assets(market, 31)
+    with instance_from_dir(str(laptop_home), _NO_CAPTURE) as instance:
+        assert type(instance.compute_log_manager).__name__ == "NoOpComputeLogManager"
+        instance.add_dynamic_partitions(tickers_partitions(market).name, ["BTCUSDT"])
+        keys = ["2024-01-01|BTCUSDT", "2024-01-02|BTCUSDT"]
+        backfill_id = new_backfill(
+            instance, assets, keys, list(assets.keys), requested=time.time(), tags={"binance/reason": "test"},
+            title="t", description="d",
+        )  # fmt: skip
+        backfill = instance.get_backfill(backfill_id)
+    assert backfill is not None and backfill.status not in BULK_ACTION_TERMINAL_STATUSES
+    assert (backfill.title, backfill.description, backfill.tags) == ("t", "d", {"binance/reason": "test"})
+    subset = backfill.asset_backfill_data.target_subset  # type: ignore[union-attr]
+    assert {
+        str(k) for k in subset.get_partitions_subset(next(iter(assets.keys))).get_partition_keys()
+    } == set(keys)
+    assert (PARTITION_NAME_TAG, BACKFILL_ID_TAG) == ("dagster/partition", "dagster/backfill")
 
 
 def test_the_production_instance_keeps_its_postgres_connections_open(

@@ -61,8 +61,7 @@ threads would swap each other's streams (and the CLI's own output), so those run
 def open_instance(settings: Settings, *, capture_logs: bool = True) -> DagsterInstance:
     """The instance of $DAGSTER_HOME (unset: Settings' default, created); Dagster's own errors here are
     paragraphs, ours one line."""
-    from dagster import DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
+    from binance_assets.orchestration.dagster_internals import instance_from_dir
 
     home = settings.process_variable("DAGSTER_HOME")
     path = str(settings.dagster_home)
@@ -73,13 +72,12 @@ def open_instance(settings: Settings, *, capture_logs: bool = True) -> DagsterIn
         raise CliError(
             f"DAGSTER_HOME={home!r} is invalid: expected the absolute path of an existing directory", code=2
         )
-    ref = InstanceRef.from_dir(path, overrides=None if capture_logs else _NO_CAPTURE)
     lock_file = Path(path) / INSTANCE_LOCK
     with file_lock(lock_file, INSTANCE_LOCK_SECONDS, lambda: _instance_busy(lock_file)):
         attempt = 1
         while True:
             try:
-                return DagsterInstance.from_ref(ref)
+                return instance_from_dir(path, None if capture_logs else _NO_CAPTURE)
             except Exception as error:  # a daemon or code server outside our lock creating it too
                 if attempt >= SCHEMA_RACE_ATTEMPTS or type(error).__name__ not in _SCHEMA_RACE_ERRORS:
                     raise

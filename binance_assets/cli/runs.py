@@ -25,9 +25,6 @@ from dagster import (
     RunsFilter,
     materialize,
 )
-from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
-from dagster._core.execution.plan.objects import StepFailureData
-from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from binance_assets.cli.common import (
     PROG,
@@ -48,6 +45,11 @@ from binance_assets.cli.runner import Totals, progress_line, run_all, ticker_wor
 from binance_assets.markets import MARKETS, Market
 from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key
 from binance_assets.orchestration.backfills import ONLY_WHICH, Only, select_keys, submit_backfills
+from binance_assets.orchestration.dagster_internals import (
+    BACKFILL_ID_TAG,
+    BULK_ACTION_TERMINAL_STATUSES,
+    StepFailureData,
+)
 from binance_assets.orchestration.definitions import build_definitions, build_resources, market_assets
 from binance_assets.orchestration.partition_range import range_tags, run_tags, tagged_range
 from binance_assets.orchestration.run_metadata import (

@@ -174,31 +174,23 @@ def submit_backfills(
     """Add the backfills of ``keys`` (per ticker) on both of the market's assets, cut by `ticker_groups`
     and stamped with one time (see BACKFILL_TICKER_DAYS): titled ``title [part/parts]``, described
     ``description: <tickers>``, their runs tagged ``tags``. ``assets``: the market's multi_asset."""
-    from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
-    from dagster._core.execution.backfill import PartitionBackfill
-    from dagster._core.utils import make_new_backfill_id
-
     from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key
+    from binance_assets.orchestration.dagster_internals import new_backfill
 
-    asset_graph = AssetGraph.from_assets([assets])
     groups = ticker_groups(keys)
     requested = time.time()  # one time for all: see BACKFILL_TICKER_DAYS
     submitted = []
     for part, tickers in enumerate(groups, start=1):
         partition_names = [key for ticker in tickers for key in keys[ticker]]
-        backfill = PartitionBackfill.from_asset_partitions(
-            backfill_id=make_new_backfill_id(),
-            asset_graph=asset_graph,
-            partition_names=partition_names,
-            asset_selection=[asset_key(market, BARS), asset_key(market, LIQUIDITY)],
-            backfill_timestamp=requested,
-            tags=dict(tags),
-            dynamic_partitions_store=instance,
-            all_partitions=False,
+        backfill_id = new_backfill(
+            instance,
+            assets,
+            partition_names,
+            [asset_key(market, BARS), asset_key(market, LIQUIDITY)],
+            requested=requested,
+            tags=tags,
             title=title + (f" [{part}/{len(groups)}]" if len(groups) > 1 else ""),
             description=f"{description}: {', '.join(tickers)}",
-            run_config=None,
         )
-        instance.add_backfill(backfill)
-        submitted.append(Submitted(backfill.backfill_id, tuple(tickers), len(partition_names)))
+        submitted.append(Submitted(backfill_id, tuple(tickers), len(partition_names)))
     return submitted

@@ -2,8 +2,9 @@
 
 When an upgrade moves what these reach into, tests fail: each partition's own figures
 (test_assets.py::test_range_with_monthly_archive_matches_oracle), a failed day shown FAILED with one
-planned event per run (test_assets.py::test_a_corrupt_day_fails_alone_and_its_rerun_repairs_it), and the
-laptop instance's event log (test_dagster_internals.py).
+planned event per run (test_assets.py::test_a_corrupt_day_fails_alone_and_its_rerun_repairs_it), the
+laptop instance's event log, the names Dagster does not export and the backfills we add
+(test_dagster_internals.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,18 @@ from typing import Any
 
 import sqlalchemy
 import yaml
-from dagster import AssetExecutionContext, AssetKey, DagsterInstance, MultiPartitionKey
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    DagsterInstance,
+    MultiPartitionKey,
+)
+from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, PartitionBackfill
+from dagster._core.execution.plan.objects import StepFailureData
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.base_storage import DagsterStorage
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
@@ -34,9 +44,58 @@ from dagster._core.storage.sqlite_storage import (
     _runs_directory,
     _schedule_directory,
 )
+from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
+from dagster._core.utils import make_new_backfill_id
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
+
+__all__ = [
+    "BACKFILL_ID_TAG",
+    "BULK_ACTION_TERMINAL_STATUSES",
+    "PARTITION_NAME_TAG",
+    "StepFailureData",
+]
+"""Names Dagster does not export: the tags that name a run's partition and its backfill (stored with
+every run: the CLI reads them back), a backfill's finished statuses, and the type of a step's failure."""
+
+
+def instance_from_dir(home: str, overrides: Mapping[str, Any] | None) -> DagsterInstance:
+    """The instance of ``home``'s dagster.yaml with ``overrides`` merged in: the CLI turns off the compute
+    log capture of runs it executes in parallel threads (cli/common.py); `DagsterInstance.get()` takes no
+    overrides."""
+    return DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=overrides))
+
+
+def new_backfill(
+    instance: DagsterInstance,
+    assets: AssetsDefinition,
+    partition_names: Sequence[str],
+    asset_selection: Sequence[AssetKey],
+    *,
+    requested: float,
+    tags: Mapping[str, str],
+    title: str,
+    description: str,
+) -> str:
+    """Add a backfill of ``partition_names`` of ``asset_selection`` (of the multi-asset ``assets``), as the
+    UI's partition dialog adds one; its id. Dagster's public API launches backfills only from the UI or
+    GraphQL, and a whole market needs many at one ``requested`` time (orchestration/backfills.py)."""
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=make_new_backfill_id(),
+        asset_graph=AssetGraph.from_assets([assets]),
+        partition_names=partition_names,
+        asset_selection=list(asset_selection),
+        backfill_timestamp=requested,
+        tags=dict(tags),
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=title,
+        description=description,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill.backfill_id
 
 
 def add_partition_metadata(

@@ -26,9 +26,9 @@ from dagster import (
     PartitionKeyRange,
     TimeWindowPartitionsDefinition,
 )
-from dagster._core.storage.tags import PARTITION_NAME_TAG
 
 from binance_assets.markets import Market
+from binance_assets.orchestration.dagster_internals import PARTITION_NAME_TAG
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
