@@ -260,6 +260,7 @@ def build_market_assets(
                     if index % 25 == 0:
                         context.log.info(f"{index} ticker-days: {load.figures.trades:,} trades")
                 writer.flush()
+            klines = ahead.klines  # waited for here: the store is closed meanwhile, the days written kept
         except BaseException:
             # what is written stays materialised: a retry of this run resumes after it
             for event in _materializations(market, writer.written, figures, {}):
@@ -276,7 +277,6 @@ def build_market_assets(
         # nothing written (a run of late days only, or every day failed): nothing to check
         results = [_nothing_checked(spec) for spec in checks if spec.name != FROM_FALLBACK]
         if written:
-            klines = ahead.klines  # waited for before the store is open: its lock is not held meanwhile
             with clickhouse.open() as store:
                 write_ledger(store, load.ledger_rows)
                 results = _checks(market, store, run)
