@@ -20,7 +20,6 @@ from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializa
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 
-from binance_assets.cli.common import _NO_CAPTURE
 from binance_assets.markets import MARKETS
 from binance_assets.orchestration.assets import build_market_assets, tickers_partitions
 from binance_assets.orchestration.dagster_internals import (
@@ -124,7 +123,7 @@ def test_a_backfill_we_add_is_dagster_s_own(laptop_home: Path) -> None:
     the daemon launches them) tagged with its id and their partition under the names the CLI reads."""
     market = MARKETS["um"]
     assets = build_market_assets(market, 31)
-    with instance_from_dir(str(laptop_home), _NO_CAPTURE) as instance:
+    with instance_from_dir(str(laptop_home), capture_logs=False) as instance:
         assert type(instance.compute_log_manager).__name__ == "NoOpComputeLogManager"
         instance.add_dynamic_partitions(tickers_partitions(market).name, ["BTCUSDT"])
         keys = ["2024-01-01|BTCUSDT", "2024-01-02|BTCUSDT"]

@@ -48,16 +48,6 @@ def parse_request(args: argparse.Namespace, settings: Settings) -> Request:
     return Request(market, tuple(dict.fromkeys(args.ticker)), days)
 
 
-_NO_CAPTURE = {
-    "compute_logs": {
-        "module": "dagster._core.storage.noop_compute_log_manager",
-        "class": "NoOpComputeLogManager",
-    }
-}
-"""A run captures its process's stdout/stderr by redirecting file descriptors 1 and 2: runs in parallel
-threads would swap each other's streams (and the CLI's own output), so those runs capture nothing."""
-
-
 def open_instance(settings: Settings, *, capture_logs: bool = True) -> DagsterInstance:
     """The instance of $DAGSTER_HOME (unset: Settings' default, created); Dagster's own errors here are
     paragraphs, ours one line."""
@@ -77,7 +67,7 @@ def open_instance(settings: Settings, *, capture_logs: bool = True) -> DagsterIn
         attempt = 1
         while True:
             try:
-                return instance_from_dir(path, None if capture_logs else _NO_CAPTURE)
+                return instance_from_dir(path, capture_logs=capture_logs)
             except Exception as error:  # a daemon or code server outside our lock creating it too
                 if attempt >= SCHEMA_RACE_ATTEMPTS or type(error).__name__ not in _SCHEMA_RACE_ERRORS:
                     raise

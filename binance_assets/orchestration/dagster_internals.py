@@ -60,10 +60,20 @@ __all__ = [
 every run: the CLI reads them back), a backfill's finished statuses, and the type of a step's failure."""
 
 
-def instance_from_dir(home: str, overrides: Mapping[str, Any] | None) -> DagsterInstance:
-    """The instance of ``home``'s dagster.yaml with ``overrides`` merged in: the CLI turns off the compute
-    log capture of runs it executes in parallel threads (cli/common.py); `DagsterInstance.get()` takes no
-    overrides."""
+_NO_CAPTURE = {
+    "compute_logs": {
+        "module": "dagster._core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
+}
+
+
+def instance_from_dir(home: str, *, capture_logs: bool = True) -> DagsterInstance:
+    """The instance of ``home``'s dagster.yaml, its runs' output captured or not. A run captures its
+    process's stdout/stderr by redirecting file descriptors 1 and 2: the CLI's runs in parallel threads
+    would swap each other's streams (and the CLI's own output), so those capture nothing (cli/common.py).
+    `DagsterInstance.get()` takes no overrides."""
+    overrides = None if capture_logs else _NO_CAPTURE
     return DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=overrides))
 
 
