@@ -128,7 +128,7 @@ def test_a_backfill_we_add_is_dagster_s_own(laptop_home: Path) -> None:
         instance.add_dynamic_partitions(tickers_partitions(market).name, ["BTCUSDT"])
         keys = ["2024-01-01|BTCUSDT", "2024-01-02|BTCUSDT"]
         backfill_id = new_backfill(
-            instance, assets, keys, list(assets.keys), requested=time.time(), tags={"binance/reason": "test"},
+            instance, assets, keys, requested=time.time(), tags={"binance/reason": "test"},
             title="t", description="d",
         )  # fmt: skip
         backfill = instance.get_backfill(backfill_id)

@@ -92,6 +92,11 @@ def asset_key(market: Market, name: str) -> AssetKey:
     return AssetKey([*market.asset_prefix, name])
 
 
+def market_asset_keys(market: Market) -> list[AssetKey]:
+    """The market's two assets, written by one op: what its sensors and runs request."""
+    return [asset_key(market, BARS), asset_key(market, LIQUIDITY)]
+
+
 def tickers_partitions(market: Market) -> DynamicPartitionsDefinition:
     return DynamicPartitionsDefinition(name=market.tickers_partition_name)
 

@@ -174,7 +174,6 @@ def submit_backfills(
     """Add the backfills of ``keys`` (per ticker) on both of the market's assets, cut by `ticker_groups`
     and stamped with one time (see BACKFILL_TICKER_DAYS): titled ``title [part/parts]``, described
     ``description: <tickers>``, their runs tagged ``tags``. ``assets``: the market's multi_asset."""
-    from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key
     from binance_assets.orchestration.dagster_internals import new_backfill
 
     groups = ticker_groups(keys)
@@ -186,7 +185,6 @@ def submit_backfills(
             instance,
             assets,
             partition_names,
-            [asset_key(market, BARS), asset_key(market, LIQUIDITY)],
             requested=requested,
             tags=tags,
             title=title + (f" [{part}/{len(groups)}]" if len(groups) > 1 else ""),

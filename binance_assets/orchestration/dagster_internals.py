@@ -5,6 +5,10 @@ When an upgrade moves what these reach into, tests fail: each partition's own fi
 planned event per run (test_assets.py::test_a_corrupt_day_fails_alone_and_its_rerun_repairs_it), the
 laptop instance's event log, the names Dagster does not export and the backfills we add
 (test_dagster_internals.py).
+
+The names imported ``as`` themselves are re-exported: Dagster does not export them. They are the tags that
+name a run's partition and its backfill (stored with every run: the CLI reads them back), a backfill's
+finished statuses, and the type of a step's failure.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from dagster import (
 from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
-from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, PartitionBackfill
-from dagster._core.execution.plan.objects import StepFailureData
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES as BULK_ACTION_TERMINAL_STATUSES
+from dagster._core.execution.backfill import PartitionBackfill
+from dagster._core.execution.plan.objects import StepFailureData as StepFailureData
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.base_storage import DagsterStorage
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
@@ -44,21 +49,12 @@ from dagster._core.storage.sqlite_storage import (
     _runs_directory,
     _schedule_directory,
 )
-from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
+from dagster._core.storage.tags import BACKFILL_ID_TAG as BACKFILL_ID_TAG
+from dagster._core.storage.tags import PARTITION_NAME_TAG as PARTITION_NAME_TAG
 from dagster._core.utils import make_new_backfill_id
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
-
-__all__ = [
-    "BACKFILL_ID_TAG",
-    "BULK_ACTION_TERMINAL_STATUSES",
-    "PARTITION_NAME_TAG",
-    "StepFailureData",
-]
-"""Names Dagster does not export: the tags that name a run's partition and its backfill (stored with
-every run: the CLI reads them back), a backfill's finished statuses, and the type of a step's failure."""
-
 
 _NO_CAPTURE = {
     "compute_logs": {
@@ -81,21 +77,20 @@ def new_backfill(
     instance: DagsterInstance,
     assets: AssetsDefinition,
     partition_names: Sequence[str],
-    asset_selection: Sequence[AssetKey],
     *,
     requested: float,
     tags: Mapping[str, str],
     title: str,
     description: str,
 ) -> str:
-    """Add a backfill of ``partition_names`` of ``asset_selection`` (of the multi-asset ``assets``), as the
-    UI's partition dialog adds one; its id. Dagster's public API launches backfills only from the UI or
+    """Add a backfill of ``partition_names`` of every asset of the multi-asset ``assets``, as the UI's
+    partition dialog adds one; its id. Dagster's public API launches backfills only from the UI or
     GraphQL, and a whole market needs many at one ``requested`` time (orchestration/backfills.py)."""
     backfill = PartitionBackfill.from_asset_partitions(
         backfill_id=make_new_backfill_id(),
         asset_graph=AssetGraph.from_assets([assets]),
         partition_names=partition_names,
-        asset_selection=list(asset_selection),
+        asset_selection=list(assets.keys),
         backfill_timestamp=requested,
         tags=dict(tags),
         dynamic_partitions_store=instance,

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from dagster import (
-    AssetKey,
     DefaultSensorStatus,
     RunRequest,
     SensorDefinition,
@@ -27,7 +26,7 @@ from binance_assets.clickhouse.resource import ClickHouseResource
 from binance_assets.clickhouse.store import OpenStore
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.markets import Market
-from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key, tickers_partitions
+from binance_assets.orchestration.assets import market_asset_keys, tickers_partitions
 from binance_assets.orchestration.partition_range import range_tags
 from binance_assets.orchestration.resources import VisionResource
 from binance_assets.plan import run_ranges
@@ -57,14 +56,9 @@ def range_run_request(
     """One run over consecutive days of one ticker (partition_range.range_tags), of both assets."""
     return RunRequest(
         run_key=run_key,
-        asset_selection=_targets(market),
+        asset_selection=market_asset_keys(market),
         tags={**range_tags(market, ticker, first, last, reason), **(tags or {})},
     )
-
-
-def _targets(market: Market) -> list[AssetKey]:
-    """What every sensor requests: the market's two assets, one op."""
-    return [asset_key(market, BARS), asset_key(market, LIQUIDITY)]
 
 
 def _market_sensor(
@@ -74,7 +68,7 @@ def _market_sensor(
     return sensor(
         name=f"{market.key}_{name}",
         minimum_interval_seconds=seconds,
-        target=_targets(market),
+        target=market_asset_keys(market),
         default_status=status,
         description=description,
     )
