@@ -11,6 +11,7 @@ must occur in it, or end it when the pattern ends in ``$`` (``f"{key}$"`` spoils
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
 import socket
@@ -18,6 +19,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +28,8 @@ from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
+_PIECE = 1 << 20
+"""Bytes a paced reply sends between its sleeps."""
 _DEFAULT_CODES = {403: "AccessDenied", 404: "NoSuchKey", 500: "InternalError", 503: "ServiceUnavailable"}
 ChecksumStyle = Literal["newline", "no-newline", "wrong"]
 
@@ -154,11 +158,11 @@ class VisionServer:
         with self._lock:
             self._in_flight -= 1
 
-    def _object(self, key: str) -> bytes | None:
+    def _object(self, key: str) -> Path | None:
         path = (self.root / key).resolve()
         if key in self._phantom_keys or not path.is_relative_to(self.root.resolve()) or not path.is_file():
             return None
-        return path.read_bytes()
+        return path
 
     def _listing(self, query: dict[str, list[str]]) -> bytes:
         def arg(name: str, default: str = "") -> str:
@@ -265,14 +269,17 @@ class _Handler(BaseHTTPRequestHandler):
                 body = vision._listing(parse_qs(url.query, keep_blank_values=True))
                 self._send(body, "application/xml", truncate=fault is not None and fault.truncate)
                 return
-            data = vision._object(unquote(url.path[1:]))
-            if data is None:
+            path = vision._object(unquote(url.path[1:]))
+            if path is None:
                 self._send_error(404, "NoSuchKey")
                 return
             if fault is not None and fault.reset:
-                self._send_then_reset(data)
+                self._send_then_reset(path.read_bytes())
                 return
-            self._send(data, "binary/octet-stream", truncate=fault is not None and fault.truncate)
+            if fault is not None and fault.truncate:
+                self._send(path.read_bytes(), "binary/octet-stream", truncate=True)
+                return
+            self._send_file(path)
         finally:
             vision._end()
 
@@ -289,16 +296,34 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self._write(body[: len(body) // 2] if truncate else body)
 
+    def _send_file(self, path: Path) -> None:
+        """An object streamed from disk: reading a big archive into memory per request cost the
+        benchmarks' server seconds of page faults on a VM (docs/performance.md)."""
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            self.send_response(200)
+            self.send_header("Content-Type", "binary/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            if not self.server.vision.bytes_per_second:
+                self.connection.sendfile(file)
+                return
+            self._write_paced(iter(functools.partial(file.read, _PIECE), b""))
+
     def _write(self, body: bytes) -> None:
         """The body at the server's `bytes_per_second`, if set (benchmarks emulate a real link)."""
-        rate = self.server.vision.bytes_per_second
-        if not rate:
+        if not self.server.vision.bytes_per_second:
             self.wfile.write(body)
             return
-        started, piece = time.monotonic(), 1 << 20
-        for offset in range(0, len(body), piece):
-            self.wfile.write(body[offset : offset + piece])
-            time.sleep(max(0.0, started + (offset + piece) / rate - time.monotonic()))
+        self._write_paced(body[offset : offset + _PIECE] for offset in range(0, len(body), _PIECE))
+
+    def _write_paced(self, pieces: Iterator[bytes]) -> None:
+        """Pieces at the server's `bytes_per_second`: each is sent once the link could have carried it."""
+        rate, started, sent = self.server.vision.bytes_per_second, time.monotonic(), 0
+        for piece in pieces:
+            sent += len(piece)
+            time.sleep(max(0.0, started + sent / rate - time.monotonic()))
+            self.wfile.write(piece)
 
     def _send_then_reset(self, body: bytes) -> None:
         self.send_response(200)
