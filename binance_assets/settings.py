@@ -44,6 +44,7 @@ from binance_assets.markets import DATASETS, MARKETS, TICKER_PATTERN, DatasetNam
 if TYPE_CHECKING:  # built on demand: the driver (pyarrow, clickhouse_connect) and Dagster are not imported
     from binance_assets.clickhouse.store import Store  # by `binance-assets --help`
     from binance_assets.orchestration.resources import VisionResource
+    from binance_assets.vision.client import VisionClient
 
 # The variables' defaults, written once: modules that take a setting as a field or parameter of their own
 # (the Vision resource, the planner, the retry policy) import them; the store's are in clickhouse/defaults.py.
@@ -332,19 +333,25 @@ class Settings(BaseModel):
         )
 
     @property
-    def vision(self) -> VisionResource:
+    def vision_client(self) -> VisionClient:
         """Binance Vision as these settings configure it: its listing, downloads and cache."""
-        from binance_assets.orchestration.resources import VisionResource
+        from binance_assets.vision.client import VisionClient
 
-        return VisionResource(
+        return VisionClient(
             vision_url=self.vision_url,
             listing_url=self.listing_url,
             cache_dir=str(self.cache_dir),
             cache_max_gb=self.cache_max_gb,
             download_concurrency=self.download_concurrency,
             timeout_seconds=self.http_timeout,
-            publish_grace_days=self.publish_grace_days,
         )
+
+    @property
+    def vision(self) -> VisionResource:
+        """The same as the assets' resource (Dagster)."""
+        from binance_assets.orchestration.resources import VisionResource
+
+        return VisionResource.of(self.vision_client, publish_grace_days=self.publish_grace_days)
 
     @property
     def fallback_dataset(self) -> DatasetName | None:

@@ -107,7 +107,7 @@ Listed = Mapping[str, Sequence["ArchiveInfo"]]
 
 def list_archives(request: Request, settings: Settings) -> Listed:
     """List each ticker's archives of BINANCE_DATASET on Vision; fail on a ticker that has none."""
-    listing = settings.vision.listing()
+    listing = settings.vision_client.listing()
     market, dataset = request.market, settings.dataset
     listed = {
         ticker: listing.list_trades_archives(market, ticker, dataset=dataset) for ticker in request.tickers

@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--verbose", action="store_true", help="also print Dagster's run log (at LOG_LEVEL) on stderr"
             )
-        command.set_defaults(handler=_lazy("binance_assets.cli.runs", handler))
+        module = "binance_assets.cli.materialize" if name == "materialize" else "binance_assets.cli.runs"
+        command.set_defaults(handler=_lazy(module, handler))
 
     init = commands.add_parser(
         "init",

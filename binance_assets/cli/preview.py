@@ -21,10 +21,10 @@ from binance_assets.cli.common import (
 from binance_assets.cli.errors import RunFailed
 from binance_assets.cli.runner import Totals, progress_line, run_all
 from binance_assets.markets import Market
-from binance_assets.orchestration.resources import VisionResource
 from binance_assets.pipeline import DayLoad, RunLoad
 from binance_assets.plan import TickerPlan, month_of, next_month, plan_ticker, run_ranges
 from binance_assets.settings import Settings
+from binance_assets.vision.client import VisionClient
 from binance_assets.vision.listing import ArchiveInfo
 
 
@@ -40,8 +40,7 @@ def run_preview(args: argparse.Namespace, request: Request, listed: Listed, sett
     if args.plan:
         return _print_plan(request, settings, planner)
     say("dry run: nothing is written to ClickHouse or the Dagster instance", progress=True)
-    vision = settings.vision
-    return run_all(request, settings, DryRuns(planner, vision), "dry run of")
+    return run_all(request, settings, DryRuns(planner, settings.vision_client), "dry run of")
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class DryRuns:
     """A RunRange that downloads, verifies and aggregates like a run and prints each ticker-day."""
 
     planner: Planner
-    vision: VisionResource
+    vision: VisionClient
 
     def __call__(self, ticker: str, first: dt.date, last: dt.date) -> Totals:
         market = self.planner.market

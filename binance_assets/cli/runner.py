@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from binance_assets.cli.common import Request, count_of, say, size_of
 from binance_assets.cli.errors import CliError, RunFailed
@@ -14,6 +15,9 @@ from binance_assets.markets import Market
 from binance_assets.pipeline import LoadFigures
 from binance_assets.plan import run_ranges
 from binance_assets.settings import Settings
+
+if TYPE_CHECKING:
+    from binance_assets.cli.warm_up import WarmUp
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,12 @@ RunRange = Callable[[str, dt.date, dt.date], Totals]
 when it wrote some of them)."""
 
 
-def run_all(request: Request, settings: Settings, run: RunRange, verb: str) -> int:
+def run_all(
+    request: Request, settings: Settings, run: RunRange, verb: str, *, warm_up: WarmUp | None = None
+) -> int:
     """Each ticker's ranges in order, BINANCE_PARALLEL_TICKERS tickers at once. Every range runs, whatever
-    failed before it: a failure costs its own days. Prints the summary (each failed ticker-day named),
-    then raises the first failure."""
+    failed before it: a failure costs its own days. Prints the summary (each failed ticker-day named, and
+    the bytes the warm-up downloaded for the runs counted), then raises the first failure."""
     started = time.monotonic()
     ranges = run_ranges(request.days, settings.max_days_per_run)
 
@@ -77,7 +83,7 @@ def run_all(request: Request, settings: Settings, run: RunRange, verb: str) -> i
 
     with ThreadPoolExecutor(max_workers=ticker_workers(request, settings)) as pool:
         outcomes = list(pool.map(ticker_runs, request.tickers))
-    totals = sum((t for t, _ in outcomes), Totals())
+    totals = sum((t for t, _ in outcomes), warm_up.totals() if warm_up else Totals())
     say(totals.summary(verb, request.market, time.monotonic() - started))
     errors = [error for _, error in outcomes if error is not None]
     if errors:

@@ -1,4 +1,5 @@
-"""`discover`, `materialize` and `backfill`: Dagster runs in this process, or a backfill for the daemon."""
+"""`discover`, `materialize`'s runs (its command: cli/materialize.py) and `backfill`: Dagster runs in this
+process, or a backfill for the daemon."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from dagster import (
 from binance_assets.cli.common import (
     PROG,
     REASON,
+    Request,
     count_of,
     enabled_market,
     list_archives,
@@ -41,7 +43,7 @@ from binance_assets.cli.common import (
 )
 from binance_assets.cli.errors import CliError, RunFailed
 from binance_assets.cli.preview import run_preview, wants_preview
-from binance_assets.cli.runner import Totals, progress_line, run_all, ticker_workers
+from binance_assets.cli.runner import Totals, progress_line, ticker_workers
 from binance_assets.markets import MARKETS, Market
 from binance_assets.orchestration.assets import BARS, LIQUIDITY, asset_key
 from binance_assets.orchestration.backfills import ONLY_WHICH, Only, select_keys, submit_backfills
@@ -68,7 +70,7 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         [enabled_market(args.market, settings)] if args.market else [MARKETS[k] for k in settings.markets]
     )
     instance = open_instance(settings)
-    listing = settings.vision.listing()
+    listing = settings.vision_client.listing()
     for market in markets:
         listed = listing.list_tickers(market, lambda line: say(f"{PROG}: warning: {line}", progress=True))
         wanted = [t for t in listed if settings.wants_ticker(t)]
@@ -77,23 +79,6 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         for ticker in wanted:
             print(f"  {ticker}{'  new' if ticker in new else ''}")
     return 0
-
-
-def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
-    """Run each ticker's ranges in this process, one Dagster run per range, BINANCE_PARALLEL_TICKERS
-    tickers at once; no run starts after a failure. Or preview them (--plan, --dry-run)."""
-    request = parse_request(args, settings)
-    listed = list_archives(request, settings)
-    if wants_preview(args, settings):
-        return run_preview(args, request, listed, settings)
-    runs = InProcessRuns(
-        market=request.market,
-        assets=market_assets(request.market, settings, retries=not args.no_retries),
-        resources=build_resources(settings),
-        instance=prepare_instance(request, settings, capture_logs=ticker_workers(request, settings) == 1),
-        log_level=settings.log_level if args.verbose else "CRITICAL",
-    )
-    return run_all(request, settings, runs, "materialised")
 
 
 @dataclass(frozen=True)
@@ -105,6 +90,17 @@ class InProcessRuns:
     resources: Mapping[str, Any]
     instance: DagsterInstance
     log_level: str
+
+    @classmethod
+    def of(cls, request: Request, settings: Settings, *, retries: bool, verbose: bool) -> InProcessRuns:
+        """The runs of `materialize`: with its request's new tickers registered."""
+        return cls(
+            market=request.market,
+            assets=market_assets(request.market, settings, retries=retries),
+            resources=build_resources(settings),
+            instance=prepare_instance(request, settings, capture_logs=ticker_workers(request, settings) == 1),
+            log_level=settings.log_level if verbose else "CRITICAL",
+        )
 
     def __call__(self, ticker: str, first: dt.date, last: dt.date) -> Totals:
         what = f"{self.market.key} {ticker} {first}..{last}"

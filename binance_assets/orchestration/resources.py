@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -16,10 +16,9 @@ from binance_assets.settings import (
     DEFAULT_PUBLISH_GRACE_DAYS,
     DEFAULT_VISION_URL,
 )
+from binance_assets.vision.client import VisionClient
 from binance_assets.vision.download import VisionDownloader
 from binance_assets.vision.listing import VisionListing
-
-_GB = 1024**3
 
 
 class VisionResource(ConfigurableResource):
@@ -47,16 +46,16 @@ class VisionResource(ConfigurableResource):
         description="Days after which a missing archive is taken as never coming (not as late)",
     )
 
+    @classmethod
+    def of(cls, client: VisionClient, *, publish_grace_days: int) -> VisionResource:
+        return cls(**dataclasses.asdict(client), publish_grace_days=publish_grace_days)
+
+    def client(self) -> VisionClient:
+        fields = dataclasses.fields(VisionClient)
+        return VisionClient(**{field.name: getattr(self, field.name) for field in fields})
+
     def listing(self) -> VisionListing:
-        return VisionListing(self.listing_url, timeout=self.timeout_seconds)
+        return self.client().listing()
 
     def downloader(self) -> VisionDownloader:
-        return VisionDownloader(
-            self.vision_url,
-            Path(self.cache_dir),
-            concurrency=self.download_concurrency,
-            retries=self.download_retries,
-            backoff_seconds=self.backoff_seconds,
-            timeout=self.timeout_seconds,
-            cache_max_bytes=int(self.cache_max_gb * _GB),
-        )
+        return self.client().downloader()

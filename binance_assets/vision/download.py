@@ -122,6 +122,32 @@ class _MirrorSource:
             raise ArchiveNotFound(key, self.url(key)) from None
 
 
+class _FolderLocks:
+    """One lock per archive folder, held while a fetch looks in the cache and downloads: two fetches of one
+    archive in a process (the CLI's warm-up and its run's, cli/warm_up.py) download it once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[Path, tuple[threading.Lock, list[int]]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, folder: Path) -> Iterator[None]:
+        with self._lock:
+            lock, users = self._held.setdefault(folder, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                users[0] -= 1
+                if not users[0]:
+                    del self._held[folder]
+
+
+_FETCHING = _FolderLocks()
+
+
 class VisionDownloader:
     """Fetches archives from ``base_url`` (``https://data.binance.vision`` or ``file:///abs/mirror``) into
     ``cache_dir/<key without .zip>/<sha256>.zip``.
@@ -269,6 +295,10 @@ class VisionDownloader:
     def _fetch_once(self, key: str, folder: Path, started: float) -> LocalArchive:
         # The CHECKSUM is read again on every attempt: after a mismatch the archive may have been republished.
         sha256 = self._checksum_once(key)
+        with _FETCHING.hold(folder):
+            return self._cached_or_downloaded(key, folder, sha256, started)
+
+    def _cached_or_downloaded(self, key: str, folder: Path, sha256: str, started: float) -> LocalArchive:
         target = folder / f"{sha256}.zip"
         try:
             os.utime(target)  # a hit: mark it recently used
