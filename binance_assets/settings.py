@@ -348,7 +348,7 @@ class Settings(BaseModel):
 
     @property
     def vision(self) -> VisionResource:
-        """The same as the assets' resource (Dagster)."""
+        """`vision_client` as the assets' Dagster resource, with the planner's grace days."""
         from binance_assets.orchestration.resources import VisionResource
 
         return VisionResource.of(self.vision_client, publish_grace_days=self.publish_grace_days)
