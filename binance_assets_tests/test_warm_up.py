@@ -68,10 +68,6 @@ def test_materialize_starts_its_first_download_before_it_imports_dagster(
     assert re.search(rf"ticker-days: 4 done .* {size:,} bytes downloaded", result.stdout), result.stdout
 
 
-def _settings(tmp_path: Path, server: VisionServer, **fields: object) -> Settings:
-    return Settings(vision_url=server.url, listing_url=server.url, dagster_home=tmp_path / "home", **fields)  # type: ignore[arg-type]
-
-
 def test_the_warm_up_fetches_the_first_run_s_first_archives_within_half_the_cache(
     tmp_path: Path, vision_root: Path, vision_server: VisionServer
 ) -> None:
@@ -84,11 +80,12 @@ def test_the_warm_up_fetches_the_first_run_s_first_archives_within_half_the_cach
     request = Request(UM, ("BTCUSDT", "ETHUSDT"), tuple(days))
 
     def warmed(**fields: object) -> tuple[list[str], int]:
-        settings = _settings(tmp_path, vision_server, **fields)
+        url = vision_server.url
+        settings = Settings(vision_url=url, listing_url=url, dagster_home=tmp_path / "home", **fields)
         listed = list_archives(request, settings)
         start = len(vision_server.requests)
         with warm_up(request, listed, settings) as warm:
-            time.sleep(0.5)
+            time.sleep(0.5)  # its downloads start (those not started when the block ends are dropped)
         gets = [r for r in vision_server.requests[start:] if r.endswith(".zip")]
         return gets, warm.totals().downloaded_bytes
 
