@@ -105,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.set_defaults(handler=_lazy("binance_assets.cli.runs", "cmd_discover"))
 
-    for name, handler, text in (
-        ("materialize", "cmd_materialize", "materialise ticker-days now, in this process"),
-        ("backfill", "cmd_backfill", "submit a Dagster backfill that the daemon runs"),
+    for name, module, text in (
+        ("materialize", "materialize", "materialise ticker-days now, in this process"),
+        ("backfill", "runs", "submit a Dagster backfill that the daemon runs"),
     ):
         command = commands.add_parser(
             name,
@@ -153,8 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--verbose", action="store_true", help="also print Dagster's run log (at LOG_LEVEL) on stderr"
             )
-        module = "binance_assets.cli.materialize" if name == "materialize" else "binance_assets.cli.runs"
-        command.set_defaults(handler=_lazy(module, handler))
+        command.set_defaults(handler=_lazy(f"binance_assets.cli.{module}", f"cmd_{name}"))
 
     init = commands.add_parser(
         "init",

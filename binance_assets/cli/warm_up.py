@@ -2,8 +2,8 @@
 
 Those take 2-4 s before the first run starts (docs/performance.md, "Start-up"), and the run then waits for
 its first archive: a monthly one is verified whole before it is read. The warm-up fetches the first run's
-first archives into the cache meanwhile, as many as the run itself downloads ahead
-(`VisionDownloader.iter_fetch`), and the run finds them there: a fetch of an archive the warm-up is still
+first archives into the cache meanwhile, those the run itself would download first
+(`VisionDownloader.keys_ahead`), and the run finds them there: a fetch of an archive the warm-up is still
 downloading waits for it instead of downloading it again (vision/download.py). A warm-up's error is not
 reported: the run meets it again, and reports it.
 """
@@ -22,7 +22,6 @@ from binance_assets.cli.runner import Totals
 from binance_assets.plan import run_ranges
 from binance_assets.settings import Settings
 from binance_assets.vision.download import LocalArchive
-from binance_assets.vision.listing import ArchiveInfo
 
 
 class WarmUp:
@@ -39,8 +38,8 @@ class WarmUp:
 
 @contextmanager
 def warm_up(request: Request, listed: Listed, settings: Settings) -> Iterator[WarmUp]:
-    """Download the first run's first archives in the background for the block, at most half the cache;
-    at its end, the downloads not started are dropped and the running ones finish."""
+    """Download the archives the first run downloads first, in the background for the block; at its end,
+    the downloads not started are dropped and the running ones finish."""
     first, last = run_ranges(request.days, settings.max_days_per_run)[0]
     today = dt.datetime.now(dt.UTC).date()
     plan = Planner(request.market, listed, today, settings.publish_grace_days)(
@@ -48,14 +47,9 @@ def warm_up(request: Request, listed: Listed, settings: Settings) -> Iterator[Wa
     )
     # One attempt per archive: a failing one is retried (and reported) by the run, not twice.
     downloader = dataclasses.replace(settings.vision_client, download_retries=0).downloader()
-    budget = None if downloader.cache_max_bytes is None else downloader.cache_max_bytes // 2
-    archives: list[ArchiveInfo] = []
-    for archive in list(plan.serves)[: 2 * downloader.concurrency]:
-        if archives and budget is not None and sum(a.size for a in archives) + archive.size > budget:
-            break
-        archives.append(archive)
+    keys = downloader.keys_ahead([a.key for a in plan.serves], {a.key: a.size for a in plan.serves})
     pool = ThreadPoolExecutor(max_workers=downloader.concurrency, thread_name_prefix="vision-warm-up")
     try:
-        yield WarmUp([pool.submit(downloader.fetch, archive.key) for archive in archives])
+        yield WarmUp([pool.submit(downloader.fetch, key) for key in keys])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -214,16 +214,12 @@ class VisionDownloader:
         than the limit plus the archives ahead.
         """
         sizes = sizes or {}
-        budget = self.cache_max_bytes // 2 if self.cache_max_bytes is not None else None
         waiting = deque(keys)
         pending: deque[tuple[str, Future[LocalArchive]]] = deque()
         executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="vision-download")
 
         def fill() -> None:
-            while waiting and len(pending) < 2 * self.concurrency:
-                ahead = sum(sizes.get(key, 0) for key, _ in pending) + sizes.get(waiting[0], 0)
-                if pending and budget is not None and ahead > budget:
-                    return
+            while waiting and self._room_ahead([key for key, _ in pending], waiting[0], sizes):
                 key = waiting.popleft()
                 pending.append((key, executor.submit(self.fetch, key)))
 
@@ -239,6 +235,24 @@ class VisionDownloader:
                 self.evict(keep_keys=[key for key, _ in pending])
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
+
+    def keys_ahead(self, keys: Iterable[str], sizes: Mapping[str, int]) -> list[str]:
+        """The first of ``keys`` that `iter_fetch` downloads before its consumer has read any."""
+        ahead: list[str] = []
+        for key in keys:
+            if not self._room_ahead(ahead, key, sizes):
+                break
+            ahead.append(key)
+        return ahead
+
+    def _room_ahead(self, ahead: Sequence[str], key: str, sizes: Mapping[str, int]) -> bool:
+        """Whether ``key`` may download beside the archives ``ahead`` of the consumer: at most
+        ``2 * concurrency`` of them, holding at most half the cache limit (or one archive, if bigger)."""
+        if len(ahead) >= 2 * self.concurrency:
+            return False
+        if not ahead or self.cache_max_bytes is None:
+            return True
+        return sum(sizes.get(k, 0) for k in ahead) + sizes.get(key, 0) <= self.cache_max_bytes // 2
 
     def evict(self, keep: Set[Path] = frozenset(), keep_keys: Iterable[str] = ()) -> list[Path]:
         """Delete least-recently-used archives until the cache holds at most ``cache_max_bytes``.
