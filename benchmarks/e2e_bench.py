@@ -176,10 +176,10 @@ def _report_at_exit(path: Path, extra: dict[str, Any]) -> None:
 def cli_child(report: Path, argv: list[str]) -> None:
     """`binance-assets ARGV` in this process (the console script's entry point), its peak RSS to `report`."""
     _report_at_exit(report, {})
-    from binance_assets.cli import main
+    from binance_assets.cli import console
 
     sys.argv = ["binance-assets", *argv]
-    sys.exit(main())
+    console()
 
 
 def pandas_child(report: Path, zips: list[Path]) -> None:

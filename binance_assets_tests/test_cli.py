@@ -165,6 +165,27 @@ def test_materialize_fills_the_store_records_runs_and_sql_prints_them(cli: Cli, 
     ]
 
 
+def test_materialize_runs_tickers_in_parallel(cli: Cli, vision_root: Path) -> None:
+    """BINANCE_PARALLEL_TICKERS=2: two runs at once in one process, each run's start beside the other's events
+    (Dagster's logging set-up at a run's start deadlocked with a run storing an event: dagster_internals.py
+    `_Instance`)."""
+    tickers = ("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT")
+    days = DAYS[:6]
+    trades = {
+        t: publish(vision_root, "um", t, days, trades_per_day=200, seed=s) for s, t in enumerate(tickers)
+    }
+
+    result = cli(
+        "materialize", "--market", "um", *(a for t in tickers for a in ("--ticker", t)),
+        "--start", str(days[0]), "--end", str(days[-1]), "--no-retries", BINANCE_PARALLEL_TICKERS="2",
+        timeout=120,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "ticker-days: 24 done (0 without archive), 0 failed, 0 skipped" in result.stdout
+    assert_bars_match(cli.store_url, trades, days[0], days[-1])
+
+
 def test_materialize_loads_the_published_days_and_leaves_a_late_one_missing(
     cli: Cli, vision_root: Path
 ) -> None:

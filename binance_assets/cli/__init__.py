@@ -1,5 +1,5 @@
-"""The `binance-assets` command (console script `binance_assets.cli:main`); see `main.py`."""
+"""The `binance-assets` command (console script `binance_assets.cli:console`); see `main.py`."""
 
-from binance_assets.cli.main import main
+from binance_assets.cli.main import console, main
 
-__all__ = ["main"]
+__all__ = ["console", "main"]

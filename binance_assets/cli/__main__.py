@@ -1,5 +1,5 @@
 """`python -m binance_assets.cli`."""
 
-from binance_assets.cli.main import main
+from binance_assets.cli.main import console
 
-raise SystemExit(main())
+console()

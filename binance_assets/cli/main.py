@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from binance_assets.cli.collector import console_process, importing
 from binance_assets.cli.common import PROG, one_line
 from binance_assets.cli.errors import CliError
 from binance_assets.errors import SettingsError
@@ -69,7 +70,8 @@ def _lazy(module: str, name: str) -> Handler:
     Arrow (about 0.2 s), which `--help` and a usage error do not need."""
 
     def handler(args: argparse.Namespace, settings: Settings) -> int:
-        command: Handler = getattr(importlib.import_module(module), name)
+        with importing():
+            command: Handler = getattr(importlib.import_module(module), name)
         return command(args, settings)
 
     return handler
@@ -210,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def console() -> NoReturn:
+    """The console script: `main`, in a process that ends with it (cli/collector.py)."""
+    with console_process():
+        code = main()
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from binance_assets.cli.collector import importing
 from binance_assets.cli.common import list_archives, parse_request
 from binance_assets.cli.preview import run_preview, wants_preview
 from binance_assets.cli.runner import run_all
@@ -21,7 +22,8 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
     if wants_preview(args, settings):
         return run_preview(args, request, listed, settings)
     with warm_up(request, listed, settings) as warm:
-        from binance_assets.cli.runs import InProcessRuns  # Dagster: imported while the archives download
+        with importing():
+            from binance_assets.cli.runs import InProcessRuns  # Dagster: imported while the archives download
 
-        runs = InProcessRuns.of(request, settings, retries=not args.no_retries, verbose=args.verbose)
+            runs = InProcessRuns.of(request, settings, retries=not args.no_retries, verbose=args.verbose)
         return run_all(request, settings, runs, "materialised", warm_up=warm)

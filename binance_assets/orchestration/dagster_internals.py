@@ -13,6 +13,7 @@ finished statuses, and the type of a step's failure.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -271,7 +272,23 @@ class FastSqliteStorage(DagsterSqliteStorage):
         return cls.from_local(inst_data=inst_data, **config_value)
 
 
-class LaptopInstance(DagsterInstance):
+class _Instance(DagsterInstance):
+    """What both instance classes change in Dagster's own."""
+
+    def get_yaml_python_handlers(self) -> Sequence[logging.Handler]:
+        """The `python_logs` handlers, as Dagster makes them; none without any.
+
+        Dagster runs `logging.config.dictConfig` at each run's start even with none configured. That closes
+        every logging handler of the process, and it takes logging's lock and then each handler's, while a
+        handler that is storing an event holds its own and then waits for logging's (SQLAlchemy's logger
+        checks). Two runs of one process, as `materialize` runs with BINANCE_PARALLEL_TICKERS, then
+        deadlock."""
+        if not self.get_python_log_dagster_handler_config():
+            return []
+        return super().get_yaml_python_handlers()
+
+
+class LaptopInstance(_Instance):
     """The laptop instance (dagster.yaml's `instance_class`): Dagster's default SQLite storage in the
     instance's directory, where the default puts it, as `FastSqliteStorage`.
 
@@ -298,7 +315,7 @@ POOL_OVERFLOW = 8
 """Connections a process opens beyond its one kept per storage when threads need them at once."""
 
 
-class PooledInstance(DagsterInstance):
+class PooledInstance(_Instance):
     """The production instance (deploy/dagster.yaml's `instance_class`): dagster-postgres with one
     connection kept open per storage in every process, as Dagster does for its webserver only
     (`optimize_for_webserver`). Elsewhere dagster-postgres opens a connection for each event, and each
