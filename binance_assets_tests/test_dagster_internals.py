@@ -6,7 +6,9 @@ overrides. An upgrade that moves any of these fails here."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -99,6 +101,46 @@ def test_a_batch_that_fails_stores_none_of_its_events(
     instance.event_log_storage.store_event_batch([*good, log_line])
     assert len(instance.fetch_materializations(KEY, limit=10).records) == 2
     assert len(instance.all_logs(run_id)) == 3
+
+
+def _schema(path: str) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]], list[tuple[str, ...]]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return (
+            sorted(db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")),
+            db.execute("SELECT * FROM alembic_version").fetchall(),
+            db.execute("PRAGMA journal_mode").fetchall(),
+        )
+
+
+def test_new_run_shards_are_copies_of_one_dagster_made(
+    laptop_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first run's shard is Dagster's own; the later ones, copies of an empty one it made: the same
+    tables, indexes, alembic stamp and WAL mode, and their events stored and read back. A shard that
+    exists is not replaced."""
+    instance = open_instance(laptop_home, monkeypatch)
+    storage = instance.event_log_storage
+    assert isinstance(storage, FastSqliteEventLogStorage)
+    runs = [str(uuid.uuid4()) for _ in range(3)]
+    for run_id in runs:
+        storage.store_event_batch([materialization(run_id, f"2024-01-0{day}|BTCUSDT") for day in (1, 2)])
+    dagster_made, *copies = (_schema(storage.path_for_shard(run_id)) for run_id in runs)
+    assert len(dagster_made[0]) > 10 and dagster_made[2] == [("wal",)]
+    assert copies == [dagster_made, dagster_made]
+    assert storage._run_template is not None  # the copies were made from it
+    for run_id in runs:
+        assert [e.dagster_event.partition for e in instance.all_logs(run_id)] == [
+            "2024-01-01|BTCUSDT", "2024-01-02|BTCUSDT"
+        ]  # fmt: skip
+    assert len(instance.fetch_materializations(KEY, limit=10).records) == 6
+
+    existing = str(uuid.uuid4())  # a shard another process made first: kept, with its event
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(laptop_home))) as other:
+        other.event_log_storage.store_event(materialization(existing, "2024-01-03|BTCUSDT"))
+    storage.store_event(materialization(existing, "2024-01-04|BTCUSDT"))
+    assert [e.dagster_event.partition for e in instance.all_logs(existing)] == [
+        "2024-01-03|BTCUSDT", "2024-01-04|BTCUSDT"
+    ]  # fmt: skip
 
 
 def test_a_home_made_with_the_default_storage_opens_with_the_same_data(
