@@ -1,9 +1,11 @@
-"""The garbage collector in a `binance-assets` process (cli/collector.py): off while Dagster is imported,
-and in the console script the imported objects and, at the exit, everything frozen."""
+"""The garbage collector (collector.py): off while the CLI imports Dagster; in the console script the
+imported objects frozen; and everything frozen at the exit of the console script and of a process that
+loads the code location."""
 
 from __future__ import annotations
 
 import gc
+import os
 import re
 import subprocess
 import sys
@@ -11,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from binance_assets.cli.collector import importing
+from binance_assets.collector import importing
 from binance_assets_tests.archives import publish
-from binance_assets_tests.helpers import DAYS, Cli
+from binance_assets_tests.helpers import DAYS, SETTINGS_PREFIXES, Cli
 
 _WATCHED = """
 import atexit, gc, sys
@@ -59,6 +61,27 @@ def test_dagster_imports_without_collecting_and_only_the_console_script_freezes(
         assert int(frozen) > 100_000 and int(left) < 1_000, at_exit
     else:  # a caller of main keeps its collector
         assert int(frozen) == 0 and int(left) > 100_000, at_exit
+
+
+_LOADS_THE_CODE_LOCATION = """
+import atexit, gc, sys
+atexit.register(lambda: print(f"LEFT {len(gc.get_objects())}", file=sys.stderr))  # runs last
+from binance_assets.orchestration.definitions import defs
+defs()
+print(f"TRACKED {len(gc.get_objects())}", file=sys.stderr)
+"""
+
+
+def test_a_process_that_loads_the_code_location_exits_frozen(tmp_path: Path) -> None:
+    """A run worker (or a code server) skips the interpreter's final collections."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIXES)}
+    env.update(DAGSTER_HOME=str(tmp_path), BINANCE_MARKETS="um")
+    result = subprocess.run(
+        [sys.executable, "-c", _LOADS_THE_CODE_LOCATION], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    tracked, left = (int(line.split()[1]) for line in result.stderr.splitlines()[-2:])
+    assert tracked > 100_000 and left < 1_000, result.stderr
 
 
 def test_importing_restores_the_collector_as_it_was() -> None:

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from binance_assets.cli.collector import console_process, importing
 from binance_assets.cli.common import PROG, one_line
 from binance_assets.cli.errors import CliError
+from binance_assets.collector import console_process, importing
 from binance_assets.errors import SettingsError
 from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS, TICKER_PATTERN, Market
@@ -215,14 +215,13 @@ def _warn(message: str) -> None:
 
 
 def console() -> NoReturn:
-    """The console script: `main`, in a process that ends with it (cli/collector.py)."""
-    with console_process():
-        code = main()
-    sys.exit(code)
+    """The console script: `main`, in a process that ends with it (collector.py)."""
+    console_process()
+    sys.exit(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script: the exit code."""
+    """The command's exit code (the console script is `console`)."""
     restore_interrupts()
     apply_dagster_tuning()
     try:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import argparse
 
-from binance_assets.cli.collector import importing
 from binance_assets.cli.common import list_archives, parse_request
 from binance_assets.cli.preview import run_preview, wants_preview
 from binance_assets.cli.runner import run_all
 from binance_assets.cli.warm_up import warm_up
+from binance_assets.collector import importing
 from binance_assets.settings import Settings
 
 

@@ -3,8 +3,9 @@
 When an upgrade moves what these reach into, tests fail: each partition's own figures
 (test_assets.py::test_range_with_monthly_archive_matches_oracle), a failed day shown FAILED with one
 planned event per run (test_assets.py::test_a_corrupt_day_fails_alone_and_its_rerun_repairs_it), the
-laptop instance's event log, the names Dagster does not export and the backfills we add
-(test_dagster_internals.py).
+laptop instance's event log and its run shards, the names Dagster does not export and the backfills we add
+(test_dagster_internals.py), two runs of one process at once (test_cli.py::
+test_materialize_runs_tickers_in_parallel).
 
 The names imported ``as`` themselves are re-exported: Dagster does not export them. They are the tags that
 name a run's partition and its backfill (stored with every run: the CLI reads them back), a backfill's
@@ -274,6 +275,9 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
         for engine in self._engines.values():
             engine.dispose()
         self._engines.clear()
+        if self._run_template is not None:
+            self._run_template.cleanup()
+            self._run_template = None
         super().dispose()
 
 
