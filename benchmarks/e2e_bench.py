@@ -16,7 +16,8 @@ it, at loopback speed or `--mbps` per archive (a real link). Each measurement is
   store, an empty download cache) and the default settings (kline check, aggTrades fallback);
 - pandas: `read_csv` of each zip + `resample("5s")` to the same bars, nothing stored.
 Both are process wall times (imports included), run back to back `--repeat` times, best shown, with the
-process's CPU seconds (user + system) and its peak RSS (VmHWM, read at exit). "run" is the part of our
+process's CPU seconds (user + system, its children's included) and its peak RSS (VmHWM, read at exit, or
+the peak sum over its process tree, sampled, if higher: `materialize`'s worker). "run" is the part of our
 wall time inside Dagster's run (the CLI's own progress line): the rest is imports and opening the
 instance, a fixed cost per process.
 """
@@ -35,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -206,21 +208,66 @@ def pure_child(report: Path, zip_path: Path) -> None:
 
 
 def _run(command: list[str], env: dict[str, str], workdir: Path) -> dict[str, Any]:
-    """Run a child of this script; its wall and CPU seconds, its report and its stderr."""
+    """Run a child of this script; its wall and CPU seconds (its own processes' included), its report and
+    its stderr. Its peak RSS is the higher of its own peak and the peak sum over its process tree (the
+    `materialize` worker, aggregate.py, included), sampled every 10 ms."""
     report = workdir / "report.json"
     report.unlink(missing_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(
+    child = subprocess.Popen(
         [sys.executable, __file__, "--report", str(report), *command],
-        env=env, cwd=workdir, capture_output=True, text=True, check=False,
+        env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    tree_peak = _TreePeak(child.pid)
+    _, stderr = child.communicate()
     wall = time.perf_counter() - started
+    tree_mb = tree_peak.stop()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command[:3])} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    if child.returncode:
+        raise RuntimeError(f"{' '.join(command[:3])} exited {child.returncode}:\n{stderr[-3000:]}")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return {"wall": wall, "cpu": cpu, **json.loads(report.read_text()), "stderr": done.stderr}
+    result = {"wall": wall, "cpu": cpu, **json.loads(report.read_text()), "stderr": stderr}
+    return {**result, "rss_mb": max(result["rss_mb"], tree_mb)}
+
+
+class _TreePeak:
+    """The highest sum of VmRSS over a process and its descendants, sampled in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self._peak_kb / 1024
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self._peak_kb = max(self._peak_kb, sum(_rss_kb(pid) for pid in _tree(self._pid)))
+
+
+def _tree(pid: int) -> list[int]:
+    pids, found = [pid], []
+    while pids:
+        pid = pids.pop()
+        found.append(pid)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pids += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _rss_kb(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def materialize(

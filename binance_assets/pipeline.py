@@ -19,24 +19,19 @@ from typing import Any, Self, TypeVar
 
 import pyarrow as pa
 
-from binance_assets.bars import DAY_BARS_SCHEMA, DAYS_SCHEMA, DayResult, aggregate_trades
+from binance_assets.aggregate import AheadKey, aggregate_archive, taken_ahead
+from binance_assets.bars import DAY_BARS_SCHEMA, DAYS_SCHEMA, DayResult
 from binance_assets.clickhouse.tables import LIQUIDITY_TABLE
 from binance_assets.errors import UnfinishedLoad
 from binance_assets.markets import Market
 from binance_assets.plan import TickerPlan
-from binance_assets.prefetch import prefetch
 from binance_assets.trust.fallback import PARTIAL, Fallback, accepts, count_rule, partial_kept, suspect_reason
 from binance_assets.trust.ledger import ledger_row
-from binance_assets.vision.agg_trades import AGG_TRADES
-from binance_assets.vision.archive import read_archive
 from binance_assets.vision.download import LocalArchive, VisionDownloader
 from binance_assets.vision.errors import ArchiveFormatError, VisionError
 from binance_assets.vision.listing import ArchiveInfo
-from binance_assets.vision.trades import TRADES
 
 T = TypeVar("T")
-_READERS = {"trades": TRADES, "aggTrades": AGG_TRADES}
-"""The reader of each dataset (markets.DATASETS)."""
 
 _EMPTY_BARS = DAY_BARS_SCHEMA.empty_table()
 _TRIM_AFTER_BYTES = 16 << 20
@@ -250,21 +245,15 @@ class RunLoad:
         return rows
 
     def _read(self, ticker: str, archive: ArchiveInfo, local: LocalArchive) -> _Read:
-        """Aggregate one verified archive of its dataset and keep its ledger row."""
+        """Aggregate one verified archive of its dataset (or take what the worker aggregated ahead,
+        aggregate.py) and keep its ledger row."""
         market = self.market
         self.figures += LoadFigures(downloaded_bytes=local.downloaded_bytes, download_seconds=local.seconds)
         started = time.monotonic()
-        name = PurePosixPath(archive.key).name
-        dataset = _READERS[archive.dataset]
-        batches = read_archive(
-            local.path, market, dataset, contract_size=market.contract_size(ticker), name=name
-        )
-        try:
-            aggregation = aggregate_trades(prefetch(batches))
-        except ArchiveFormatError:
-            raise
-        except ValueError as exc:  # rows the aggregator cannot take (an impossible id span)
-            raise ArchiveFormatError(name, str(exc)) from None
+        aggregation = taken_ahead(AheadKey(market.key, ticker, archive.key, local.sha256))
+        if aggregation is None:
+            name = PurePosixPath(archive.key).name
+            aggregation = aggregate_archive(local.path, market, archive.dataset, ticker, name)
         self.figures += LoadFigures(aggregate_seconds=time.monotonic() - started)
         if local.size >= _TRIM_AFTER_BYTES:
             release_freed_memory()

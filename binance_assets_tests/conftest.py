@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, instance_for_test
 
-from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS
+from binance_assets.processes import restore_interrupts
 from binance_assets.settings import DAGSTER_TUNING_VARIABLES
 from binance_assets_tests.helpers import REPO, Cli, cli_env
 from binance_assets_tests.loaded_store import LoadedStore, load_store

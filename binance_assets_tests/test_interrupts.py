@@ -40,5 +40,5 @@ def test_without_the_fix_children_ignore_sigterm() -> None:
 
 
 def test_restore_interrupts_lets_children_stop() -> None:
-    fix = "from binance_assets.interrupts import restore_interrupts; restore_interrupts()"
+    fix = "from binance_assets.processes import restore_interrupts; restore_interrupts()"
     assert run_in_background_like_shell(fix) == "stopped"

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from binance_assets.markets import MARKETS
-from binance_assets.vision.archive import read_archive
+from binance_assets.vision.archive import PARSE_POOL, read_archive
 from binance_assets.vision.errors import ArchiveFormatError
 from binance_assets.vision.trades import TRADES, TRADES_SCHEMA
 from binance_assets_tests.archives import LAYOUTS, make_trades, trades_csv, zip_archive
@@ -49,6 +49,21 @@ def test_every_layout_reads_to_the_one_schema(tmp_path: Path, layout: str) -> No
     np.testing.assert_allclose(table["qty"].to_numpy(), trades["qty"].to_numpy(), rtol=1e-15)
     expected_quote = trades["base_qty"] if spec.market == "cm" else trades["price"] * trades["qty"]
     np.testing.assert_allclose(table["quote_qty"].to_numpy(), expected_quote.to_numpy(), rtol=1e-12)
+
+
+def test_the_parsed_columns_are_held_by_the_parse_pool(tmp_path: Path) -> None:
+    """The parser allocates from jemalloc (archive.PARSE_POOL), not from Arrow's default pool."""
+    trades = make_trades(20_000, START, 120, time_unit="ms", seed=5)
+    path = write_zip(tmp_path, trades_csv(trades, "um_header"))
+    before = PARSE_POOL.bytes_allocated()
+
+    batches = list(read_archive(path, MARKETS["um"], TRADES))
+
+    assert PARSE_POOL.backend_name == "jemalloc"
+    held = PARSE_POOL.bytes_allocated() - before
+    assert held >= 8 * len(trades)  # at least the ids, which the batches keep as parsed
+    del batches
+    assert PARSE_POOL.bytes_allocated() - before < held
 
 
 def test_a_blank_line_is_skipped(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ fetches want at once is downloaded once (vision/download.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -10,6 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from binance_assets import aggregate
+from binance_assets.aggregate import AheadKey, taken_ahead
 from binance_assets.cli.common import list_archives
 from binance_assets.cli.warm_up import warm_up
 from binance_assets.markets import MARKETS
@@ -137,3 +142,52 @@ def test_materialize_plan_and_dry_run_import_no_dagster(cli: Cli, vision_root: P
         imported = set(result.stdout.rsplit("IMPORTED", 1)[-1].split())
         assert "binance_assets.cli.preview" in imported
         assert not {name for name in imported if name.split(".")[0] == "dagster"}, preview
+
+
+def test_the_warm_up_goes_on_without_a_worker_where_none_can_start(
+    tmp_path: Path, vision_root: Path, vision_server: VisionServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No aggregation ahead (aggregate.py) where no process starts: the downloads go on all the same."""
+    days = DAYS[:2]
+    publish(vision_root, "um", "BTCUSDT", days)
+    url = vision_server.url
+    settings = Settings(vision_url=url, listing_url=url, dagster_home=tmp_path, cache_dir=tmp_path / "cache")
+    request = Request(UM, ("BTCUSDT",), tuple(days))
+    listed = list_archives(request, settings)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+
+    keys = [UM.archive_key("trades", "BTCUSDT", str(day)) for day in days]
+    sha256 = hashlib.sha256((vision_root / keys[0]).read_bytes()).hexdigest()
+
+    with warm_up(request, listed, settings) as warm:
+        time.sleep(0.5)  # with a worker, the first archive would be downloaded and on its way
+        assert taken_ahead(AheadKey("um", "BTCUSDT", keys[0], sha256)) is None
+
+    assert warm.totals().downloaded_bytes == sum((vision_root / key).stat().st_size for key in keys)
+
+
+def test_the_worker_aggregates_until_the_run_begins(
+    tmp_path: Path, vision_root: Path, vision_server: VisionServer
+) -> None:
+    """Beside the start-up, not beside the run's writes: once the run has asked for an archive, the worker
+    takes no archive it has not begun."""
+    days = DAYS[:4]
+    publish(vision_root, "um", "BTCUSDT", days, trades_per_day=20_000)
+    url = vision_server.url
+    settings = Settings(vision_url=url, listing_url=url, dagster_home=tmp_path, cache_dir=tmp_path / "cache")
+    request = Request(UM, ("BTCUSDT",), tuple(days))
+    keys = [UM.archive_key("trades", "BTCUSDT", str(day)) for day in days]
+    ahead = [
+        AheadKey("um", "BTCUSDT", k, hashlib.sha256((vision_root / k).read_bytes()).hexdigest()) for k in keys
+    ]
+
+    with warm_up(request, list_archives(request, settings), settings):
+        deadline = time.monotonic() + 60
+        while ahead[0] not in aggregate._current._jobs and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.01)  # its download done, the first archive goes to the worker
+        first = taken_ahead(ahead[0])  # the run begins: it waits for the worker's first archive
+        time.sleep(1)  # every download done; the worker ends the archive it was on, if any
+        last = taken_ahead(ahead[-1])
+
+    assert first is not None and first.days.num_rows == 1
+    assert last is None

@@ -23,10 +23,9 @@ from typing import NoReturn
 
 from binance_assets.cli.common import PROG, one_line
 from binance_assets.cli.errors import CliError
-from binance_assets.collector import console_process, importing
 from binance_assets.errors import SettingsError
-from binance_assets.interrupts import restore_interrupts
 from binance_assets.markets import MARKETS, TICKER_PATTERN, Market
+from binance_assets.processes import console_process, importing, restore_interrupts
 from binance_assets.read.errors import ArgumentError
 from binance_assets.settings import Settings, apply_dagster_tuning, settings_from_environment
 from binance_assets.vision.errors import VisionError
@@ -215,7 +214,7 @@ def _warn(message: str) -> None:
 
 
 def console() -> NoReturn:
-    """The console script: `main`, in a process that ends with it (collector.py)."""
+    """The console script: `main`, in a process that ends with it (processes.py)."""
     console_process()
     sys.exit(main())
 

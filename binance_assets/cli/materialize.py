@@ -10,7 +10,7 @@ from binance_assets.cli.common import list_archives, parse_request
 from binance_assets.cli.preview import run_preview, wants_preview
 from binance_assets.cli.runner import run_all
 from binance_assets.cli.warm_up import warm_up
-from binance_assets.collector import importing
+from binance_assets.processes import importing
 from binance_assets.settings import Settings
 
 

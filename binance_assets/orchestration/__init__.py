@@ -5,4 +5,11 @@
 subclasses `dagster.yaml` names (`dagster_internals.py`). The layers beneath (`pipeline`, `bars`,
 `vision`, `trust`, the stores of `clickhouse`) and the read API do not import it: only the ClickHouse IO
 manager takes a run's days from `partition_range.py`, and `settings` builds the Vision resource on demand.
+
+Importing it asks OpenBLAS for one thread (processes.py): the processes that load the code location run
+this first.
 """
+
+from binance_assets.processes import one_blas_thread
+
+one_blas_thread()

@@ -10,7 +10,6 @@ from dagster import AssetsDefinition, Definitions, EnvVar, definitions, in_proce
 from binance_assets.clickhouse.client import without_password
 from binance_assets.clickhouse.io_manager import ClickHouseIOManager
 from binance_assets.clickhouse.resource import ClickHouseResource
-from binance_assets.collector import freeze_at_exit
 from binance_assets.markets import MARKETS, Market
 from binance_assets.orchestration.assets import build_market_assets, retry_policy
 from binance_assets.orchestration.backfill_job import build_backfill_job
@@ -19,6 +18,7 @@ from binance_assets.orchestration.sensors import (
     build_republished_sensor,
     build_ticker_sensor,
 )
+from binance_assets.processes import freeze_at_exit
 from binance_assets.settings import Settings, apply_dagster_tuning, load_settings
 
 
@@ -80,5 +80,5 @@ def build_definitions(settings: Settings) -> Definitions:
 @definitions
 def defs() -> Definitions:
     apply_dagster_tuning()  # the code server's run workers inherit it
-    freeze_at_exit()  # a run worker's exit: 0.07 s instead of 0.7 (collector.py)
+    freeze_at_exit()  # a run worker's exit: 0.07 s instead of 0.7 (processes.py)
     return build_definitions(load_settings())

@@ -1,6 +1,8 @@
-"""The garbage collector (collector.py): off while the CLI imports Dagster; in the console script the
-imported objects frozen; and everything frozen at the exit of the console script and of a process that
-loads the code location."""
+"""How our processes start and end (processes.py). The garbage collector: off while the CLI imports
+Dagster; in the console script the imported objects frozen; and everything frozen at the exit of the
+console script and of a process that loads the code location. One OpenBLAS thread: asked for before
+NumPy's first import, in the console script and in a process that loads the code location, unless the
+user chose a number."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from binance_assets.collector import importing
+from binance_assets.processes import importing
 from binance_assets_tests.archives import publish
 from binance_assets_tests.helpers import DAYS, SETTINGS_PREFIXES, Cli
 
@@ -97,3 +99,37 @@ def test_importing_restores_the_collector_as_it_was() -> None:
     finally:
         gc.enable()
     assert gc.get_freeze_count() == frozen  # not the console script: nothing frozen
+
+
+_NUMPY_WATCHED = """
+import os, sys
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and "numpy" not in sys.modules:
+            print(f"NUMPY IMPORTED WITH {os.environ.get('OPENBLAS_NUM_THREADS')}", file=sys.stderr)
+        return None
+
+sys.meta_path.insert(0, Watch())
+if sys.argv[1] == "console":  # a command that imports no NumPy; the process imports it as it exits
+    import atexit
+    from binance_assets.cli import console
+    atexit.register(lambda: __import__("numpy"))
+    sys.argv = ["binance-assets", "--help"]
+    console()
+import binance_assets.orchestration.definitions
+"""
+
+
+@pytest.mark.parametrize("entry", ["console", "code location"])
+@pytest.mark.parametrize("chosen", [None, "2"])
+def test_numpy_is_imported_with_one_blas_thread_unless_the_user_chose(entry: str, chosen: str | None) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if chosen:
+        env["OPENBLAS_NUM_THREADS"] = chosen
+    result = subprocess.run(
+        [sys.executable, "-c", _NUMPY_WATCHED, entry], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f"NUMPY IMPORTED WITH {chosen or 1}" in result.stderr.splitlines()
