@@ -94,7 +94,9 @@ def test_a_worker_that_dies_leaves_its_archives_to_the_run(tmp_path: Path) -> No
 _SPIED = """
 import sys
 from binance_assets.aggregate import AheadWorker
-from binance_assets.cli import main
+from binance_assets.cli import main, warm_up
+
+warm_up.AHEAD_MIN_BYTES = 0  # small archives: a worker all the same
 
 taken, take = [], AheadWorker.take
 

@@ -15,6 +15,7 @@ import pytest
 
 from binance_assets import aggregate
 from binance_assets.aggregate import AheadKey, taken_ahead
+from binance_assets.cli import warm_up as warm_up_module
 from binance_assets.cli.common import list_archives
 from binance_assets.cli.warm_up import warm_up
 from binance_assets.markets import MARKETS
@@ -144,17 +145,21 @@ def test_materialize_plan_and_dry_run_import_no_dagster(cli: Cli, vision_root: P
         assert not {name for name in imported if name.split(".")[0] == "dagster"}, preview
 
 
-def test_the_warm_up_goes_on_without_a_worker_where_none_can_start(
-    tmp_path: Path, vision_root: Path, vision_server: VisionServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("why", ["no process starts", "too little to aggregate"])
+def test_the_warm_up_goes_on_without_a_worker(
+    tmp_path: Path, vision_root: Path, vision_server: VisionServer, monkeypatch: pytest.MonkeyPatch, why: str
 ) -> None:
-    """No aggregation ahead (aggregate.py) where no process starts: the downloads go on all the same."""
+    """No aggregation ahead (aggregate.py) where no process starts, or where the archives would not repay
+    its start: the downloads go on all the same."""
     days = DAYS[:2]
     publish(vision_root, "um", "BTCUSDT", days)
     url = vision_server.url
     settings = Settings(vision_url=url, listing_url=url, dagster_home=tmp_path, cache_dir=tmp_path / "cache")
     request = Request(UM, ("BTCUSDT",), tuple(days))
     listed = list_archives(request, settings)
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    if why == "no process starts":
+        monkeypatch.setattr(warm_up_module, "AHEAD_MIN_BYTES", 0)
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
 
     keys = [UM.archive_key("trades", "BTCUSDT", str(day)) for day in days]
     sha256 = hashlib.sha256((vision_root / keys[0]).read_bytes()).hexdigest()
@@ -167,12 +172,13 @@ def test_the_warm_up_goes_on_without_a_worker_where_none_can_start(
 
 
 def test_the_worker_aggregates_until_the_run_begins(
-    tmp_path: Path, vision_root: Path, vision_server: VisionServer
+    tmp_path: Path, vision_root: Path, vision_server: VisionServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Beside the start-up, not beside the run's writes: once the run has asked for an archive, the worker
     takes no archive it has not begun."""
     days = DAYS[:4]
     publish(vision_root, "um", "BTCUSDT", days, trades_per_day=20_000)
+    monkeypatch.setattr(warm_up_module, "AHEAD_MIN_BYTES", 0)  # small archives: a worker all the same
     url = vision_server.url
     settings = Settings(vision_url=url, listing_url=url, dagster_home=tmp_path, cache_dir=tmp_path / "cache")
     request = Request(UM, ("BTCUSDT",), tuple(days))

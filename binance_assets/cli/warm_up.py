@@ -29,6 +29,10 @@ from binance_assets.plan import run_ranges
 from binance_assets.settings import Settings
 from binance_assets.vision.download import LocalArchive
 
+AHEAD_MIN_BYTES = 32 << 20
+"""The warm-up's archives that repay a worker process: its start (a second interpreter's imports) costs
+about 0.5 CPU-s, what aggregating some 1.5M trades (32 MB of zips) takes (docs/performance.md)."""
+
 
 class WarmUp:
     """The warm-up's downloads, running or done."""
@@ -54,10 +58,12 @@ def warm_up(request: Request, listed: Listed, settings: Settings) -> Iterator[Wa
     )
     # One attempt per archive: a failing one is retried (and reported) by the run, not twice.
     downloader = dataclasses.replace(settings.vision_client, download_retries=0).downloader()
-    keys = downloader.keys_ahead([a.key for a in plan.serves], {a.key: a.size for a in plan.serves})
+    sizes = {archive.key: archive.size for archive in plan.serves}
+    keys = downloader.keys_ahead(list(sizes), sizes)
     datasets = {archive.key: archive.dataset for archive in plan.serves}
     with ExitStack() as stack:
-        worker = _worker(stack)  # first: its interpreter starts while the first archive downloads
+        # first: its interpreter starts while the first archive downloads
+        worker = _worker(stack) if sum(sizes[key] for key in keys) >= AHEAD_MIN_BYTES else None
         pool = ThreadPoolExecutor(max_workers=downloader.concurrency, thread_name_prefix="vision-warm-up")
         fetches = [pool.submit(downloader.fetch, key) for key in keys]
         feeder = None
