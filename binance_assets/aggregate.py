@@ -6,8 +6,9 @@ A run calls it for each archive it loads (pipeline.RunLoad), unless a worker mad
 **The worker.** A `materialize` spends 3-4 s importing Dagster and opening its instance before its first
 run starts, on one core (docs/performance.md, "Start-up"), while the warm-up (cli/warm_up.py) downloads
 the first run's first archives. An `AheadWorker` aggregates them meanwhile in a child process, on the
-other core and at a lower priority than the start-up, and writes each Aggregation to Arrow IPC files; the
-run takes them (`take`) instead of aggregating those archives itself. A process, not a thread: a thread's
+other core and at a lower priority than the start-up, one at a time until the run asks for its first,
+and writes each Aggregation to Arrow IPC files; the run takes them (`taken_ahead`) instead of
+aggregating those archives itself. A process, not a thread: a thread's
 Python steps wait for the GIL that the imports hold, and the start-up lost nearly what the run gained
 (docs/performance.md, "Start-up"). The worker's results are a cache of `aggregate_archive`, keyed by the
 archive's sha256: an archive the worker failed on, or never got to, the run aggregates itself, meets the
@@ -79,7 +80,8 @@ class AheadKey(NamedTuple):
 
 
 class AheadWorker:
-    """A worker process and the archives submitted to it, in order. Close it when done (`running`)."""
+    """A worker process and the archives submitted to it, in order. Close it when done
+    (`aggregating_ahead` does)."""
 
     def __init__(self) -> None:
         self._directory = Path(tempfile.mkdtemp(prefix="binance-assets-ahead-"))
@@ -155,14 +157,19 @@ class AheadWorker:
 
     def _read_replies(self) -> None:
         stdout: IO[str] = self._process.stdout  # type: ignore[assignment]
-        for line in stdout:
-            reply = json.loads(line)
-            stem = self._directory / str(reply["id"]) if reply["ok"] else None
-            self._replies[reply["id"]].set_result(stem)
-        with self._lock:  # the worker exited: what it did not reply to, the run does itself
-            for future in self._replies:
-                if not future.done():
-                    future.set_result(None)
+        try:
+            for line in stdout:
+                try:
+                    reply = json.loads(line)
+                    future, ok = self._replies[reply["id"]], reply["ok"] is True
+                except (ValueError, LookupError, TypeError):  # not a reply: a library's print, say
+                    continue
+                future.set_result(self._directory / str(reply["id"]) if ok else None)
+        finally:  # the worker exited: what it did not reply to, the run does itself
+            with self._lock:
+                for future in self._replies:
+                    if not future.done():
+                        future.set_result(None)
 
 
 _current: AheadWorker | None = None
@@ -209,6 +216,8 @@ def main(argv: list[str]) -> int:
     """The worker: aggregate each job's archive into DIR/<id>.<table>.arrow, reply, until stdin ends."""
     directory = Path(argv[0])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops this worker
+    replies = os.fdopen(os.dup(1), "w")  # the replies' own channel: whatever else writes to stdout
+    os.dup2(2, 1)  # goes where stderr does
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
     for line in sys.stdin:
@@ -221,7 +230,7 @@ def main(argv: list[str]) -> int:
             ok = True
         except Exception:  # whatever failed, the run redoes this archive and reports it
             ok = False
-        print(json.dumps({"id": job["id"], "ok": ok}), flush=True)
+        print(json.dumps({"id": job["id"], "ok": ok}), file=replies, flush=True)
     return 0
 
 
