@@ -272,9 +272,14 @@ def child(load: Callable[[], Callable[[Path], object]], path: Path, passes: int)
 def _peak_rss_mb() -> float:
     """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak into it
     across the vfork/exec that subprocess uses, so every child would report at least the parent's."""
-    status = Path("/proc/self/status").read_text()
-    (kilobytes,) = (line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
-    return int(kilobytes) / 1024
+    return status_kb("VmHWM") / 1024
+
+
+def status_kb(field: str, pid: int | str = "self") -> int:
+    """A kB field of /proc/PID/status (VmHWM, VmRSS); ValueError where the process has none."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (kilobytes,) = (line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:"))
+    return int(kilobytes)
 
 
 def measure(stage: str, path: Path, repeat: int, passes: int, script: str = __file__) -> dict[str, Any]:

@@ -263,10 +263,9 @@ def _tree(pid: int) -> list[int]:
 
 
 def _rss_kb(pid: int) -> int:
+    """0 for a process gone meanwhile, or one without memory of its own (a zombie)."""
     with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        return bars_bench.status_kb("VmRSS", pid)
     return 0
 
 
