@@ -1,10 +1,11 @@
 """Stream a Vision trades or aggTrades zip as Arrow record batches in the dataset's normal schema.
 
 Shared by every dataset: the zip member is inflated and verified in line-aligned chunks
-(`zip_member`), a thread inflates the next chunk while Arrow parses the current one on its own
-threads, line 1 is a header iff its first field is not an integer (docs/vision-format.md section 3),
-and every problem is an ArchiveFormatError naming the archive and, where known, the line. A `Dataset`
-says only what differs: its columns per market and how a parsed batch becomes its normal schema.
+(`zip_member`). Three stages overlap: a thread inflates the chunk after next, a second has Arrow parse
+the next one (on Arrow's threads), and the caller converts and aggregates the current one. Line 1 is a
+header iff its first field is not an integer (docs/vision-format.md section 3), and every problem is an
+ArchiveFormatError naming the archive and, where known, the line. A `Dataset` says only what differs:
+its columns per market and how a parsed batch becomes its normal schema.
 """
 
 from __future__ import annotations
@@ -107,10 +108,13 @@ def _stream(
             info = csv_member(zipfile.ZipFile(file), name)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ArchiveFormatError(name, f"not a readable zip archive ({exc})") from None
+        parser = _Parser(columns, conversion.parsed, name)
         chunks = prefetch(MemberChunks(file, info, name, chunk_size), depth=2)
+        tables = prefetch(_tables(chunks, parser), depth=1)
         try:
-            yield from _parse(chunks, _Parser(columns, conversion.parsed, name), conversion.build)
+            yield from _batches(tables, parser, conversion.build)
         finally:
+            tables.close()
             chunks.close()
 
 
@@ -179,9 +183,8 @@ def _camel_to_snake(column: str) -> str:
     return re.sub(r"(?<=[a-z])([A-Z])", r"_\1", column).lower()
 
 
-def _parse(
-    chunks: Iterator[memoryview], parser: _Parser, build: Callable[[pa.RecordBatch], pa.RecordBatch]
-) -> Iterator[pa.RecordBatch]:
+def _tables(chunks: Iterator[memoryview], parser: _Parser) -> Iterator[tuple[pa.Table, int]]:
+    """Each chunk parsed, with the number of header lines it skipped."""
     first_line = 1
     for index, chunk in enumerate(chunks):
         skip = int(index == 0 and parser.has_header(bytes(chunk[:4096]).split(b"\n", 1)[0]))
@@ -191,15 +194,23 @@ def _parse(
             for _ in chunks:  # a corrupt member garbles rows before its CRC is reached: report the cause
                 pass
             raise parser.row_error(chunk, skip, first_line) from None
+        yield table, skip
+        first_line += skip + table.num_rows
+
+
+def _batches(
+    tables: Iterator[tuple[pa.Table, int]], parser: _Parser, build: Callable[[pa.RecordBatch], pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    first_line = 1
+    for table, skip in tables:
+        first_line += skip
         for batch in table.to_batches():
-            line = first_line + skip
-            parser.check_not_null(batch, line)
+            parser.check_not_null(batch, first_line)
             try:
                 yield build(batch)
             except BadRow as bad:
-                raise ArchiveFormatError(parser.name, bad.problem, line + bad.row) from None
+                raise ArchiveFormatError(parser.name, bad.problem, first_line + bad.row) from None
             first_line += batch.num_rows
-        first_line += skip
 
 
 def time_us(raw: pa.Array) -> pa.Array:
