@@ -184,7 +184,7 @@ def _camel_to_snake(column: str) -> str:
 
 
 def _tables(chunks: Iterator[memoryview], parser: _Parser) -> Iterator[tuple[pa.Table, int]]:
-    """Each chunk parsed, with the number of header lines it skipped."""
+    """Each chunk parsed, with the file line of its first row."""
     first_line = 1
     for index, chunk in enumerate(chunks):
         skip = int(index == 0 and parser.has_header(bytes(chunk[:4096]).split(b"\n", 1)[0]))
@@ -194,16 +194,15 @@ def _tables(chunks: Iterator[memoryview], parser: _Parser) -> Iterator[tuple[pa.
             for _ in chunks:  # a corrupt member garbles rows before its CRC is reached: report the cause
                 pass
             raise parser.row_error(chunk, skip, first_line) from None
-        yield table, skip
-        first_line += skip + table.num_rows
+        first_line += skip
+        yield table, first_line
+        first_line += table.num_rows
 
 
 def _batches(
     tables: Iterator[tuple[pa.Table, int]], parser: _Parser, build: Callable[[pa.RecordBatch], pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
-    first_line = 1
-    for table, skip in tables:
-        first_line += skip
+    for table, first_line in tables:
         for batch in table.to_batches():
             parser.check_not_null(batch, first_line)
             try:
