@@ -38,7 +38,8 @@ from binance_assets_tests.vision_server import VisionServer
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).parent / "real"
 """Real Binance Vision files (see real/PROVENANCE.md)."""
-DAEMON = Path(sys.executable).with_name("dagster-daemon")
+DAEMON = [sys.executable, "-m", "binance_assets_tests.daemon_main"]
+"""`dagster-daemon`, its backfill loop ticking faster (daemon_main.py)."""
 WEBSERVER = Path(sys.executable).with_name("dagster-webserver")
 TODAY = dt.datetime.now(dt.UTC).date()
 DAYS = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(35)]
@@ -147,9 +148,7 @@ def daemon(env: dict[str, str], workdir: Path) -> Iterator[subprocess.Popen[byte
     """`dagster-daemon run` on the repository's workspace.yaml, logging to ``workdir/daemon.log``; its whole
     process group is killed after. The instance is created first: the daemon and its code server open it
     outside the CLI's lock, and Dagster's SQLite schema creation races between processes."""
-    with _process_group(
-        [str(DAEMON), "run", "-w", str(REPO / "workspace.yaml")], env, workdir, "daemon"
-    ) as p:
+    with _process_group([*DAEMON, "run", "-w", str(REPO / "workspace.yaml")], env, workdir, "daemon") as p:
         yield p
 
 

@@ -82,7 +82,7 @@ FLAKY_DAY = DAYS[9]
 LATE = (FLAKY, YESTERDAY)
 """Not yet published when the first backfill runs."""
 WAIT_SECONDS = 420
-"""A `backfill --wait` of this module: the daemon takes 30 s to pick a backfill up and to see it done."""
+"""A `backfill --wait` of this module, with room for a slow machine."""
 ASSETS = (asset_key(MARKET, BARS), asset_key(MARKET, LIQUIDITY))
 TickerDay = tuple[str, dt.date]
 
