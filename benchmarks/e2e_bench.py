@@ -269,6 +269,22 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def fresh_home(workdir: Path, postgres: PostgresServer | None) -> dict[str, str]:
+    """The environment of a process on a fresh DAGSTER_HOME in ``workdir``, with no setting of ours but the
+    UM market: the laptop's dagster.yaml, or with ``postgres`` the production instance (deploy/dagster.yaml)
+    on a fresh database of that server."""
+    home = workdir / "dagster_home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "CLICKHOUSE_", "DAGSTER_"))}
+    if postgres is None:
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    else:
+        shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+        env.update(postgres.create_database(f"bench_{time.monotonic_ns()}").env)
+    return env | {"DAGSTER_HOME": str(home), "BINANCE_MARKETS": "um"}
+
+
 def materialize(
     url: str,
     workdir: Path,
@@ -279,20 +295,9 @@ def materialize(
     postgres: PostgresServer | None = None,
 ) -> dict[str, Any]:
     """`binance-assets materialize` (of ``ticker``, comma-separated for several) in a fresh DAGSTER_HOME
-    reading Vision from `url`, with the shipped settings: the laptop's dagster.yaml, or with ``postgres``
-    the production instance (deploy/dagster.yaml) on a fresh database of that server."""
-    home = workdir / "dagster_home"
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "CLICKHOUSE_", "DAGSTER_"))}
-    if postgres is None:
-        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    else:
-        shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
-        env.update(postgres.create_database(f"bench_{time.monotonic_ns()}").env)
-    env.update(
-        DAGSTER_HOME=str(home), BINANCE_VISION_URL=url, BINANCE_VISION_LISTING_URL=url, BINANCE_MARKETS="um"
-    )
+    (`fresh_home`) reading Vision from `url`, with the shipped settings."""
+    env = fresh_home(workdir, postgres)
+    env.update(BINANCE_VISION_URL=url, BINANCE_VISION_LISTING_URL=url)
     tickers = [arg for name in ticker.split(",") for arg in ("--ticker", name)]
     argv = ["materialize", "--market", "um", *tickers, "--start", str(first), "--end", str(last), *options]
     result = _run(["--cli", *argv], env, workdir)

@@ -31,9 +31,9 @@ def fill(url: str, days: int) -> int:
     """The year's bars through the IO manager's insert path, merged, and one daily_liquidity row (the
     ticker is loaded); the bars' count."""
     rows = synthetic_bars(days)
-    liquidity = {name: [0] for name in LIQUIDITY_TABLE.schema.names}
+    liquidity = {f.name: ["" if pa.types.is_string(f.type) else 0] for f in LIQUIDITY_TABLE.schema}
     liquidity.update(
-        market=["spot"], ticker=["BTCUSDT"], day=[FIRST_DAY], source=["daily"], archive_sha256=[""]
+        market=["spot"], ticker=["BTCUSDT"], day=[FIRST_DAY], source=["daily"], dataset=["trades"]
     )
     with Store(url).open() as store:
         store.insert(BARS_TABLE, rows)

@@ -77,6 +77,15 @@ def test_lock_file_sits_next_to_the_store_whose_parent_is_created(url: str, tmp_
     assert (tmp_path / "stores" / "clickhouse").is_dir()
 
 
+def test_the_embedded_engine_compiles_no_expressions_on_any_open(url: str) -> None:
+    """chDB keeps ClickHouse's JIT counts across opens but not the code: each later open compiled again."""
+    jit = "SELECT getSetting('compile_expressions'), getSetting('compile_aggregate_expressions'), "
+    jit += "getSetting('compile_sort_description')"
+    for _ in range(2):
+        with open_client(url) as client:
+            assert client.query(jit).result_rows == [(False, False, False)]
+
+
 def test_a_second_process_waits_until_the_first_releases(url: str) -> None:
     opened = SPAWN.Event()
     holder = SPAWN.Process(target=_hold_store, args=(url, opened, 1.5))

@@ -37,6 +37,15 @@ LOCK_TIMEOUT = 600.0
 """Seconds a run, sensor or CLI command waits for an embedded store another process is using."""
 _EMBEDDED_LOCK = threading.Lock()
 """One chDB engine per process: threads use embedded stores one at a time."""
+EMBEDDED_SETTINGS = {
+    "compile_expressions": 0,
+    "compile_aggregate_expressions": 0,
+    "compile_sort_description": 0,
+}
+"""The embedded engine runs without ClickHouse's JIT. A server compiles an expression once it has seen it
+3 times and keeps the code; chDB drops the code when its last client closes but keeps the counts, so
+every later open compiled each check's expressions again: 0.6 s of a run's first queries after each
+open (docs/performance.md "End to end")."""
 
 
 def validate_url(url: str) -> str:
@@ -109,7 +118,9 @@ def open_client(
         if parsed.scheme == "chdb":
             store = Path(os.path.realpath(parsed.path))
             stack.enter_context(_embedded_store_lock(store, lock_timeout))
-            client = clickhouse_connect.get_client(dsn=f"chdb://{store}", database=database)
+            client = clickhouse_connect.get_client(
+                dsn=f"chdb://{store}", database=database, settings=EMBEDDED_SETTINGS
+            )
         else:
             client = _http_client(url, database, password, transport)
         try:
