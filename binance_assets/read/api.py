@@ -50,7 +50,8 @@ def read_bars(
     the bar stamped ts covers [ts - interval, ts). Computed in ClickHouse from the 5 s bars: open of the
     first, close of the last, high/low the extremes, volumes and counts the sums.
     """
-    market, seconds = arguments.market_key(market), arguments.interval_seconds(interval)
+    market, ticker = arguments.market_key(market), arguments.ticker_name(ticker)
+    seconds = arguments.interval_seconds(interval)
     first, last = arguments.day_range(start, end)
     arguments.output_format(format)
     with open_reader(environment_store(), lock_timeout) as store:
@@ -72,6 +73,7 @@ def read_liquidity(
     """daily_liquidity's rows of a market (one ``ticker``, or all) on days ``start`` to ``end`` (inclusive,
     either open-ended when None), by ticker and day, as a pandas or polars DataFrame or an Arrow table."""
     market = arguments.market_key(market)
+    ticker = None if ticker is None else arguments.ticker_name(ticker)
     first = None if start is None else arguments.day("start", start)
     last = None if end is None else arguments.day("end", end)
     if first is not None and last is not None:

@@ -21,9 +21,18 @@ _LABELS = (("d", DAY_SECONDS), ("h", 3600), ("m", 60), ("s", 1))
 
 
 def market_key(market: str) -> str:
-    if market not in MARKETS:
+    if not isinstance(market, str) or market not in MARKETS:
         raise ArgumentError("market", f"market {market!r} is unknown: expected one of {', '.join(MARKETS)}")
     return market
+
+
+def ticker_name(ticker: str) -> str:
+    """One ticker, as a non-empty string (whether it is loaded is the store's to say)."""
+    if not isinstance(ticker, str) or not ticker.strip():
+        raise ArgumentError(
+            "ticker", f"ticker {ticker!r} is invalid: expected one ticker name, such as 'BTCUSDT'"
+        )
+    return ticker
 
 
 def interval_seconds(interval: str) -> int:
